@@ -1,0 +1,152 @@
+"""Transformer blocks of the encoders, the middle and the decoder (Turtle's, App. C).
+
+Levels 1-2 use the cheap ReducedAttn + FFW block; level 3 and the latent use channel
+("transposed") attention + gated FFW. All are pre-norm residual blocks:
+x = x + mixer(LN(x)); x = x + ffn(LN(x)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import LayerNorm2d
+
+
+class ReducedAttention(nn.Module):
+    """Conv token mixer: 1x1 C->2C, depthwise 3x3, GELU, 1x1 2C->C, per-channel scale (init 0)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = channels * 2
+        self.expand = nn.Conv2d(channels, hidden, 1)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.project = nn.Conv2d(hidden, channels, 1)
+        # Zero-initialised scale: every block starts as the identity, which keeps deep stacks
+        # trainable from scratch. Non-zero after any training step.
+        self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(F.gelu(self.dwconv(self.expand(x)))) * self.scale
+
+
+class FeedForward(nn.Module):
+    """FFW: 1x1 C->2C, GELU, 1x1 2C->C, per-channel scale (init 0)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(channels, channels * 2, 1)
+        self.project = nn.Conv2d(channels * 2, channels, 1)
+        self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(F.gelu(self.expand(x))) * self.scale
+
+
+class GatedFeedForward(nn.Module):
+    """Gated FFW: 1x1 C->2h, depthwise 3x3, GELU(x1) * x2, 1x1 h->C with h = expansion * C.
+
+    The two halves come from two separate 1x1 convs rather than one conv and a channel split:
+    a quantized channel slice whose output scale differs from its input's is rejected by
+    XNNPACK at load time (executorch #21829), and two convs cost exactly the same MACs.
+    """
+
+    def __init__(self, channels: int, expansion: float) -> None:
+        super().__init__()
+        hidden = int(channels * expansion)
+        self.value_in = nn.Conv2d(channels, hidden, 1)
+        self.gate_in = nn.Conv2d(channels, hidden, 1)
+        self.value_dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.gate_dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.project = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = F.gelu(self.gate_dw(self.gate_in(x)))
+        return self.project(gate * self.value_dw(self.value_in(x)))
+
+
+def l2_normalize_hw(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Normalise the last (spatial) axis to unit L2 norm."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps * eps)
+
+
+def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                      temperature: torch.Tensor) -> torch.Tensor:
+    """Restormer-style transposed attention between channel rows.
+
+    q: (B, C, H, W); k, v: (B, Ck, H, W) with Ck a multiple of C/heads. The attention matrix per
+    head is (C/heads) x (Ck/heads), so its cost is linear in H*W.
+    """
+    b, c, h, w = q.shape
+    ck = k.shape[1]
+    q = l2_normalize_hw(q.reshape(b, heads, c // heads, h * w))
+    k = l2_normalize_hw(k.reshape(b, heads, ck // heads, h * w))
+    v = v.reshape(b, heads, ck // heads, h * w)
+    attn = torch.softmax(q @ k.transpose(-2, -1) * temperature, dim=-1)
+    return (attn @ v).reshape(b, c, h, w)
+
+
+class ChannelAttention(nn.Module):
+    """Multi-head channel attention: q, k, v = depthwise 3x3(1x1 C->C) each, attention over channels.
+
+    Three convs instead of one C->3C conv and a split, for the same quantized-slice reason as
+    GatedFeedForward; same MACs.
+    """
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.to_q = _pointwise_depthwise(channels)
+        self.to_k = _pointwise_depthwise(channels)
+        self.to_v = _pointwise_depthwise(channels)
+        self.project = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        return self.project(channel_attention(q, k, v, self.heads, self.temperature))
+
+
+def _pointwise_depthwise(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, channels, 1),
+                         nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
+
+
+class ReducedAttnBlock(nn.Module):
+    """Levels 1-2 block: x + ReducedAttn(LN(x)), then x + FFW(LN(x))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(channels)
+        self.mixer = ReducedAttention(channels)
+        self.norm2 = LayerNorm2d(channels)
+        self.ffn = FeedForward(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class ChannelAttnBlock(nn.Module):
+    """Level 3 / latent block: x + ChannelAttention(LN(x)), then x + GatedFFW(LN(x))."""
+
+    def __init__(self, channels: int, heads: int, expansion: float) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(channels)
+        self.mixer = ChannelAttention(channels, heads)
+        self.norm2 = LayerNorm2d(channels)
+        self.ffn = GatedFeedForward(channels, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+def make_level(level: int, channels: int, depth: int, heads: int,
+               expansion: float) -> nn.Sequential:
+    """The block stack of one level (1-based; 4 is the latent)."""
+    if level <= 2:
+        return nn.Sequential(*[ReducedAttnBlock(channels) for _ in range(depth)])
+    return nn.Sequential(*[ChannelAttnBlock(channels, heads, expansion) for _ in range(depth)])

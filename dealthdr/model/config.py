@@ -1,0 +1,95 @@
+"""Variant configurations. A variant is hyperparameters only; `create_model` builds it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DeAltHDRConfig:
+    """Hyperparameters of one DeAltHDR variant.
+
+    Args:
+        name: variant name, stored in checkpoints so a checkpoint of another variant is refused.
+        dim: channels at level 1; levels 2, 3 and the latent use 2x, 4x, 8x.
+        encoder_blocks: blocks per encoder level (levels 1-2 ReducedAttn+FFW, level 3 channel
+            attention + gated FFW), the same for the short and the long encoder.
+        middle_blocks: channel attention + gated FFW blocks at the latent level.
+        decoder_blocks: blocks per decoder level, ordered level 3, 2, 1 (coarse to fine).
+        heads: channel-attention heads at levels 1, 2, 3 and the latent.
+        ffn_expansion: hidden width of the gated FFW as a multiple of the channels (Turtle: 2.5).
+        num_frames: input window, centre frame plus neighbours (paper: 5).
+        attn_window: side of the square window of the flow-warped neighbour feature each FGMA
+            query attends to. Cost per query grows with its square.
+        flow_scale: SpyNet runs on frames downsampled by this factor; the flow is upsampled to
+            every decoder level. 1 is the release's full-resolution flow (70 % of its FLOPs).
+        spynet_width: channel multiplier of the SpyNet level modules; 1.0 is the BasicSR layout
+            (the only one that loads BasicSR/`spynet_sintel_final` weights).
+        spynet_levels: pyramid levels of SpyNet (BasicSR: 6).
+        exposure_ratio: default ratio long/short exposure (3 stops: 8) when none is given.
+        gamma: display gamma of the LDR input (Eq. 1 uses 2.2 and its inverse).
+    """
+
+    name: str = "default"
+    dim: int = 32
+    encoder_blocks: tuple[int, int, int] = (2, 4, 6)
+    middle_blocks: int = 8
+    decoder_blocks: tuple[int, int, int] = (6, 4, 2)
+    heads: tuple[int, int, int, int] = (1, 2, 4, 8)
+    ffn_expansion: float = 2.5
+    num_frames: int = 5
+    attn_window: int = 7
+    flow_scale: int = 4
+    spynet_width: float = 1.0
+    spynet_levels: int = 6
+    exposure_ratio: float = 8.0
+    gamma: float = 2.2
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 3 or self.num_frames % 2 == 0:
+            raise ValueError(f"num_frames must be odd and >= 3, got {self.num_frames}")
+        if self.attn_window % 2 == 0:
+            raise ValueError(f"attn_window must be odd, got {self.attn_window}")
+        if self.flow_scale < 1:
+            raise ValueError(f"flow_scale must be >= 1, got {self.flow_scale}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeAltHDRConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples})
+
+
+def default() -> DeAltHDRConfig:
+    """The paper's network (App. C): encoder 2/4/6, 8 middle blocks, decoder 6/4/2."""
+    return DeAltHDRConfig(name="default")
+
+
+def s() -> DeAltHDRConfig:
+    """DeAltHDR-S (Table F): the compact variant, about 0.8x the default's FLOPs at s=15."""
+    return DeAltHDRConfig(name="s", encoder_blocks=(2, 3, 4), middle_blocks=4,
+                          decoder_blocks=(4, 3, 2))
+
+
+def tiny() -> DeAltHDRConfig:
+    """Fast on one CPU: tests and the shipped checkpoint. Same structure, fewer channels."""
+    return DeAltHDRConfig(name="tiny", dim=16, encoder_blocks=(1, 1, 2), middle_blocks=2,
+                          decoder_blocks=(2, 1, 1), heads=(1, 1, 2, 4), attn_window=5,
+                          spynet_width=0.5)
+
+
+VARIANTS = {"default": default, "s": s, "tiny": tiny}
+
+
+def get_config(name: str) -> DeAltHDRConfig:
+    try:
+        return VARIANTS[name]()
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}") from None

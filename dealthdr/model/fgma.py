@@ -1,0 +1,175 @@
+"""Flow-Guided Masked Attention (FGMA, paper §3.3, Eq. 4-8) with attention that is sparse in fact.
+
+Per neighbour n of the current frame t, at one decoder level:
+  D = |warp(warp(L_t, O_{n->t}), O_{t->n}) - L_t|           (Eq. 4-5, forward-backward check)
+  M = s * D > 0.5 (D in [0, 1], i.e. s * D/255 > 0.5 in 8-bit units)   (Eq. 6)
+  F_flow = warp(F_n, O_{t->n})
+  F_att at masked positions = softmax(q k^T / sqrt(d)) v       (Eq. 7-8)
+  out = Concat(F_flow, M, F_att)
+
+Attention is computed only for the selected query positions: each query attends to a w x w
+window of the neighbour feature around its flow-guided position (the window is taken from
+F_flow, so a query looks where the flow points and searches +-w/2 around it). Gathering only the
+window keeps the cost per query fixed, so the cost of the branch is proportional to the number
+of queries, i.e. to the attention ratio R.
+
+Key and value projections are folded into the query side, exactly:
+  q . (W_k f + b_k) = (W_k^T q) . f + q . b_k, and the last term is constant over a query's
+  window, so softmax ignores it; sum_j a_j (W_v f_j + b_v) = W_v (sum_j a_j f_j) + b_v because
+  the weights sum to 1. Per query that is 3 C^2 + 2 w^2 C MACs and nothing per pixel, instead of
+  projecting every key of every window (2 w^2 C^2).
+
+Two mask policies select the queries, sharing everything else:
+  `budget=None` (dynamic): exactly the masked positions; data-dependent count, for training and
+    evaluation.
+  `budget=K` (bucket): the K positions with the largest D (top-K), fixed shapes, for export.
+    Selected positions outside M are computed but zeroed, so the output equals the dynamic one
+    whenever |M| <= K; when |M| > K the least inconsistent masked positions fall back to flow.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spynet import flow_warp
+
+_NEG = -1e4  # "minus infinity" that stays finite in fp16
+
+
+def consistency_difference(image_t: torch.Tensor, flow_t_to_n: torch.Tensor,
+                           flow_n_to_t: torch.Tensor) -> torch.Tensor:
+    """Eq. 4-5: D = |L_{t->n->t} - L_t|, averaged over colour channels, (N, 1, H, W) in [0, 1].
+
+    image_t: (N, 3, H, W) guide image of the current frame, one copy per neighbour.
+    """
+    there = flow_warp(image_t, flow_n_to_t, padding_mode="border")
+    back = flow_warp(there, flow_t_to_n, padding_mode="border")
+    return (back - image_t).abs().mean(dim=1, keepdim=True)
+
+
+def attention_mask(d: torch.Tensor, s: float) -> torch.Tensor:
+    """Eq. 6 as a float {0, 1} mask. s=0: empty (flow only); s=inf: everywhere (attention only).
+
+    Written as s * D > 0.5 rather than D > 0.5 / s so that s=0 never divides by zero; it is
+    monotone in s: a position masked at s is masked at every larger s.
+    """
+    if s < 0 or math.isnan(s):
+        raise ValueError(f"sensitivity s must be >= 0, got {s}")
+    if s == 0:
+        return torch.zeros_like(d)
+    if math.isinf(s):
+        return torch.ones_like(d)
+    return (d * s > 0.5).to(d.dtype)
+
+
+def select_dynamic(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                torch.Tensor]:
+    """Indices (n, y, x) of every masked position, and their validity (all ones)."""
+    n, _, y, x = torch.nonzero(mask > 0, as_tuple=True)
+    return n, y, x, torch.ones_like(n, dtype=mask.dtype)
+
+
+def select_bucket(d: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """The k most inconsistent positions of every item (top-k on D), fixed shapes.
+
+    Validity is the mask at the selected positions: an unmasked pick is computed but zeroed.
+    """
+    num, _, h, w = d.shape
+    k = min(k, h * w)
+    if k == h * w:  # everything is selected: no sort needed (s=inf buckets)
+        pos = torch.arange(h * w, device=d.device).expand(num, -1)
+    else:
+        pos = torch.topk(d.flatten(1), k, dim=1, sorted=False).indices
+    valid = torch.gather(mask.flatten(1), 1, pos)
+    n = torch.arange(num, device=d.device).view(num, 1).expand(num, k)
+    return n.reshape(-1), (pos // w).reshape(-1), (pos % w).reshape(-1), valid.reshape(-1)
+
+
+class FGMA(nn.Module):
+    """Flow-guided masked attention for one decoder level, all neighbours in one batch.
+
+    Args:
+        channels: feature channels C at this level (also the attention dimension d).
+        window: side of the square neighbour window each query attends to (odd).
+    """
+
+    def __init__(self, channels: int, window: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.window = window
+        self.proj_q = nn.Linear(channels, channels)
+        self.proj_k = nn.Linear(channels, channels)
+        self.proj_v = nn.Linear(channels, channels)
+        r = window // 2
+        dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+        self.register_buffer("offset_y", dy.reshape(1, -1), persistent=False)
+        self.register_buffer("offset_x", dx.reshape(1, -1), persistent=False)
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.channels + 1
+
+    def attend(self, current: torch.Tensor, warped: torch.Tensor, n: torch.Tensor,
+               y: torch.Tensor, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Windowed cross-attention at the selected positions, scattered into a zero map.
+
+        current: (N, C, H, W) query features (one copy per neighbour); warped: (N, C, H, W)
+        flow-warped neighbour features; n, y, x, valid: (Q,) selection. Returns (N, C, H, W).
+        Every step is O(Q): nothing here touches all H*W positions except the zero fill.
+        """
+        num, c, h, w = warped.shape
+        out = warped.new_zeros(num, c, h, w)
+        if n.numel() == 0:
+            return out
+        q = self.proj_q(current[n, :, y, x])                       # (Q, C)  Eq. 7, Proj_q
+        qk = q @ self.proj_k.weight                                 # (Q, C)  W_k folded in
+        wy = y.unsqueeze(1) + self.offset_y                         # (Q, w*w)
+        wx = x.unsqueeze(1) + self.offset_x
+        inside = (wy >= 0) & (wy < h) & (wx >= 0) & (wx < w)
+        keys = warped[n.unsqueeze(1).expand_as(wy), :, wy.clamp(0, h - 1), wx.clamp(0, w - 1)]
+        scores = (keys @ qk.unsqueeze(-1)).squeeze(-1) * (c ** -0.5)  # (Q, w*w)
+        scores = torch.where(inside, scores, torch.full_like(scores, _NEG))
+        attn = torch.softmax(scores, dim=-1)
+        mixed = (attn.unsqueeze(1) @ keys).squeeze(1)                # (Q, C)
+        values = self.proj_v(mixed) * valid.unsqueeze(1)             # W_v folded out
+        return _scatter(out, n, y, x, values)
+
+    def forward(self, current: torch.Tensor, neighbours: torch.Tensor,
+                flow_t_to_n: torch.Tensor, flow_n_to_t: torch.Tensor, image_t: torch.Tensor,
+                s: float, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Align T' neighbours to the current frame.
+
+        current: (B, C, H, W) decoder feature F_t^in. neighbours: (B*T', C, H, W) encoder
+        features F_n^i, batch-major. flow_t_to_n / flow_n_to_t: (B*T', 2, H, W) at this level.
+        image_t: (B, 3, H, W) guide image of frame t at this level. budget: None for the
+        dynamic policy, K for the bucket policy. Returns Concat(F_flow, M, F_att) as
+        (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W).
+        """
+        per = neighbours.shape[0] // current.shape[0]
+        current_rep = current.repeat_interleave(per, dim=0)
+        warped = flow_warp(neighbours, flow_t_to_n)                 # Eq. 8, F_flow
+        if s == 0 or budget == 0:
+            mask = warped.new_zeros(warped.shape[0], 1, *warped.shape[-2:])
+            return torch.cat((warped, mask, torch.zeros_like(warped)), dim=1), mask
+        d = consistency_difference(image_t.repeat_interleave(per, dim=0), flow_t_to_n,
+                                   flow_n_to_t)
+        mask = attention_mask(d, s)
+        if budget is None:
+            n, y, x, valid = select_dynamic(mask)
+        else:
+            n, y, x, valid = select_bucket(d, mask, budget)
+        attended = self.attend(current_rep, warped, n, y, x, valid)
+        executed = _scatter(torch.zeros_like(mask), n, y, x, valid.unsqueeze(1))
+        return torch.cat((warped, executed, attended), dim=1), executed
+
+
+def _scatter(out: torch.Tensor, n: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+             values: torch.Tensor) -> torch.Tensor:
+    """out[n, :, y, x] = values (Q, C), in place on a freshly allocated `out` (an out-of-place
+    index_put would copy the whole map, a cost that does not shrink with R). Positions are
+    unique in both policies, so the write order does not matter."""
+    out.permute(0, 2, 3, 1).index_put_((n, y, x), values)
+    return out

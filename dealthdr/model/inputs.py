@@ -1,0 +1,76 @@
+"""Input preparation (Eq. 1) and input checks shared by the model and the tools around it."""
+from __future__ import annotations
+
+import torch
+
+
+def is_tracing() -> bool:
+    """True under torch.export / torch.compile, where data-dependent checks cannot run."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def check_frames(frames: torch.Tensor, exposures: torch.Tensor | None, num_frames: int) -> None:
+    """Raise ValueError with a precise message for input the network cannot use."""
+    if not torch.is_tensor(frames) or frames.dim() != 5:
+        raise ValueError("frames must be a (B, T, 3, H, W) tensor, got "
+                         f"{getattr(frames, 'shape', type(frames))}")
+    b, t, c, h, w = frames.shape
+    if t != num_frames:
+        raise ValueError(f"expected {num_frames} frames per window, got {t}")
+    if c != 3:
+        raise ValueError(f"expected 3 colour channels (RGB), got {c}")
+    if not frames.is_floating_point():
+        raise ValueError(f"frames must be floating point in [0, 1], got {frames.dtype}; "
+                         "divide 8-bit input by 255 and 16-bit input by 65535")
+    if h < 8 or w < 8:
+        raise ValueError(f"frames of {h}x{w} are too small (minimum 8x8)")
+    if not torch.isfinite(frames).all():
+        raise ValueError("frames contain NaN or Inf")
+    lo, hi = frames.min().item(), frames.max().item()
+    if lo < 0 or hi > 1 + 1e-4:
+        raise ValueError(f"frames must be LDR values in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
+                         "divide 8-bit input by 255 and 16-bit input by 65535")
+    if exposures is not None:
+        if exposures.shape != (b, t):
+            raise ValueError(f"exposures must be (B, T) = {(b, t)}, got {tuple(exposures.shape)}")
+        if not torch.isfinite(exposures).all() or (exposures <= 0).any():
+            raise ValueError("exposures must be finite and positive")
+
+
+def long_pattern_from_exposures(exposures: torch.Tensor) -> tuple[bool, ...]:
+    """Which positions of the window are long exposures, read from relative exposure times.
+
+    Every sample of a batch must share the pattern (the dual encoders split the batch by it),
+    and it must alternate, as the paper's capture does.
+    """
+    rel = exposures / exposures.min(dim=1, keepdim=True).values
+    patterns = {tuple(bool(v) for v in row) for row in (rel > 1.01).tolist()}
+    if len(patterns) != 1:
+        raise ValueError("samples of one batch have different short/long patterns; "
+                         "batch windows whose centre frame has the same exposure")
+    pattern = patterns.pop()
+    check_alternating(pattern)
+    return pattern
+
+
+def check_alternating(pattern: tuple[bool, ...]) -> None:
+    if any(a == b for a, b in zip(pattern, pattern[1:])):
+        shown = "".join("L" if p else "S" for p in pattern)
+        raise ValueError(f"exposures must alternate short/long, got pattern {shown}")
+
+
+def exposures_from_pattern(pattern: tuple[bool, ...], ratio: float, batch: int,
+                           device: torch.device | None = None) -> torch.Tensor:
+    row = torch.tensor([ratio if p else 1.0 for p in pattern], device=device)
+    return row.expand(batch, -1).clone()
+
+
+def prepare_inputs(frames: torch.Tensor, exposures: torch.Tensor,
+                   gamma: float = 2.2) -> torch.Tensor:
+    """Eq. 1: linearise with the inverse gamma, bring every frame to the short exposure's
+    brightness (divide by its exposure relative to the shortest of its window), and concatenate
+    the linear frame with its gamma-1/gamma version: (B, T, 3, H, W) -> (B, T, 6, H, W).
+    """
+    rel = exposures / exposures.min(dim=1, keepdim=True).values
+    linear = frames.clamp(0, 1) ** gamma / rel.view(*rel.shape, 1, 1, 1)
+    return torch.cat((linear, linear.clamp_min(1e-8) ** (1.0 / gamma)), dim=2)

@@ -1,0 +1,181 @@
+"""The DeAltHDR network (Fig. 2, App. C): dual encoders, a router-fused middle, and a 3-level
+decoder that aligns the 4 neighbours with FGMA and fuses them with the frame history router.
+
+Every weight-holding module runs once per forward on a stacked batch (short frames, long
+frames, the 8 flow pairs, the neighbours): a module called twice breaks int8 XNNPACK lowering,
+and one larger batch is faster on every runtime (see shared/refs/deployment.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import make_level
+from .config import DeAltHDRConfig
+from .encoder import Encoder
+from .fgma import FGMA
+from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
+                     long_pattern_from_exposures, prepare_inputs)
+from .layers import Upsample
+from .router import FrameHistoryRouter
+from .spynet import SpyNet, resize_flow
+
+PAD_MULTIPLE = 8  # three pixel-unshuffle downsamplings
+
+
+@dataclass
+class ForwardStats:
+    """What one forward did: per decoder level (1, 2, 3) the executed attention positions and
+    the positions available, summed over batch and neighbours."""
+    attended: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    @property
+    def attention_ratio(self) -> float:
+        total = sum(self.positions)
+        return sum(self.attended) / total if total else 0.0
+
+
+def bucket_budget(ratio: float, size: tuple[int, int]) -> tuple[int, int, int]:
+    """Per-level bucket sizes K (levels 1, 2, 3) for an attention ratio at an input size."""
+    h = math.ceil(size[0] / PAD_MULTIPLE) * PAD_MULTIPLE
+    w = math.ceil(size[1] / PAD_MULTIPLE) * PAD_MULTIPLE
+    return tuple(math.ceil(ratio * (h >> lv) * (w >> lv)) for lv in range(3))
+
+
+class DeAltHDR(nn.Module):
+    """HDR of the centre frame from a window of alternating-exposure LDR frames.
+
+    forward(frames, exposures, s, budget, long_pattern):
+        frames: (B, T, 3, H, W) gamma-encoded LDR in [0, 1], any H x W (padded internally).
+        exposures: (B, T) relative exposure times (e.g. 1 and 8); None uses `long_pattern` and
+            the config's exposure ratio.
+        s: FGMA sensitivity; 0 = flow only, inf = attention only.
+        budget: None for the dynamic mask policy, or K per decoder level (1, 2, 3) for the
+            fixed-shape bucket policy used in export.
+        long_pattern: which positions are long exposures; read from `exposures` when None
+            (eager only; export passes it, since it fixes the graph).
+    Returns (B, 3, H, W) linear HDR, non-negative, in the short exposure's units.
+    """
+
+    def __init__(self, cfg: DeAltHDRConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dims = [cfg.dim * 2 ** i for i in range(4)]
+        self.encoder_short = Encoder(cfg)
+        self.encoder_long = Encoder(cfg)
+        self.spynet = SpyNet(cfg.spynet_levels, cfg.spynet_width)
+        self.middle_router = FrameHistoryRouter(dims[3], cfg.heads[3], cfg.ffn_expansion)
+        self.middle = make_level(4, dims[3], cfg.middle_blocks, cfg.heads[3], cfg.ffn_expansion)
+        # Decoder modules are listed coarse to fine: index 0 is level 3.
+        levels = (3, 2, 1)
+        self.ups = nn.ModuleList([Upsample(dims[lv]) for lv in levels])
+        self.skips = nn.ModuleList([nn.Conv2d(2 * dims[lv - 1], dims[lv - 1], 1) for lv in levels])
+        self.fgma = nn.ModuleList([FGMA(dims[lv - 1], cfg.attn_window) for lv in levels])
+        self.align_proj = nn.ModuleList([nn.Conv2d(2 * dims[lv - 1] + 1, dims[lv - 1], 1)
+                                         for lv in levels])
+        self.routers = nn.ModuleList([FrameHistoryRouter(dims[lv - 1], cfg.heads[lv - 1],
+                                                         cfg.ffn_expansion) for lv in levels])
+        self.decoder = nn.ModuleList([
+            make_level(lv, dims[lv - 1], n, cfg.heads[lv - 1], cfg.ffn_expansion)
+            for lv, n in zip(levels, cfg.decoder_blocks)])
+        self.head = nn.Conv2d(dims[0], 3, 3, padding=1)
+
+    def forward(self, frames: torch.Tensor, exposures: torch.Tensor | None = None,
+                s: float = 15.0, budget: tuple[int, int, int] | None = None,
+                long_pattern: tuple[bool, ...] | None = None) -> torch.Tensor:
+        return self.forward_with_stats(frames, exposures, s, budget, long_pattern)[0]
+
+    def forward_with_stats(self, frames: torch.Tensor, exposures: torch.Tensor | None = None,
+                           s: float = 15.0, budget: tuple[int, int, int] | None = None,
+                           long_pattern: tuple[bool, ...] | None = None,
+                           ) -> tuple[torch.Tensor, ForwardStats]:
+        cfg = self.cfg
+        if not is_tracing():
+            check_frames(frames, exposures, cfg.num_frames)
+            if exposures is not None and long_pattern is None:
+                long_pattern = long_pattern_from_exposures(exposures)
+        if long_pattern is None:
+            raise ValueError("give exposures or long_pattern")
+        check_alternating(long_pattern)
+        if len(long_pattern) != frames.shape[1]:
+            raise ValueError(f"long_pattern has {len(long_pattern)} entries for "
+                             f"{frames.shape[1]} frames")
+        if budget is None and is_tracing() and s != 0:
+            raise ValueError("export needs the bucket policy: pass budget=(K1, K2, K3)")
+        b, t, _, h, w = frames.shape
+        if exposures is None:
+            exposures = exposures_from_pattern(long_pattern, cfg.exposure_ratio, b, frames.device)
+        x = prepare_inputs(frames, exposures, cfg.gamma)
+        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
+        if ph or pw:
+            x = F.pad(x.reshape(b, t * 6, h, w), (0, pw, 0, ph), mode="replicate")
+            x = x.reshape(b, t, 6, h + ph, w + pw)
+        out, stats = self._reconstruct(x, long_pattern, s, budget)
+        return out[..., :h, :w], stats
+
+    def _reconstruct(self, x: torch.Tensor, pattern: tuple[bool, ...], s: float,
+                     budget: tuple[int, int, int] | None) -> tuple[torch.Tensor, ForwardStats]:
+        b, t, _, h, w = x.shape
+        centre = t // 2
+        nbs = [i for i in range(t) if i != centre]
+        feats = self._encode(x, pattern)                    # 4 x (B, T, C, h, w)
+        guide = x[:, :, 3:].clamp(0, 1)                     # exposure-normalised, gamma domain
+        flow_t_n, flow_n_t = self._flows(guide, centre, nbs)
+
+        cur = self.middle_router(feats[3][:, centre], _stack(feats[3][:, nbs]))
+        cur = self.middle(cur)
+        stats = ForwardStats()
+        guide_t = guide[:, centre]
+        for i, level in enumerate((3, 2, 1)):
+            cur = self.skips[i](torch.cat((self.ups[i](cur), feats[level - 1][:, centre]), 1))
+            size = cur.shape[-2:]
+            scale = 2 ** (level - 1)
+            guide_l = F.avg_pool2d(guide_t, scale) if scale > 1 else guide_t
+            aligned, executed = self.fgma[i](
+                cur, _stack(feats[level - 1][:, nbs]), resize_flow(flow_t_n, size),
+                resize_flow(flow_n_t, size), guide_l, s,
+                None if budget is None else budget[level - 1])
+            cur = self.routers[i](cur, self.align_proj[i](aligned))
+            cur = self.decoder[i](cur)
+            if not is_tracing():
+                stats.attended.insert(0, int(executed.sum().item()))
+                stats.positions.insert(0, executed.numel())
+        base = x[:, centre, :3]
+        return F.relu(base + self.head(cur)), stats
+
+    def _encode(self, x: torch.Tensor, pattern: tuple[bool, ...]) -> list[torch.Tensor]:
+        """Run each encoder once on its frames; return per level (B, T, C, h, w) in time order."""
+        b, t = x.shape[:2]
+        short = [i for i in range(t) if not pattern[i]]
+        long_ = [i for i in range(t) if pattern[i]]
+        fs = self.encoder_short(_stack(x[:, short]))
+        fl = self.encoder_long(_stack(x[:, long_]))
+        order = sorted(range(t), key=lambda i: (short + long_).index(i))
+        out = []
+        for a, c in zip(fs, fl):
+            both = torch.cat((a.reshape(b, len(short), *a.shape[1:]),
+                              c.reshape(b, len(long_), *c.shape[1:])), dim=1)
+            out.append(both[:, order])
+        return out
+
+    def _flows(self, guide: torch.Tensor, centre: int, nbs: list[int],
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both directions for every neighbour in one SpyNet call on 2*B*T' pairs.
+        Returns O_{t->n} and O_{n->t}, each (B*T', 2, h', w') at SpyNet's working resolution."""
+        cur = guide[:, centre:centre + 1].expand(-1, len(nbs), -1, -1, -1)
+        nb = guide[:, nbs]
+        ref = torch.cat((_stack(cur), _stack(nb)), dim=0)
+        supp = torch.cat((_stack(nb), _stack(cur)), dim=0)
+        flow = self.spynet.estimate(ref, supp, self.cfg.flow_scale)
+        half = flow.shape[0] // 2
+        return flow[:half], flow[half:]
+
+
+def _stack(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) -> (B*T, ...), batch-major."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
