@@ -92,21 +92,38 @@ COMPONENTS = {
 }
 
 
+class _Probe(torch.nn.Module):
+    """Calls the model through __call__ so FlopCounterMode's module tracker names its parts."""
+
+    def __init__(self, model: DeAltHDR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames, exposures, s, budget):
+        return self.model.forward_with_stats(frames, exposures, s=s, budget=budget)
+
+
 def count_flops(model: DeAltHDR, frames: torch.Tensor, exposures: torch.Tensor, s: float,
                 budget: tuple[int, int, int] | None = None,
                 ) -> tuple[int, dict[str, int], ForwardStats]:
     """Total FLOPs of one forward, FLOPs per component, and what the forward did."""
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+    probe = _Probe(model)
     with torch.no_grad(), counter:
-        _, stats = model.forward_with_stats(frames, exposures, s=s, budget=budget)
+        _, stats = probe(frames, exposures, s, budget)
     per_module = counter.get_flop_counts()
     components: dict[str, int] = defaultdict(int)
+    prefix = "_Probe.model."
     for name, ops in per_module.items():
-        parts = name.split(".")
-        if len(parts) != 2:  # direct children of the model only: no double counting
+        if not name.startswith(prefix):
             continue
-        for comp, prefixes in COMPONENTS.items():
-            if parts[1] in prefixes:
+        parts = name[len(prefix):].split(".")
+        # Top-level components only, so nothing is counted twice: a direct child of the model,
+        # or an item of a ModuleList child (the list itself is never called).
+        if len(parts) == 2 and prefix + parts[0] in per_module or len(parts) > 2:
+            continue
+        for comp, children in COMPONENTS.items():
+            if parts[0] in children:
                 components[comp] += sum(ops.values())
     total = counter.get_total_flops()
     components["other (input, padding)"] = total - sum(components.values())

@@ -74,8 +74,8 @@ def default() -> DeAltHDRConfig:
 
 def s() -> DeAltHDRConfig:
     """DeAltHDR-S (Table F): the compact variant, about 0.8x the default's FLOPs at s=15."""
-    return DeAltHDRConfig(name="s", encoder_blocks=(2, 3, 4), middle_blocks=4,
-                          decoder_blocks=(4, 3, 2))
+    return DeAltHDRConfig(name="s", encoder_blocks=(2, 3, 4), middle_blocks=3,
+                          decoder_blocks=(3, 2, 2))
 
 
 def tiny() -> DeAltHDRConfig:

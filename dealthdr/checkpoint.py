@@ -1,0 +1,101 @@
+"""Checkpoints: weights as safetensors + the variant config as JSON, side by side.
+
+`name.safetensors` holds tensors only (no pickle, so loading an untrusted file runs no code);
+`name.json` holds {"config": ..., "meta": ...}. Both are written to temporary files and renamed,
+so a crash never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import DeAltHDR, DeAltHDRConfig
+
+log = logging.getLogger(__name__)
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: DeAltHDR, path: str | Path, meta: dict | None = None) -> Path:
+    """Save weights and config; returns the .safetensors path."""
+    from safetensors.torch import save
+
+    weights, config = _paths(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(weights, save(state, metadata={"variant": model.cfg.name}))
+    doc = {"config": json.loads(model.cfg.to_json()), "meta": meta or {}}
+    atomic_write_bytes(config, json.dumps(doc, indent=2, sort_keys=True).encode())
+    log.info("saved checkpoint %s", weights)
+    return weights
+
+
+def read_config(path: str | Path) -> tuple[DeAltHDRConfig, dict]:
+    _, config = _paths(path)
+    if not config.is_file():
+        raise FileNotFoundError(f"checkpoint config not found: {config}")
+    try:
+        doc = json.loads(config.read_text())
+        return DeAltHDRConfig.from_dict(doc["config"]), doc.get("meta", {})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{config} is not a dealthdr checkpoint config: {err}") from None
+
+
+def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAltHDR, dict]:
+    """Build the model a checkpoint describes and load its weights.
+
+    `variant`, when given, must match the checkpoint's (a checkpoint of another variant is an
+    error, not a silent rebuild). Returns (model in eval mode, meta).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, _ = _paths(path)
+    cfg, meta = read_config(path)
+    if variant is not None and cfg.name != variant:
+        raise ValueError(f"{weights} is a {cfg.name!r} checkpoint, not {variant!r}")
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {weights}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} is not a readable safetensors file: {err}") from None
+    model = DeAltHDR(cfg)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match variant {cfg.name!r}: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(f"{weights}: shapes differ from variant {cfg.name!r} at {bad[:3]}")
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def state_dict_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

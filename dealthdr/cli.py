@@ -1,0 +1,58 @@
+"""`dealthdr` command line: one subcommand per job, each in its own module."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+from . import __version__
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x256' -> (256, 256) as (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 256x256, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size {text} is below the 8x8 minimum")
+    return h, w
+
+
+def parse_s_list(text: str) -> list[float]:
+    """'0,1,15,100,inf' -> [0.0, 1.0, 15.0, 100.0, inf]."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"s values must be numbers or inf, got {text!r}") from None
+    if not values or any(v < 0 or math.isnan(v) for v in values):
+        raise argparse.ArgumentTypeError(f"s values must be >= 0, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import profile_cli
+
+    parser = argparse.ArgumentParser(prog="dealthdr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dealthdr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    profile_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dealthdr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
