@@ -45,7 +45,10 @@ def make_clip(height: int = 256, width: int = 256, frames: int = 5, centre_long:
         dy, dx = round(1.5 * (t - centre)), round(2.5 * (t - centre))
         hdr = bg[:, margin + dy:margin + dy + height, margin + dx:margin + dx + width].clone()
         oy, ox = height // 3 - 2 * (t - centre), width // 4 + 4 * (t - centre)
-        hdr[:, oy:oy + fg.shape[1], ox:ox + fg.shape[2]] = fg[:, :height - oy, :width - ox]
+        y0, x0 = max(oy, 0), max(ox, 0)
+        y1, x1 = min(oy + fg.shape[1], height), min(ox + fg.shape[2], width)
+        if y1 > y0 and x1 > x0:  # the occluder moves against the pan (local motion)
+            hdr[:, y0:y1, x0:x1] = fg[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
         is_long = (t % 2 == centre % 2) == centre_long
         exposure = ratio if is_long else 1.0
         linear = hdr * exposure

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+import torch
+
+from dealthdr import create_model
+from dealthdr.checkpoint import load_checkpoint, save_checkpoint, state_dict_equal
+
+
+def test_round_trip_and_no_temporary_files(tmp_path):
+    model = create_model("tiny")
+    path = save_checkpoint(model, tmp_path / "ck", meta={"steps": 3})
+    assert path.name == "ck.safetensors" and (tmp_path / "ck.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.safetensors"]
+    loaded, meta = load_checkpoint(tmp_path / "ck.safetensors", variant="tiny")
+    assert meta == {"steps": 3} and state_dict_equal(model, loaded)
+    assert not loaded.training
+
+
+def test_refuses_checkpoint_of_another_variant(tmp_path):
+    save_checkpoint(create_model("tiny"), tmp_path / "ck")
+    with pytest.raises(ValueError, match="'tiny' checkpoint, not 's'"):
+        load_checkpoint(tmp_path / "ck", variant="s")
+    # a config edited to claim another variant no longer matches its weights
+    doc = json.loads((tmp_path / "ck.json").read_text())
+    doc["config"]["dim"] = 8
+    (tmp_path / "ck.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="shapes differ"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_corrupt_or_missing_files_give_clear_errors(tmp_path):
+    save_checkpoint(create_model("tiny"), tmp_path / "ck")
+    (tmp_path / "ck.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck.json").write_text("{broken")
+    with pytest.raises(ValueError, match="not a dealthdr checkpoint config"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nothing")

@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dealthdr.model.fgma import FGMA, attention_mask, select_bucket, select_dynamic
+from tests.conftest import textured
+
+
+def _inputs(b=1, per=4, c=8, h=12, w=14, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cur = torch.randn(b, c, h, w, generator=g)
+    nbs = torch.randn(b * per, c, h, w, generator=g)
+    f_tn = torch.randn(b * per, 2, h, w, generator=g) * 2
+    f_nt = torch.randn(b * per, 2, h, w, generator=g) * 2
+    img = textured(b, 3, h, w, seed=seed)
+    return cur, nbs, f_tn, f_nt, img
+
+
+def test_mask_empty_at_zero_full_at_inf_monotone_in_s():
+    d = torch.rand(2, 1, 16, 16)
+    assert attention_mask(d, 0.0).sum() == 0
+    assert attention_mask(d, math.inf).all()
+    assert attention_mask(torch.zeros(1, 1, 4, 4), math.inf).all()  # even where D = 0
+    prev = attention_mask(d, 0.0)
+    for s in [0.1, 0.6, 1, 2, 15, 100, 1e6]:
+        m = attention_mask(d, s)
+        assert (m >= prev).all()
+        prev = m
+    # Eq. 6 in 8-bit units: s * D/255 > 0.5 with D in 0..255
+    assert torch.equal(attention_mask(d, 15), ((15 * (d * 255) / 255) > 0.5).float())
+    with pytest.raises(ValueError):
+        attention_mask(d, -1)
+
+
+def test_dynamic_equals_bucket_when_mask_fits():
+    fgma = FGMA(8, 5).eval()
+    args = _inputs()
+    with torch.no_grad():
+        dyn, m_dyn = fgma(*args, s=15.0)
+        count = int(m_dyn.flatten(1).sum(1).max())
+        assert 0 < count < 12 * 14
+        for k in (count, count + 7, 12 * 14):
+            buck, m_b = fgma(*args, s=15.0, budget=k)
+            assert torch.equal(m_dyn, m_b)
+            assert torch.allclose(dyn, buck, atol=1e-6)
+
+
+def test_bucket_overflow_keeps_most_inconsistent_positions():
+    d = torch.rand(3, 1, 6, 7)
+    mask = attention_mask(d, 100.0)
+    n, y, x, valid = select_bucket(d, mask, 5)
+    assert n.numel() == 15
+    for item in range(3):
+        picked = d[item, 0, y[n == item], x[n == item]]
+        assert picked.min() >= d[item].flatten().topk(5).values.min()
+
+
+def test_attention_uses_the_neighbour_and_not_at_s0():
+    fgma = FGMA(8, 5).eval()
+    cur, nbs, f_tn, f_nt, img = _inputs()
+    c = 8
+    with torch.no_grad():
+        out, mask = fgma(cur, nbs, f_tn, f_nt, img, s=math.inf)
+        nbs2 = nbs.clone()
+        nbs2[0] += torch.randn_like(nbs2[0])
+        out2, _ = fgma(cur, nbs2, f_tn, f_nt, img, s=math.inf)
+        att, att2 = out[:, c + 1:], out2[:, c + 1:]
+        assert (att[0] - att2[0]).abs().max() > 1e-3      # the changed neighbour
+        assert torch.equal(att[1:], att2[1:])             # the others are untouched
+        flow_only, m0 = fgma(cur, nbs, f_tn, f_nt, img, s=0.0)
+        flow_only2, _ = fgma(cur, nbs2, f_tn, f_nt, img, s=0.0)
+        assert m0.sum() == 0
+        assert flow_only[:, c + 1:].abs().max() == 0 and flow_only2[:, c + 1:].abs().max() == 0
+
+
+def _naive_window_attention(fgma, cur_rep, warped, mask):
+    """Reference Eq. 7-8: explicit K/V projections of every key, windows via unfold."""
+    num, c, h, w = warped.shape
+    k_ = fgma.window
+    r = k_ // 2
+    keys = F.conv2d(warped, fgma.proj_k.weight.view(c, c, 1, 1), fgma.proj_k.bias)
+    vals = F.conv2d(warped, fgma.proj_v.weight.view(c, c, 1, 1), fgma.proj_v.bias)
+    q = F.conv2d(cur_rep * mask, fgma.proj_q.weight.view(c, c, 1, 1), fgma.proj_q.bias)
+    kw = F.unfold(keys, k_, padding=r).view(num, c, k_ * k_, h, w)
+    vw = F.unfold(vals, k_, padding=r).view(num, c, k_ * k_, h, w)
+    inside = F.unfold(torch.ones(num, 1, h, w), k_, padding=r).view(num, 1, k_ * k_, h, w) > 0
+    scores = (q.unsqueeze(2) * kw).sum(1, keepdim=True) / math.sqrt(c)
+    scores = scores.masked_fill(~inside, float("-inf"))
+    attn = torch.softmax(scores, dim=2)
+    return (attn * vw).sum(2) * mask
+
+
+def test_sparse_attention_equals_dense_reference():
+    fgma = FGMA(8, 5).eval()
+    with torch.no_grad():
+        for p in fgma.parameters():
+            p.normal_(0, 0.5)
+        cur, nbs, f_tn, f_nt, img = _inputs(b=2, per=2)
+        out, mask = fgma(cur, nbs, f_tn, f_nt, img, s=20.0)
+        assert 0 < mask.mean() < 1
+        from dealthdr.model.spynet import flow_warp
+        ref = _naive_window_attention(fgma, cur.repeat_interleave(2, 0), flow_warp(nbs, f_tn), mask)
+        assert torch.allclose(out[:, 9:], ref, atol=1e-5)
+
+
+def test_selection_policies_agree_on_positions():
+    d = torch.rand(2, 1, 5, 5)
+    mask = attention_mask(d, 1.2)
+    n, y, x, v = select_dynamic(mask)
+    nb, yb, xb, vb = select_bucket(d, mask, 25)
+    dyn = {(int(a), int(b), int(c)) for a, b, c in zip(n, y, x)}
+    buck = {(int(a), int(b), int(c)) for a, b, c, ok in zip(nb, yb, xb, vb) if ok}
+    assert dyn == buck

@@ -1,0 +1,39 @@
+import torch
+import torch.nn.functional as F
+
+from dealthdr.model.layers import LayerNorm2d
+from dealthdr.model.router import FrameHistoryRouter
+
+
+def test_layernorm2d_matches_layer_norm_over_channels():
+    ln = LayerNorm2d(12)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(3, 12, 7, 9) * 5 + 2
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (12,), ln.weight, ln.bias, ln.eps)
+    assert torch.allclose(ln(x), ref.permute(0, 3, 1, 2), atol=1e-5)
+
+
+def test_router_mixes_information_from_neighbours():
+    router = FrameHistoryRouter(16, heads=2, expansion=2.5).eval()
+    x = torch.randn(2, 16, 8, 8)
+    others = torch.randn(2 * 4, 16, 8, 8)
+    with torch.no_grad():
+        base = router(x, others)
+        changed = others.clone()
+        changed[5] += 3 * torch.randn(16, 8, 8)      # sample 1, neighbour 1
+        out = router(x, changed)
+    assert (out[1] - base[1]).abs().max() > 1e-3     # the current frame sees its neighbours
+    assert torch.equal(out[0], base[0])              # and only its own sample's
+
+
+def test_router_attention_spans_all_frames():
+    # With a query that matches one neighbour's channels, the routed output follows that
+    # neighbour: keys/values really cover the (T'+1) frames, not just the current one.
+    router = FrameHistoryRouter(8, heads=1, expansion=2.0).eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        a = router(x, torch.zeros(4, 8, 6, 6))
+        b = router(x, torch.randn(4, 8, 6, 6))
+    assert (a - b).abs().mean() > 1e-3

@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+
+from dealthdr import create_model
+from dealthdr.model import VARIANTS, bucket_budget
+from dealthdr.model.inputs import prepare_inputs
+from dealthdr.testclip import make_clip
+
+PATTERN = (False, True, False, True, False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("tiny").eval()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_runs_forward_and_backward(variant):
+    model = create_model(variant)
+    frames, exposures, hdr = make_clip(32, 40)
+    out = model(frames, exposures, s=15.0)
+    assert out.shape == (1, 3, 32, 40) and (out >= 0).all()
+    (out - hdr).abs().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.5 * len(grads)
+
+
+def test_input_preparation_eq1():
+    frames = torch.full((1, 5, 3, 4, 4), 0.5)
+    exposures = torch.tensor([[1.0, 8, 1, 8, 1]])
+    x = prepare_inputs(frames, exposures)
+    lin = 0.5 ** 2.2
+    assert torch.allclose(x[0, 0, :3], torch.full((3, 4, 4), lin))
+    assert torch.allclose(x[0, 1, :3], torch.full((3, 4, 4), lin / 8))   # long / ratio
+    assert torch.allclose(x[0, 1, 3:], torch.full((3, 4, 4), (lin / 8) ** (1 / 2.2)))
+    # the exposure ratio is an input: 4x instead of 8x
+    x4 = prepare_inputs(frames, torch.tensor([[2.0, 8, 2, 8, 2]]))
+    assert torch.allclose(x4[0, 1, :3], torch.full((3, 4, 4), lin / 4))
+
+
+@pytest.mark.parametrize("size", [(37, 45), (8, 9), (64, 33)])
+def test_odd_sizes_are_padded_and_cropped(tiny, size):
+    frames, exposures, _ = make_clip(*size)
+    with torch.no_grad():
+        out = tiny(frames, exposures, s=15.0)
+    assert out.shape == (1, 3, *size)
+
+
+def test_centre_long_window_and_batches(tiny):
+    f1, e1, _ = make_clip(24, 24, centre_long=True, seed=1)
+    f2, e2, _ = make_clip(24, 24, centre_long=True, seed=2)
+    with torch.no_grad():
+        both = tiny(torch.cat((f1, f2)), torch.cat((e1, e2)), s=1.0)
+        one = tiny(f2, e2, s=1.0)
+    assert torch.allclose(both[1:], one, atol=1e-5)
+
+
+def test_neighbours_influence_the_output(tiny):
+    frames, exposures, _ = make_clip(32, 32)
+    with torch.no_grad():
+        base = tiny(frames, exposures, s=math.inf)
+        changed = frames.clone()
+        changed[:, 0] = changed[:, 0].flip(-1)
+        assert (tiny(changed, exposures, s=math.inf) - base).abs().max() > 1e-6
+
+
+def test_bad_inputs_raise_clear_errors(tiny):
+    frames, exposures, _ = make_clip(16, 16)
+    with pytest.raises(ValueError, match="expected 5 frames"):
+        tiny(frames[:, :4], exposures[:, :4])
+    with pytest.raises(ValueError, match="3 colour channels"):
+        tiny(frames[:, :, :2], exposures)
+    bad = frames.clone()
+    bad[0, 1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tiny(bad, exposures)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tiny(frames * 255, exposures)
+    with pytest.raises(ValueError, match="floating point"):
+        tiny((frames * 255).to(torch.uint8), exposures)
+    with pytest.raises(ValueError, match="alternate"):
+        tiny(frames, torch.tensor([[1.0, 8, 8, 1, 8]]))
+    with pytest.raises(ValueError, match="exposures must be"):
+        tiny(frames, torch.tensor([[1.0, 8, 1]]))
+    with pytest.raises(ValueError, match="different short/long"):
+        tiny(torch.cat((frames, frames)), torch.tensor([[1.0, 8, 1, 8, 1], [8.0, 1, 8, 1, 8]]))
+    with pytest.raises(ValueError, match="s must be"):
+        tiny(frames, exposures, s=-1.0)
+    with pytest.raises(ValueError, match="5-D|\\(B, T, 3, H, W\\)"):
+        tiny(frames[0], exposures)
+
+
+def test_dynamic_and_bucket_agree_in_the_full_model(tiny):
+    frames, exposures, _ = make_clip(32, 32)
+    with torch.no_grad():
+        dyn, stats = tiny.forward_with_stats(frames, exposures, s=15.0)
+        full = bucket_budget(1.0, (32, 32))
+        buck = tiny(frames, exposures, s=15.0, budget=full)
+        assert torch.allclose(dyn, buck, atol=1e-5)
+        small = tiny(frames, exposures, s=15.0, budget=(1, 1, 1))
+        if stats.attention_ratio > 0:
+            assert not torch.allclose(dyn, small, atol=1e-6)
+
+
+def test_torch_export_with_bucket_policy(tiny):
+    frames, exposures, _ = make_clip(32, 32)
+    budget = bucket_budget(0.25, (32, 32))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, f, e):
+            return self.model(f, e, s=15.0, budget=budget, long_pattern=PATTERN)
+
+    wrapped = Wrapped(tiny)
+    program = torch.export.export(wrapped, (frames, exposures))
+    with torch.no_grad():
+        assert torch.allclose(program.module()(frames, exposures), wrapped(frames, exposures),
+                              atol=1e-5)
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten.topk.default" in ops and "aten.grid_sampler.default" in ops
+
+    class Dynamic(Wrapped):
+        def forward(self, f, e):
+            return self.model(f, e, s=15.0, long_pattern=PATTERN)
+
+    with pytest.raises(Exception, match="bucket policy"):
+        torch.export.export(Dynamic(tiny), (frames, exposures))
