@@ -113,3 +113,13 @@ def test_selection_policies_agree_on_positions():
     dyn = {(int(a), int(b), int(c)) for a, b, c in zip(n, y, x)}
     buck = {(int(a), int(b), int(c)) for a, b, c, ok in zip(nb, yb, xb, vb) if ok}
     assert dyn == buck
+
+
+def test_query_chunking_does_not_change_the_result():
+    fgma = FGMA(8, 3).eval()
+    args = _inputs(per=3)
+    with torch.no_grad():
+        whole, _ = fgma(*args, s=math.inf)
+        fgma.query_chunk = 7
+        chunked, _ = fgma(*args, s=math.inf)
+    assert torch.allclose(whole, chunked, atol=1e-6)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import is_tracing
 from .spynet import flow_warp
 
 _NEG = -1e4  # "minus infinity" that stays finite in fp16
@@ -94,12 +95,15 @@ class FGMA(nn.Module):
     Args:
         channels: feature channels C at this level (also the attention dimension d).
         window: side of the square neighbour window each query attends to (odd).
+        query_chunk: queries processed at once in eager mode (bounds peak memory; no effect
+            on the result). Exported graphs process all K queries of a bucket at once.
     """
 
-    def __init__(self, channels: int, window: int) -> None:
+    def __init__(self, channels: int, window: int, query_chunk: int = 16384) -> None:
         super().__init__()
         self.channels = channels
         self.window = window
+        self.query_chunk = query_chunk
         self.proj_q = nn.Linear(channels, channels)
         self.proj_k = nn.Linear(channels, channels)
         self.proj_v = nn.Linear(channels, channels)
@@ -130,25 +134,37 @@ class FGMA(nn.Module):
 
         current: (N, C, H, W) query features (one copy per neighbour); warped: (N, C, H, W)
         flow-warped neighbour features; n, y, x, valid: (Q,) selection. Returns (N, C, H, W).
-        Beyond the key table and the zero fill, every step is O(Q).
+        Beyond the key table and the zero fill, every step is O(Q). In eager mode queries are
+        processed in chunks of `query_chunk`, so the gathered windows (Q * w * w * C floats,
+        1.6 GB for the default variant at 256x256, R=1) never exist at once.
         """
         num, c, h, w = warped.shape
         r = self.window // 2
         table, border = self.key_table(warped)
         out = warped.new_zeros(num, c, h, w)
-        if n.numel() == 0:
+        total = n.numel()
+        if total == 0:
             return out
-        q = self.proj_q(current[n, :, y, x])                          # (Q, C)  Eq. 7, Proj_q
-        qk = q @ self.proj_k.weight                                    # (Q, C)  W_k folded in
-        corner = (n * (h + 2 * r) + y) * (w + 2 * r) + x               # window's top-left
-        idx = (corner.unsqueeze(1) + self.window_offsets(w + 2 * r)).reshape(-1)
+        corner = (n * (h + 2 * r) + y) * (w + 2 * r) + x              # window's top-left
+        offsets = self.window_offsets(w + 2 * r)
+        queries = current[n, :, y, x]
+        step = total if is_tracing() else self.query_chunk
+        values = torch.cat([
+            self._attend_chunk(queries[i:i + step], table, border, corner[i:i + step], offsets)
+            for i in range(0, total, step)])
+        return _scatter(out, n, y, x, values * valid.unsqueeze(1))
+
+    def _attend_chunk(self, queries: torch.Tensor, table: torch.Tensor, border: torch.Tensor,
+                      corner: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        c = queries.shape[1]
+        q = self.proj_q(queries)                                        # (Q, C)  Eq. 7, Proj_q
+        qk = q @ self.proj_k.weight                                     # (Q, C)  W_k folded in
+        idx = (corner.unsqueeze(1) + offsets).reshape(-1)
         keys = table.index_select(0, idx).view(-1, self.window ** 2, c)  # (Q, w*w, C)
         scores = torch.einsum("qkc,qc->qk", keys, qk) * (c ** -0.5)
         scores = scores + border.index_select(0, idx).view_as(scores)
-        attn = torch.softmax(scores, dim=-1)                           # Eq. 8
-        mixed = torch.einsum("qk,qkc->qc", attn, keys)
-        values = self.proj_v(mixed) * valid.unsqueeze(1)               # W_v folded out
-        return _scatter(out, n, y, x, values)
+        attn = torch.softmax(scores, dim=-1)                            # Eq. 8
+        return self.proj_v(torch.einsum("qk,qkc->qc", attn, keys))      # W_v folded out
 
     def forward(self, current: torch.Tensor, neighbours: torch.Tensor,
                 flow_t_to_n: torch.Tensor, flow_n_to_t: torch.Tensor, image_t: torch.Tensor,
