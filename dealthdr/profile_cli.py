@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from .checkpoint import atomic_write_bytes, load_checkpoint
 from .model import VARIANTS, create_model
 from .profile import linear_fit, profile_model
+from .sysinfo import machine_record
 from .testclip import make_clip
 
 # Paper, Table I / App. E (RTX A6000, 256x256), most likely GMACs (see shared/refs/architecture).
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     frames, exposures, _ = make_clip(*args.size)
     records = []
+    machine = machine_record()
     for name in variants:
         if args.checkpoint:
             model, _ = load_checkpoint(args.checkpoint, variant=name)
@@ -99,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         for rec in profile_model(model, frames, exposures, args.s_values, args.repeats,
                                  args.warmup, latency=not args.no_latency):
             rec["weights"] = weights
-            rec["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
-            rec["torch"] = torch.__version__
+            rec["machine"] = machine
             records.append(rec)
 
     text = _table(records) + "\n" + "\n".join(_summary(records))

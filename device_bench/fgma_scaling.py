@@ -24,13 +24,10 @@ import torch
 from dealthdr.checkpoint import atomic_write_bytes
 from dealthdr.cli import parse_size
 from dealthdr.model import get_config
+from dealthdr.sysinfo import machine_record
 from dealthdr.model.fgma import FGMA, attention_mask, consistency_difference, select_bucket, \
     select_dynamic
 
-try:
-    from device_bench.env import machine_record
-except ImportError:  # run as a script from the repository root
-    from env import machine_record
 
 log = logging.getLogger("fgma_scaling")
 
@@ -137,7 +134,11 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    result = run(args)
+    try:
+        result = run(args)
+    except ValueError as err:
+        log.error("fgma_scaling: error: %s", err)
+        return 2
     atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
     for row in result["rows"]:
         log.info("R=%.2f  t=%8.2f ms  t-t0=%8.2f  R(t1-t0)=%8.2f  dev=%+6.1f%%  topK=%.2f ms",

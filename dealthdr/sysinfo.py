@@ -1,4 +1,4 @@
-"""Machine and version stamp attached to every benchmark record."""
+"""Machine and version stamp attached to every measured record (profile, benchmarks)."""
 from __future__ import annotations
 
 import datetime
