@@ -19,6 +19,21 @@ from .model import DeAltHDR, DeAltHDRConfig
 log = logging.getLogger(__name__)
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED = {"default": SHIPPED_DIR / "dealthdr_tiny.safetensors"}
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """'default' -> the checkpoint shipped in dealthdr/weights/; anything else is a path."""
+    if str(name) in SHIPPED:
+        path = SHIPPED[str(name)]
+        if not path.is_file():
+            raise FileNotFoundError(f"the shipped {name!r} checkpoint is missing ({path}); "
+                                    "train one with `dealthdr train` or pass a path")
+        return path
+    return Path(name)
+
+
 def _paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
@@ -73,6 +88,7 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAlt
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = resolve_checkpoint(path)
     weights, _ = _paths(path)
     cfg, meta = read_config(path)
     if variant is not None and cfg.name != variant:
