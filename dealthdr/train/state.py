@@ -1,0 +1,71 @@
+"""Crash-safe training state: model + optimizer per step, and a `latest.json` pointer written last.
+
+A kill at any moment leaves either the previous complete state or the new one: files of a step
+are written (atomically) before the pointer to them, and the pointer is replaced atomically.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ..model import DeAltHDR
+
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    """Optimizer state as safetensors (tensors) + JSON (hyperparameters, scalars); no pickle."""
+    from safetensors.torch import save
+
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors))
+    doc = {"param_groups": sd["param_groups"], "scalars": scalars}
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(doc).encode())
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    doc = json.loads(path.with_suffix(".json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in load_file(str(path.with_suffix(".safetensors"))).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in doc["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+
+
+def save_state(folder: Path, model: DeAltHDR, opt: torch.optim.Optimizer, step: int,
+               meta: dict, keep: int = 2) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    save_optimizer(opt, folder / f"{name}_optim")
+    save_checkpoint(model, folder / name, meta={**meta, "step": step})
+    pointer = {"step": step, "model": f"{name}.safetensors", "optim": f"{name}_optim"}
+    atomic_write_bytes(folder / "latest.json", json.dumps(pointer).encode())
+    steps = sorted(int(p.stem[5:12]) for p in folder.glob("step_???????.json"))
+    for old in steps[:-keep]:
+        for p in folder.glob(f"step_{old:07d}*"):
+            p.unlink(missing_ok=True)
+
+
+def latest_step(folder: Path) -> int | None:
+    pointer = folder / "latest.json"
+    return json.loads(pointer.read_text())["step"] if pointer.is_file() else None
+
+
+def load_state(folder: Path, variant: str) -> tuple[DeAltHDR, dict, Path, int]:
+    """The model of the latest state (checked against `variant`), its meta, optimizer path, step."""
+    pointer = json.loads((folder / "latest.json").read_text())
+    model, meta = load_checkpoint(folder / pointer["model"], variant=variant)
+    return model, meta, folder / pointer["optim"], pointer["step"]

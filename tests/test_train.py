@@ -1,0 +1,140 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dealthdr.checkpoint import load_checkpoint
+from dealthdr.train.dataset import ParityBatchSampler, WindowDataset
+from dealthdr.train.loop import TrainConfig, sample_s
+from dealthdr.train.losses import HDRLoss, VGG16Features, mu_law
+from tests.clipfactory import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--steps", "8", "--spynet-steps", "3", "--batch", "2", "--patch", "32",
+        "--ckpt-every", "3", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("clips"), clips=2, frames=8, size=(40, 40))
+
+
+def _train(clips, out, *extra, wait=True):
+    cmd = [sys.executable, "-m", "dealthdr", "train", "--data", str(clips), "--out", str(out),
+           *ARGS, *extra]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _log(out):
+    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_dataset_windows_and_flow_pairs(clips):
+    ds = WindowDataset(clips, patch=24, seed=0)
+    assert len(ds) == 2 * 4
+    item = ds[0]
+    assert item["frames"].shape == (5, 3, 24, 24) and item["hdr"].shape == (3, 24, 24)
+    # translation clips: O_{t->t+k} = -k * (2, 1); flips negate dx only
+    dx = item["flow_t_n"][:, 0, 0, 0]
+    assert torch.allclose(dx.abs(), torch.tensor([4.0, 2.0, 2.0, 4.0]))
+    assert torch.allclose(item["flow_n_t"], -item["flow_t_n"])
+    ds.set_epoch(0)
+    assert torch.equal(ds[3]["frames"], ds[3]["frames"])  # deterministic per (seed, epoch, i)
+
+
+def test_batches_share_the_centre_exposure_and_shard_across_ranks(clips):
+    ds = WindowDataset(clips, patch=24)
+    batches = list(ParityBatchSampler(ds, 2, seed=1))
+    assert all(len({ds.centre_is_long(i) for i in b}) == 1 for b in batches)
+    r0 = list(ParityBatchSampler(ds, 2, seed=1, rank=0, world=2))
+    r1 = list(ParityBatchSampler(ds, 2, seed=1, rank=1, world=2))
+    assert len(r0) == len(r1) and not {tuple(b) for b in r0} & {tuple(b) for b in r1}
+
+
+def test_mode_mix_follows_the_paper():
+    cfg = TrainConfig()
+    s = [sample_s(cfg, i) for i in range(4000)]
+    flow, attn = s.count(0.0) / len(s), s.count(math.inf) / len(s)
+    fgma = [v for v in s if 0 < v < math.inf]
+    assert abs(flow - 0.3) < 0.03 and abs(attn - 0.3) < 0.03
+    assert 0 < min(fgma) and max(fgma) < 100
+    assert abs(sum(v <= 1 for v in fgma) / len(fgma) - 0.5) < 0.05
+    assert s == [sample_s(cfg, i) for i in range(4000)]
+
+
+def test_vgg16_loads_torchvision_state_dict_and_enables_perceptual_term(tmp_path):
+    ref = VGG16Features()
+    state = {k: torch.randn_like(v) for k, v in ref.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)   # other keys of a full vgg16 are ignored
+    torch.save(state, tmp_path / "vgg16.pth")
+    loss = HDRLoss(tmp_path / "vgg16.pth")
+    assert loss.perceptual
+    assert torch.equal(loss.vgg.features[0].weight, state["features.0.weight"])
+    pred, gt = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    total, parts = loss(pred, gt)
+    assert "vgg" in parts and torch.isclose(total, parts["l1"] + 0.5 * parts["vgg"])
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision VGG16"):
+        HDRLoss(tmp_path / "bad.pth")
+
+
+def test_loss_without_vgg_is_l1_in_mu_law_and_warns(caplog):
+    loss = HDRLoss(None)
+    assert "NO VGG16 WEIGHTS" in caplog.text and not loss.perceptual
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    total, _ = loss(a, b)
+    assert torch.isclose(total, (mu_law(a) - mu_law(b)).abs().mean())
+    assert torch.isclose(mu_law(torch.tensor(1.0)), torch.tensor(1.0))
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_loss_curve(clips, tmp_path):
+    res = _train(clips, tmp_path / "a")
+    assert res.returncode == 0, res.stderr
+    full = _log(tmp_path / "a")
+    assert len(full) == 11 and (tmp_path / "a" / "loss_curve.png").stat().st_size > 1000
+    proc = _train(clips, tmp_path / "b", wait=False)
+    log = tmp_path / "b" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 8):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = _train(clips, tmp_path / "b")
+    assert res.returncode == 0, res.stderr
+    resumed = _log(tmp_path / "b")
+    assert [r["step"] for r in resumed] == list(range(11))
+    for a, b in zip(full, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    model, meta = load_checkpoint(tmp_path / "b" / "final.safetensors", variant="tiny")
+    assert meta["steps_done"] == 11 and meta["perceptual"] is False
+
+
+def test_resume_refuses_other_settings(clips, tmp_path):
+    assert _train(clips, tmp_path / "r").returncode == 0
+    res = _train(clips, tmp_path / "r", "--lr", "1e-3")
+    assert res.returncode == 2 and "other settings" in res.stderr
+    res = _train(clips, tmp_path / "p", "--patch", "30")
+    assert res.returncode == 2 and "multiple of 8" in res.stderr
+
+
+def test_ddp_two_cpu_processes_gloo(clips, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29517", "-m", "dealthdr", "train", "--data", str(clips),
+           "--out", str(out), "--steps", "4", "--spynet-steps", "2", "--batch", "1",
+           "--patch", "32", "--ckpt-every", "3", "--threads", "1"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["world_size"] == 2 and record["steps_done"] == 6
+    assert len(_log(out)) == 6          # rank 0 logs each step once
