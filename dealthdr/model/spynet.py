@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..statedict import read_state_dict
+
 log = logging.getLogger(__name__)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -145,17 +147,9 @@ def convert_basicsr_state_dict(state: dict[str, torch.Tensor]) -> OrderedDict:
 def load_basicsr_spynet(spynet: SpyNet, path: str | Path) -> None:
     """Load a BasicSR-format SpyNet state dict (e.g. spynet_sintel_final) from a local file.
 
-    `.safetensors` is read with safetensors; anything else with torch.load(weights_only=True),
-    which refuses pickled code, so an untrusted file cannot execute anything.
+    `.safetensors` or `.pth`; see `dealthdr.statedict.read_state_dict` (no pickled code runs).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SpyNet weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path, "SpyNet")
     converted = convert_basicsr_state_dict(state)
     own = spynet.state_dict()
     missing = sorted(set(own) - set(converted))

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..statedict import read_state_dict
+
 log = logging.getLogger(__name__)
 MU = 5000.0
 # torchvision vgg16 "D" configuration; M = 2x2 max-pool
@@ -56,14 +58,7 @@ class VGG16Features(nn.Module):
 
     def load_torchvision(self, path: str | Path) -> None:
         """Load `features.*` weights of a torchvision VGG16 checkpoint (.pth or .safetensors)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"VGG16 weights not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(path, "VGG16")
         own = self.state_dict()
         picked = {k: v for k, v in state.items() if k in own}
         missing = sorted(set(own) - set(picked))
