@@ -32,6 +32,7 @@ def parse_s_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import evaluate_cli
     from . import profile_cli
     from . import synth_cli
     from . import train_cli
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     profile_cli.add_parser(sub)
+    evaluate_cli.add_parser(sub)
     synth_cli.add_parser(sub)
     train_cli.add_parser(sub)
     return parser

@@ -1,0 +1,247 @@
+"""Evaluation on clip folders (paper §5.2): full-reference metrics per frame, temporal metrics
+per pair of consecutive frames, for the network at several s and for the non-learned baselines.
+
+Every centre frame with a full 5-frame window (t = 2 .. F-3) is evaluated. Per-frame metrics
+(PSNR-μ, SSIM-μ, PSNR-L, FovVideoVDP) are averaged over all evaluated frames of all clips;
+temporal metrics (TWE, tOF) over all pairs (t, t+1) of consecutive evaluated frames. Outputs
+are streamed: only the previous output frame is kept, so clip length does not bound memory.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import metrics
+from .baselines import BASELINES
+from .data.clip import Clip, list_clips, read_clip
+from .model import DeAltHDR
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dealthdr-eval/1"
+WINDOW = 5
+FRAME_METRICS = ("psnr_mu", "ssim_mu", "psnr_linear", "fvvdp")
+PAIR_METRICS = ("twe", "tof")
+# (window frames (5, 3, H, W) in [0, 1], exposures (5,)) -> linear HDR (3, H, W), short units
+Reconstruct = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One thing to evaluate: the network at one s, or a baseline (s None)."""
+    name: str
+    s: float | None
+    run: Reconstruct
+
+
+def model_method(model: DeAltHDR, s: float) -> Method:
+    """The network at sensitivity s, dynamic mask policy, no gradients."""
+    model.eval()
+
+    def run(frames: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = model(torch.from_numpy(frames)[None], torch.from_numpy(exposures)[None], s=s)
+        return out[0].numpy()
+
+    return Method("dealthdr", s, run)
+
+
+def baseline_methods(names: Iterable[str]) -> list[Method]:
+    names = list(names)
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+    return [Method(n, None, BASELINES[n]) for n in names]
+
+
+def _flow_index(clip: Clip, k: int) -> int | None:
+    return clip.flow_offsets.index(k) if k in clip.flow_offsets else None
+
+
+def _centres(n_frames: int) -> range:
+    half = WINDOW // 2
+    return range(half, n_frames - half)
+
+
+def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool) -> list[dict]:
+    """Per-method sums and counts of every metric on one clip (see `summarise`)."""
+    if clip.hdr is None:
+        raise ValueError(f"{clip.meta.get('path', 'clip')}: no hdr/ ground truth; "
+                         "evaluation needs it")
+    centres = _centres(len(clip))
+    # Temporal metrics see one normalisation per clip (the GT's max over the evaluated
+    # frames), so a per-frame rescaling cannot create or hide flicker.
+    peak = float(clip.hdr[centres.start:centres.stop].max())
+    if peak <= 0:
+        raise ValueError("ground truth is black over the evaluated frames")
+    frames = np.ascontiguousarray(clip.ldr.transpose(0, 3, 1, 2), dtype=np.float32)
+    exposures = clip.exposures.astype(np.float32)
+    fw, bw = _flow_index(clip, 1), _flow_index(clip, -1)
+    has_flow = clip.flow is not None and fw is not None
+    out = []
+    for method in methods:
+        acc = {k: 0.0 for k in FRAME_METRICS + PAIR_METRICS}
+        counts = {k: 0 for k in acc}
+        prev = None
+        elapsed = 0.0  # reconstruction only, not the metrics
+        for t in centres:
+            start = time.perf_counter()
+            win = slice(t - WINDOW // 2, t + WINDOW // 2 + 1)
+            pred = method.run(frames[win], exposures[win]).transpose(1, 2, 0)
+            elapsed += time.perf_counter() - start
+            gt = clip.hdr[t]
+            values = {"psnr_mu": metrics.psnr_mu(pred, gt), "ssim_mu": metrics.ssim_mu(pred, gt),
+                      "psnr_linear": metrics.psnr_linear(pred, gt),
+                      "fvvdp": metrics.fvvdp_jod(pred, gt) if fvvdp else None}
+            if prev is not None:
+                if has_flow:
+                    values["twe"] = metrics.twe_pair(
+                        prev, pred, clip.flow[t - 1, fw],
+                        None if bw is None else clip.flow[t, bw], peak)
+                values["tof"] = metrics.tof_pair(prev, pred, clip.hdr[t - 1], gt, peak)
+            for k, v in values.items():
+                if v is not None:
+                    acc[k] += v
+                    counts[k] += 1
+            prev = pred
+        out.append({"method": method.name, "s": method.s, "sums": acc, "counts": counts,
+                    "frames": len(centres), "pairs": max(len(centres) - 1, 0),
+                    "seconds": elapsed})
+    return out
+
+
+def _mean(total: float, count: int) -> float | None:
+    if count == 0:
+        return None
+    return total / count if math.isfinite(total) else total
+
+
+def summarise(per_clip: list[dict]) -> list[dict]:
+    """Average per-clip sums into one record per method (frame- and pair-weighted)."""
+    records = []
+    keys = list(dict.fromkeys((r["method"], r["s"]) for r in per_clip))
+    for name, s in keys:
+        rs = [r for r in per_clip if (r["method"], r["s"]) == (name, s)]
+        rec = {"method": name, "s": s}
+        for k in FRAME_METRICS + PAIR_METRICS:
+            rec[k] = _mean(sum(r["sums"][k] for r in rs), sum(r["counts"][k] for r in rs))
+        frames = sum(r["frames"] for r in rs)
+        rec.update(frames=frames, pairs=sum(r["pairs"] for r in rs), clips=len(rs),
+                   ms_per_frame=1000 * sum(r["seconds"] for r in rs) / max(frames, 1))
+        records.append(rec)
+    return records
+
+
+def _clip_record(clip_name: str, r: dict) -> dict:
+    rec = {"clip": clip_name, "method": r["method"], "s": r["s"]}
+    for k in FRAME_METRICS + PAIR_METRICS:
+        rec[k] = _mean(r["sums"][k], r["counts"][k])
+    rec.update(frames=r["frames"], pairs=r["pairs"])
+    return rec
+
+
+def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
+             max_clips: int | None = None, progress: bool = True) -> dict:
+    """Evaluate `methods` on every clip under `data`; returns the JSON-ready result."""
+    from tqdm import tqdm
+
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"data directory not found: {data}")
+    if not methods:
+        raise ValueError("nothing to evaluate: give a checkpoint or at least one baseline")
+    paths = list_clips(data)[:max_clips]
+    fvvdp_note = None
+    if fvvdp:
+        fvvdp_note = metrics.fvvdp_unavailable()
+        if fvvdp_note:
+            log.warning("FovVideoVDP is skipped: %s", fvvdp_note)
+    else:
+        fvvdp_note = "disabled (--no-fvvdp)"
+    run_fvvdp = fvvdp_note is None
+
+    per_clip, skipped = [], []
+    for path in tqdm(paths, desc="clips", unit="clip", disable=not progress):
+        clip = read_clip(path)
+        clip.meta["path"] = str(path)
+        if len(clip) < WINDOW:
+            log.warning("%s: %d frames, fewer than a %d-frame window: skipped", path,
+                        len(clip), WINDOW)
+            skipped.append(str(path))
+            continue
+        if clip.flow is None:
+            log.warning("%s: no flow/ folder: TWE is not computed for it", path)
+        for r in evaluate_clip(clip, methods, run_fvvdp):
+            r["clip"] = path.name
+            per_clip.append(r)
+    if not per_clip:
+        raise ValueError(f"no clip under {data} has the {WINDOW} frames a window needs")
+
+    records = summarise(per_clip)
+    if fvvdp_note:
+        for rec in records:
+            rec["fvvdp_note"] = fvvdp_note
+    return {
+        "format": FORMAT,
+        "data": str(data),
+        "clips": [p.name for p in paths if str(p) not in skipped],
+        "skipped": skipped,
+        "fvvdp": {"display": metrics.FVVDP_DISPLAY, "peak_cd_m2": metrics.fvvdp_peak()
+                  if run_fvvdp else None, "unit": "JOD (10 = no visible difference)",
+                  "note": fvvdp_note},
+        "conventions": CONVENTIONS,
+        "records": records,
+        "per_clip": [_clip_record(r["clip"], r) for r in per_clip],
+    }
+
+
+CONVENTIONS = (
+    "Prediction and GT divided by the GT max and clipped to [0, 1] (HDRFlow). psnr_mu/ssim_mu: "
+    f"mu-law (mu={metrics.MU:g}) domain; psnr_linear: linear. fvvdp: FovVideoVDP (stand-in for "
+    f"HDR-VDP-2), display '{metrics.FVVDP_DISPLAY}', GT max mapped to the display peak, per "
+    "frame. twe: mean |T(out_t) - warp(T(out_t+1), GT flow O_t->t+1)| over non-occluded "
+    "pixels (forward-backward check), mu-law units in [0, 1], normalised by the clip's GT max. "
+    "tof: mean |Farneback(out_t, out_t+1) - Farneback(gt_t, gt_t+1)| in pixels on 8-bit grey "
+    "mu-law frames. Per-frame metrics averaged over frames, temporal ones over pairs.")
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The records as a markdown table (higher is better except TWE, tOF, ms)."""
+    head = ("| method | s | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ | FovVideoVDP (JOD) ↑ | TWE ↓ "
+            "| tOF ↓ | frames | clips | ms/frame |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        s = "-" if r["s"] is None else ("inf" if math.isinf(r["s"]) else f"{r['s']:g}")
+        lines.append(
+            f"| {r['method']} | {s} | {_fmt(r['psnr_mu'], 2)} | {_fmt(r['ssim_mu'], 4)} | "
+            f"{_fmt(r['psnr_linear'], 2)} | {_fmt(r['fvvdp'], 3)} | {_fmt(r['twe'], 5)} | "
+            f"{_fmt(r['tof'], 4)} | {r['frames']} | {r['clips']} | "
+            f"{_fmt(r['ms_per_frame'], 1)} |")
+    return "\n".join(lines)
+
+
+def jsonable(obj: object) -> object:
+    """Replace non-finite floats (s = inf, PSNR of identical images) by strings / None, so the
+    file is strict JSON (the same "inf" spelling as `dealthdr profile`)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj

@@ -1,0 +1,92 @@
+"""`dealthdr evaluate`: PSNR/SSIM (μ-law), PSNR-L, FovVideoVDP, TWE and tOF on clip folders,
+for a checkpoint at several s and for the non-learned baselines."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_bytes, load_checkpoint
+from .evaluate import baseline_methods, evaluate, jsonable, markdown_table, model_method
+from .sysinfo import machine_record
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .cli import parse_s_list
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint and the baselines on clips",
+                       description=__doc__ + " Every centre frame with a full 5-frame window "
+                       "is evaluated; see the 'conventions' field of the JSON for definitions.")
+    p.add_argument("--data", type=Path, required=True,
+                   help="a clip folder (with meta.json) or a folder of clip folders")
+    p.add_argument("--checkpoint", default=None, metavar="PATH|default",
+                   help="network weights (.safetensors beside its .json), or 'default' for the "
+                        "shipped checkpoint; omit to evaluate only the baselines")
+    p.add_argument("--variant", default=None,
+                   help="refuse a checkpoint of any other variant (e.g. tiny, s, default)")
+    p.add_argument("--s", type=parse_s_list, default=[0.0, 15.0, math.inf], dest="s_values",
+                   help="FGMA sensitivities, comma-separated; 0 = flow only, inf = attention "
+                        "only (default: 0,15,inf)")
+    p.add_argument("--baselines", default="reference,classical",
+                   help="comma-separated baselines (reference, classical), or 'none' "
+                        "(default: reference,classical)")
+    p.add_argument("--max-clips", type=int, default=None, metavar="N",
+                   help="evaluate only the first N clips (sorted by name)")
+    p.add_argument("--no-fvvdp", action="store_true",
+                   help="skip FovVideoVDP (the slowest metric)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch and OpenCV threads (default: their own defaults)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="write the results to OUT (JSON) and the table to OUT with suffix .md")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _baseline_names(text: str) -> list[str]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_clips is not None and args.max_clips < 1:
+        raise ValueError("--max-clips must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    if args.variant and not args.checkpoint:
+        raise ValueError("--variant checks a checkpoint: pass --checkpoint too")
+    if args.json is not None and args.json.suffix == ".md":
+        raise ValueError("--json OUT must not end in .md (the table is written there)")
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"data directory not found: {args.data}")
+    if args.threads:
+        import cv2
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+
+    methods = baseline_methods(_baseline_names(args.baselines))
+    meta, variant = None, None
+    if args.checkpoint:
+        model, meta = load_checkpoint(args.checkpoint, variant=args.variant)
+        variant = model.cfg.name
+        methods = [model_method(model, s) for s in args.s_values] + methods
+    result = evaluate(args.data, methods, fvvdp=not args.no_fvvdp, max_clips=args.max_clips,
+                      progress=not args.no_progress)
+    result["checkpoint"] = args.checkpoint
+    result["variant"] = variant
+    result["checkpoint_meta"] = meta
+    result["machine"] = machine_record()
+
+    table = markdown_table(result["records"])
+    print(table)
+    if result["fvvdp"]["note"]:
+        print(f"\nFovVideoVDP: {result['fvvdp']['note']}")
+    if args.json is not None:
+        payload = json.dumps(jsonable(result), indent=2, allow_nan=False)
+        atomic_write_bytes(args.json, payload.encode())
+        atomic_write_bytes(args.json.with_suffix(".md"), (table + "\n").encode())
+    return 0

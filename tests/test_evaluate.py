@@ -1,0 +1,189 @@
+"""`dealthdr evaluate` end to end on tiny clip folders written here; baselines' exactness."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dealthdr import baselines, metrics
+from dealthdr.checkpoint import SHIPPED, save_checkpoint
+from dealthdr.cli import main
+from dealthdr.data.io import write_exr, write_png16
+from dealthdr.evaluate import baseline_methods, evaluate
+from dealthdr.model import create_model
+
+RATIO = 8.0
+OFFSETS = (-2, -1, 1, 2)
+
+
+def texture(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth HDR scene (H, W, 3) in short units: dark to mid-grey, plus a highlight that clips
+    the long exposure (x 8) but not the short one."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.zeros((h, w, 3))
+    for _ in range(6):
+        fy, fx = rng.uniform(-0.35, 0.35, 2)
+        wave = 1 + np.sin(fy * ys + fx * xs + rng.uniform(0, 6))
+        img += rng.uniform(0.2, 1, 3) * wave[..., None]
+    img = 0.004 + 0.1 * img / img.max()
+    spot = np.exp(-((ys - 0.4 * h) ** 2 + (xs - 0.6 * w) ** 2) / (2 * (0.08 * min(h, w)) ** 2))
+    return img + 0.6 * spot[..., None]
+
+
+def render(hdr: np.ndarray, exposure: float, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Gamma LDR of a linear frame: Poisson-Gaussian-like noise, clipping at 1."""
+    lin = hdr * exposure
+    lin = lin + noise * np.sqrt(lin + 1e-4) * rng.standard_normal(lin.shape)
+    return np.clip(lin, 0, 1) ** (1 / 2.2)
+
+
+def write_clip(path: Path, frames: int = 7, size: tuple[int, int] = (32, 40),
+               shift: tuple[int, int] = (1, 1), noise: float = 0.03, seed: int = 0) -> Path:
+    """Frame t = the scene moved by t * shift, so O_{t->t+k} = -k * shift (exact GT flow).
+    Even frames are short (the centre of the first window is short)."""
+    h, w = size
+    dx, dy = shift
+    m = 2 * frames + 4
+    big = texture(h + 2 * m, w + 2 * m, seed)
+    rng = np.random.default_rng(seed)
+    exposures = [RATIO if t % 2 else 1.0 for t in range(frames)]
+    for t in range(frames):
+        hdr = big[m + t * dy:m + t * dy + h, m + t * dx:m + t * dx + w]
+        write_png16(path / "ldr" / f"{t:06d}.png", render(hdr, exposures[t], noise, rng))
+        write_exr(path / "hdr" / f"{t:06d}.exr", hdr)
+        flow = np.full((len(OFFSETS), 2, h, w), np.nan, dtype=np.float16)
+        for j, k in enumerate(OFFSETS):
+            if 0 <= t + k < frames:
+                flow[j, 0], flow[j, 1] = -k * dx, -k * dy
+        (path / "flow").mkdir(exist_ok=True)
+        np.save(path / "flow" / f"{t:06d}.npy", flow)
+    meta = {"format": "dealthdr-clip/1", "frames": frames, "height": h, "width": w,
+            "exposures": exposures, "long": [e > 1 for e in exposures], "exposure_ratio": RATIO,
+            "gt_units": "linear, short exposure", "flow_offsets": list(OFFSETS), "noise": noise}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    write_clip(data / "clip_a", frames=6, seed=0)
+    write_clip(data / "clip_b", frames=7, seed=1, shift=(-1, 0))
+    save_checkpoint(create_model("tiny"), root / "ck")
+    return root, data, root / "ck"
+
+
+def test_cli_end_to_end(setup):
+    root, data, ck = setup
+    out = root / "res.json"
+    # One thread: on a busy 2-core machine two OpenMP threads spin-wait each other (15x slower).
+    cmd = [sys.executable, "-m", "dealthdr", "evaluate", "--data", str(data), "--checkpoint",
+           str(ck), "--variant", "tiny", "--s", "0,inf", "--json", str(out), "--threads", "1",
+           "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| method |" in proc.stdout
+    doc = json.loads(out.read_text())  # strict JSON: inf is spelled "inf"
+    assert out.with_suffix(".md").read_text().startswith("| method |")
+    recs = {(r["method"], r["s"]): r for r in doc["records"]}
+    assert set(recs) == {("dealthdr", 0.0), ("dealthdr", "inf"), ("reference", None),
+                         ("classical", None)}
+    for r in recs.values():
+        # 6 and 7 frames -> centres 2, 3 and 2, 3, 4; 1 + 2 consecutive pairs.
+        assert (r["frames"], r["pairs"], r["clips"]) == (5, 3, 2)
+        assert 0 < r["ssim_mu"] <= 1 and math.isfinite(r["psnr_mu"])
+        assert r["twe"] is not None and r["twe"] >= 0 and r["tof"] >= 0
+        assert (r["fvvdp"] is None) == (metrics.fvvdp_unavailable() is not None)
+    assert len(doc["per_clip"]) == 8 and doc["variant"] == "tiny"
+    # The noisy short centre frames are what merging is for.
+    assert recs[("classical", None)]["psnr_mu"] > recs[("reference", None)]["psnr_mu"] + 1
+
+
+def test_baselines_only_and_max_clips(setup, capsys):
+    _, data, _ = setup
+    assert main(["evaluate", "--data", str(data), "--baselines", "reference", "--no-fvvdp",
+                 "--max-clips", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| reference | - |" in text and "disabled" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{root}/nowhere"], "data directory not found"),
+    (["--data", "{empty}", "--baselines", "reference"], "no dealthdr clips"),
+    (["--data", "{data}", "--checkpoint", "{root}/missing"], "not found"),
+    (["--data", "{data}", "--checkpoint", "{ck}", "--variant", "s"], "'tiny' checkpoint"),
+    (["--data", "{data}", "--variant", "tiny"], "pass --checkpoint"),
+    (["--data", "{data}", "--baselines", "magic"], "unknown baseline"),
+    (["--data", "{data}", "--baselines", "none"], "nothing to evaluate"),
+    (["--data", "{data}", "--json", "{root}/out.md"], "must not end in .md"),
+])
+def test_cli_errors_exit_2(setup, capsys, args, message):
+    root, data, ck = setup
+    (root / "empty").mkdir(exist_ok=True)  # an existing folder holding no clip
+    args = [a.format(root=root, data=data, ck=ck, empty=root / "empty") for a in args]
+    assert main(["evaluate", "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_default_checkpoint_and_bad_s(setup, capsys):
+    _, data, _ = setup
+    if not SHIPPED["default"].is_file():
+        assert main(["evaluate", "--data", str(data), "--checkpoint", "default"]) == 2
+        assert "shipped 'default' checkpoint is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--data", str(data), "--s", "-1"])
+    assert exc.value.code == 2
+
+
+def test_short_clip_is_refused(tmp_path):
+    write_clip(tmp_path / "c", frames=4)
+    with pytest.raises(ValueError, match="5 frames"):
+        evaluate(tmp_path, baseline_methods(["reference"]), fvvdp=False, progress=False)
+
+
+def window(scene: np.ndarray, exposures: list[float], noise: float = 0.0) -> np.ndarray:
+    """(5, 3, H, W) LDR window of one scene (static) rendered at `exposures`."""
+    rng = np.random.default_rng(0)
+    return np.stack([render(scene, e, noise, rng).transpose(2, 0, 1) for e in exposures])
+
+
+def test_reference_is_exact_on_a_clean_unclipped_short_frame():
+    scene = texture(24, 32, seed=2)  # max 0.7: a short frame does not clip
+    exp = np.array([1.0, 8.0, 1.0, 8.0, 1.0])
+    out = baselines.reference(window(scene, list(exp)), exp)
+    assert np.allclose(out.transpose(1, 2, 0), scene, rtol=1e-5, atol=1e-7)
+    # A long centre frame is divided by its exposure ratio (Eq. 1): exact where unclipped.
+    dark = scene * 0.1
+    exp = np.array([8.0, 1.0, 8.0, 1.0, 8.0])
+    out = baselines.reference(window(dark, list(exp)), exp)
+    assert np.allclose(out.transpose(1, 2, 0), dark, rtol=1e-5, atol=1e-7)
+
+
+def test_classical_is_exact_on_a_clean_static_unclipped_window():
+    dark = texture(32, 40, seed=3) * 0.1  # x 8 stays below 1: nothing clips
+    exp = [8.0, 1.0, 8.0, 1.0, 8.0]
+    out = baselines.classical(window(dark, exp), np.array(exp))
+    assert np.allclose(out.transpose(1, 2, 0), dark, rtol=1e-3, atol=1e-6)
+
+
+def test_classical_fills_clipped_highlights_of_a_long_centre():
+    scene = texture(32, 40, seed=4)  # the highlight clips at x 8
+    exp = [8.0, 1.0, 8.0, 1.0, 8.0]
+    win = window(scene, exp)
+    ref, cls = (f(win, np.array(exp)).transpose(1, 2, 0)
+                for f in (baselines.reference, baselines.classical))
+    clipped = win[2].max(axis=0) >= 0.999
+    assert clipped.any()
+    assert np.abs(cls - scene)[clipped].mean() < 0.1 * np.abs(ref - scene)[clipped].mean()
+
+
+def test_baselines_check_their_input():
+    with pytest.raises(ValueError, match="T odd"):
+        baselines.reference(np.zeros((4, 3, 8, 8)), np.ones(4))
+    with pytest.raises(ValueError, match="exposures"):
+        baselines.classical(np.zeros((5, 3, 8, 8)), np.ones(3))

@@ -1,0 +1,136 @@
+"""Metrics against known values: identical inputs, analytic offsets, perfect warps."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dealthdr import metrics
+
+
+def smooth(h: int = 40, w: int = 48, seed: int = 0, lo: float = 0.0) -> np.ndarray:
+    """Smooth positive HDR image (H, W, 3) with max exactly 1 and min >= lo."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.zeros((h, w, 3))
+    for _ in range(5):
+        fy, fx = rng.uniform(-0.3, 0.3, 2)
+        wave = 1 + np.sin(fy * ys + fx * xs + rng.uniform(0, 6))
+        img += rng.uniform(0.2, 1, 3) * wave[..., None]
+    img = (img - img.min()) / (img.max() - img.min())
+    return lo + (1 - lo) * img
+
+
+def test_mu_law_endpoints_inverse_and_torch():
+    x = np.array([0.0, 1e-4, 0.01, 0.5, 1.0])
+    y = metrics.mu_law(x)
+    assert y[0] == 0 and y[-1] == pytest.approx(1.0)
+    assert np.allclose(metrics.inverse_mu_law(y), x)
+    assert np.allclose(metrics.mu_law(torch.from_numpy(x)).numpy(), y)
+    assert metrics.mu_law(np.array([-1.0]))[0] == 0  # negative radiance counts as black
+
+
+def test_identical_images():
+    gt = smooth() * 7.3  # arbitrary scale: metrics normalise by the GT max
+    assert metrics.psnr_mu(gt, gt) == math.inf
+    assert metrics.psnr_linear(gt, gt) == math.inf
+    assert metrics.ssim_mu(gt, gt) == pytest.approx(1.0)
+
+
+def test_constant_offset_in_mu_law_domain_gives_analytic_psnr():
+    c = 0.02
+    gt = smooth(lo=0.01)  # T(0.01) = 0.46 > c, so nothing clips at 0
+    pred = metrics.inverse_mu_law(metrics.mu_law(gt) - c)
+    assert metrics.psnr_mu(pred, gt) == pytest.approx(-20 * math.log10(c), abs=1e-6)
+
+
+def test_constant_offset_in_linear_domain_gives_analytic_psnr():
+    gt = smooth(lo=0.2) * 4.0  # max 4: normalised to 1 first
+    pred = gt - 0.05 * 4.0
+    assert metrics.psnr_linear(pred, gt) == pytest.approx(-20 * math.log10(0.05), abs=1e-6)
+
+
+def test_scale_invariance_torch_input_and_clipping():
+    gt = smooth(seed=1)
+    pred = np.clip(gt + np.random.default_rng(0).normal(0, 0.01, gt.shape), 0, None)
+    ref = metrics.psnr_mu(pred, gt)
+    assert metrics.psnr_mu(pred * 9, gt * 9) == pytest.approx(ref)
+    assert metrics.psnr_mu(torch.from_numpy(pred).float(), torch.from_numpy(gt).float()) == \
+        pytest.approx(ref, abs=1e-3)
+    # Above the GT max everything is clipped to 1 (HDRFlow): a brighter highlight costs nothing.
+    brighter = gt.copy()
+    brighter[gt >= 1] = 5.0
+    assert metrics.psnr_mu(brighter, gt) == math.inf
+
+
+def test_bad_input():
+    gt = smooth()
+    with pytest.raises(ValueError, match="shape"):
+        metrics.psnr_mu(gt[:-1], gt)
+    with pytest.raises(ValueError, match="black"):
+        metrics.psnr_mu(gt, gt * 0)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.psnr_mu(gt * np.nan, gt)
+
+
+def shifted_sequence(n: int = 4, shift: tuple[int, int] = (2, 1), h: int = 32, w: int = 40):
+    """Frame t = a big texture moved by t * shift, so O_{t->t+1} = -shift everywhere."""
+    dx, dy = shift
+    m = 4 * n
+    big = smooth(h + 2 * m, w + 2 * m, seed=3, lo=0.01)
+    seq = np.stack([big[m + t * dy:m + t * dy + h, m + t * dx:m + t * dx + w] for t in range(n)])
+    fw = np.zeros((n - 1, 2, h, w))
+    fw[:, 0], fw[:, 1] = -dx, -dy
+    return seq, fw, -fw
+
+
+def test_twe_zero_for_a_perfect_warp_and_positive_for_flicker():
+    seq, fw, bw = shifted_sequence()
+    assert metrics.twe(seq, fw, bw) == pytest.approx(0.0, abs=1e-9)
+    flicker = seq.copy()
+    flicker[1::2] *= 0.8
+    assert metrics.twe(flicker, fw, bw, peak=seq.max()) > 0.01
+    assert metrics.twe(seq, np.zeros_like(fw), None) > 0.01  # wrong (zero) flow
+
+
+def test_flow_mask_drops_occlusions_borders_and_nan():
+    _, fw, bw = shifted_sequence()
+    bw = bw[0].copy()
+    bw[:, 10:20, 10:20] = 5.0  # backward flow disagrees there: occluded
+    fw0 = fw[0].copy()
+    fw0[:, 25, 30] = np.nan
+    mask = metrics.consistent_flow_mask(fw0, bw)
+    assert not mask[12:18, 12:18].any()
+    assert not mask[:, :2].any() and not mask[0].any()  # p + (-2, -1) leaves the frame
+    assert mask[22:, 5:30].all()
+    assert not mask[25, 30]
+
+
+def test_tof_zero_for_identical_and_positive_for_frozen_output():
+    seq, _, _ = shifted_sequence(n=3, shift=(3, 0))
+    assert metrics.tof(seq, seq) == pytest.approx(0.0, abs=1e-9)
+    frozen = np.repeat(seq[:1], 3, axis=0)
+    assert metrics.tof(frozen, seq) > 0.2  # GT moves 3 px/frame, the output not at all
+
+
+def test_fvvdp_identical_and_degraded():
+    reason = metrics.fvvdp_unavailable()
+    if reason:
+        pytest.skip(reason)
+    gt = smooth(64, 64) * 3
+    assert metrics.fvvdp_jod(gt, gt) == pytest.approx(10.0, abs=1e-3)
+    noisy = np.clip(gt + np.random.default_rng(0).normal(0, 0.1, gt.shape), 0, None)
+    assert metrics.fvvdp_jod(noisy, gt) < 9.9
+
+
+def test_fvvdp_says_why_when_missing(monkeypatch):
+    import sys
+
+    metrics._fvvdp.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyfvvdp", None)  # import raises ImportError
+    try:
+        assert "not installed" in metrics.fvvdp_unavailable()
+        assert metrics.fvvdp_jod(smooth(), smooth()) is None
+        assert metrics.fvvdp_peak() is None
+    finally:
+        metrics._fvvdp.cache_clear()
