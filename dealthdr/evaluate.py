@@ -61,6 +61,9 @@ def baseline_methods(names: Iterable[str]) -> list[Method]:
     return [Method(n, None, BASELINES[n]) for n in names]
 
 
+SHORT_WHITE = 1.0  # saturation of the short exposure, in the ground truth's units
+
+
 def _flow_index(clip: Clip, k: int) -> int | None:
     return clip.flow_offsets.index(k) if k in clip.flow_offsets else None
 
@@ -70,15 +73,22 @@ def _centres(n_frames: int) -> range:
     return range(half, n_frames - half)
 
 
-def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool) -> list[dict]:
-    """Per-method sums and counts of every metric on one clip (see `summarise`)."""
+def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
+                  white: float | None = SHORT_WHITE) -> list[dict]:
+    """Per-method sums and counts of every metric on one clip (see `summarise`).
+
+    `white`: the HDR value mapped to 1 before tonemapping. Default 1.0, the short exposure's
+    saturation in our ground-truth units: above it every input is clipped, so no method can know
+    the radiance there, and a sun 1000x brighter than the scene would otherwise squash every
+    other value towards 0 (HDRFlow divides by the GT max; `white=None` does that).
+    """
     if clip.hdr is None:
         raise ValueError(f"{clip.meta.get('path', 'clip')}: no hdr/ ground truth; "
                          "evaluation needs it")
     centres = _centres(len(clip))
     # Temporal metrics see one normalisation per clip (the GT's max over the evaluated
     # frames), so a per-frame rescaling cannot create or hide flicker.
-    peak = float(clip.hdr[centres.start:centres.stop].max())
+    peak = float(clip.hdr[centres.start:centres.stop].max()) if white is None else white
     if peak <= 0:
         raise ValueError("ground truth is black over the evaluated frames")
     frames = np.ascontiguousarray(clip.ldr.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -97,9 +107,11 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool) -> list[dict]:
             pred = method.run(frames[win], exposures[win]).transpose(1, 2, 0)
             elapsed += time.perf_counter() - start
             gt = clip.hdr[t]
-            values = {"psnr_mu": metrics.psnr_mu(pred, gt), "ssim_mu": metrics.ssim_mu(pred, gt),
-                      "psnr_linear": metrics.psnr_linear(pred, gt),
-                      "fvvdp": metrics.fvvdp_jod(pred, gt) if fvvdp else None}
+            frame_peak = None if white is None else white
+            values = {"psnr_mu": metrics.psnr_mu(pred, gt, frame_peak),
+                      "ssim_mu": metrics.ssim_mu(pred, gt, frame_peak),
+                      "psnr_linear": metrics.psnr_linear(pred, gt, frame_peak),
+                      "fvvdp": metrics.fvvdp_jod(pred, gt, frame_peak) if fvvdp else None}
             if prev is not None:
                 if has_flow:
                     values["twe"] = metrics.twe_pair(
@@ -148,8 +160,10 @@ def _clip_record(clip_name: str, r: dict) -> dict:
 
 
 def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
-             max_clips: int | None = None, progress: bool = True) -> dict:
-    """Evaluate `methods` on every clip under `data`; returns the JSON-ready result."""
+             max_clips: int | None = None, progress: bool = True,
+             white: float | None = SHORT_WHITE) -> dict:
+    """Evaluate `methods` on every clip under `data`; returns the JSON-ready result.
+    `white`: see `evaluate_clip` (None: normalise by the GT max, HDRFlow's convention)."""
     from tqdm import tqdm
 
     data = Path(data)
@@ -178,7 +192,7 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
             continue
         if clip.flow is None:
             log.warning("%s: no flow/ folder: TWE is not computed for it", path)
-        for r in evaluate_clip(clip, methods, run_fvvdp):
+        for r in evaluate_clip(clip, methods, run_fvvdp, white):
             r["clip"] = path.name
             per_clip.append(r)
     if not per_clip:
@@ -197,17 +211,20 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
                   if run_fvvdp else None, "unit": "JOD (10 = no visible difference)",
                   "note": fvvdp_note},
         "conventions": CONVENTIONS,
+        "normalisation": "gt-max" if white is None else f"short-white ({white:g} -> 1)",
         "records": records,
         "per_clip": [_clip_record(r["clip"], r) for r in per_clip],
     }
 
 
 CONVENTIONS = (
-    "Prediction and GT divided by the GT max and clipped to [0, 1] (HDRFlow). psnr_mu/ssim_mu: "
+    "Prediction and GT divided by the normalisation value (default 1.0, the short exposure's "
+    "saturation in GT units; --normalise gt-max: the GT max, HDRFlow) and clipped to [0, 1]. "
+    "psnr_mu/ssim_mu: "
     f"mu-law (mu={metrics.MU:g}) domain; psnr_linear: linear. fvvdp: FovVideoVDP (stand-in for "
-    f"HDR-VDP-2), display '{metrics.FVVDP_DISPLAY}', GT max mapped to the display peak, per "
+    f"HDR-VDP-2), display '{metrics.FVVDP_DISPLAY}', 1 mapped to the display peak, per "
     "frame. twe: mean |T(out_t) - warp(T(out_t+1), GT flow O_t->t+1)| over non-occluded "
-    "pixels (forward-backward check), mu-law units in [0, 1], normalised by the clip's GT max. "
+    "pixels (forward-backward check), mu-law units in [0, 1], same normalisation. "
     "tof: mean |Farneback(out_t, out_t+1) - Farneback(gt_t, gt_t+1)| in pixels on 8-bit grey "
     "mu-law frames. Per-frame metrics averaged over frames, temporal ones over pairs.")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write_bytes, load_checkpoint
-from .evaluate import baseline_methods, evaluate, jsonable, markdown_table, model_method
+from .evaluate import (SHORT_WHITE, baseline_methods, evaluate, jsonable, markdown_table,
+                       model_method)
 from .sysinfo import machine_record
 
 
@@ -41,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch and OpenCV threads (default: their own defaults)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="write the results to OUT (JSON) and the table to OUT with suffix .md")
+    p.add_argument("--normalise", choices=("short-white", "gt-max"), default="short-white",
+                   help="value mapped to 1 before tonemapping: short-white (default) = 1.0, the "
+                        "short exposure's saturation, above which no input holds information; "
+                        "gt-max = each clip's GT maximum (HDRFlow), dominated by any sun in view")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         variant = model.cfg.name
         methods = [model_method(model, s) for s in args.s_values] + methods
     result = evaluate(args.data, methods, fvvdp=not args.no_fvvdp, max_clips=args.max_clips,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      white=None if args.normalise == "gt-max" else SHORT_WHITE)
     result["checkpoint"] = args.checkpoint
     result["variant"] = variant
     result["checkpoint_meta"] = meta

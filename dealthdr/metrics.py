@@ -80,23 +80,26 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
 
 
-def psnr_mu(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float:
+def psnr_mu(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
+            peak: float | None = None) -> float:
     """PSNR-μ (the paper's PSNR): on μ-law tonemapped, GT-max-normalised images."""
-    p, g = normalise(pred, gt)
+    p, g = normalise(pred, gt, peak)
     return psnr(mu_law(p), mu_law(g))
 
 
-def psnr_linear(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float:
+def psnr_linear(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
+                peak: float | None = None) -> float:
     """PSNR-L: on the linear GT-max-normalised images (dominated by highlights)."""
-    p, g = normalise(pred, gt)
+    p, g = normalise(pred, gt, peak)
     return psnr(p, g)
 
 
-def ssim_mu(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float:
+def ssim_mu(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
+            peak: float | None = None) -> float:
     """SSIM-μ (the paper's SSIM): scikit-image SSIM over colour, data range 1, μ-law domain."""
     from skimage.metrics import structural_similarity
 
-    p, g = normalise(pred, gt)
+    p, g = normalise(pred, gt, peak)
     if min(p.shape[:2]) < 7:
         raise ValueError(f"SSIM needs images of at least 7x7 pixels, got {p.shape[:2]}")
     return float(structural_similarity(mu_law(p), mu_law(g), channel_axis=-1, data_range=1.0))
@@ -141,7 +144,8 @@ def fvvdp_peak() -> float | None:
         metric.display_photometry.get_peak_luminance())
 
 
-def fvvdp_jod(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float | None:
+def fvvdp_jod(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
+              peak: float | None = None) -> float | None:
     """FovVideoVDP quality in JOD (10 = identical), HDR display model, image mode.
 
     Units: our HDR is relative (short-exposure units), FovVideoVDP wants absolute luminance.
@@ -154,11 +158,11 @@ def fvvdp_jod(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
     metric = _fvvdp()
     if isinstance(metric, str):
         return None
-    p, g = normalise(pred, gt)
-    peak = fvvdp_peak()
+    p, g = normalise(pred, gt, peak)
+    display = fvvdp_peak()
     # pyfvvdp only accepts float32 ("HWC": one colour image, no frame axis -> image mode).
-    test = torch.from_numpy((p * peak).astype(np.float32))
-    ref = torch.from_numpy((g * peak).astype(np.float32))
+    test = torch.from_numpy((p * display).astype(np.float32))
+    ref = torch.from_numpy((g * display).astype(np.float32))
     with torch.no_grad(), _quiet_pyfvvdp():
         jod, _ = metric.predict(test, ref, dim_order="HWC")
     return float(jod)

@@ -134,3 +134,13 @@ def test_fvvdp_says_why_when_missing(monkeypatch):
         assert metrics.fvvdp_peak() is None
     finally:
         metrics._fvvdp.cache_clear()
+
+
+def test_short_white_normalisation_ignores_what_no_input_can_hold():
+    from dealthdr import metrics
+    gt = np.full((16, 16, 3), 0.2, dtype=np.float32)
+    gt[:2, :2] = 1500.0                      # a sun, far above the short exposure's white
+    pred = gt.copy()
+    pred[:2, :2] = 1.0                       # clipped at the short exposure's white
+    assert metrics.psnr_mu(pred, gt, peak=1.0) == float("inf")
+    assert metrics.psnr_mu(pred, gt) < 40    # GT-max normalisation is dominated by the sun
