@@ -7,25 +7,19 @@ weights can be downloaded, so without a file the perceptual term is off and says
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import mu_law
 from ..statedict import read_state_dict
 
 log = logging.getLogger(__name__)
-MU = 5000.0
 # torchvision vgg16 "D" configuration; M = 2x2 max-pool
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
 _TAPS = (3, 8, 15, 22)  # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's `features`
-
-
-def mu_law(x: torch.Tensor, mu: float = MU) -> torch.Tensor:
-    """T(H) = log(1 + mu H) / log(1 + mu) (Algorithm 1, Eq. 9)."""
-    return torch.log1p(mu * x.clamp_min(0)) / math.log1p(mu)
 
 
 class VGG16Features(nn.Module):
