@@ -34,6 +34,12 @@ def resolve_checkpoint(name: str | Path) -> Path:
     return Path(name)
 
 
+def shipped_variant() -> str | None:
+    """The variant of the shipped 'default' checkpoint, or None when none ships."""
+    path = SHIPPED["default"]
+    return read_config(path)[0].name if path.with_suffix(".json").is_file() else None
+
+
 def _paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, load_checkpoint
+from .checkpoint import atomic_write_bytes, load_checkpoint, shipped_variant
 from .model import VARIANTS, create_model
 from .profile import linear_fit, profile_model
 from .sysinfo import machine_record
@@ -32,10 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--s", type=parse_s_list, default=[0, 1, 15, 100, math.inf], dest="s_values",
                    help="FGMA sensitivities, comma-separated; 0 = flow only, inf = attention "
                         "only (default: 0,1,15,100,inf)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="weights to profile (.safetensors with its .json); attention ratios "
-                        "depend on the flow, so untrained weights give untypical ratios. "
-                        "Default: random initialisation with --seed")
+    p.add_argument("--checkpoint", default=None, metavar="PATH|default",
+                   help="weights to profile (.safetensors with its .json, or 'default'); "
+                        "attention ratios depend on the flow, so untrained weights give "
+                        "untypical ratios. Default: the shipped checkpoint for its variant "
+                        "(tiny), random initialisation with --seed for the others")
+    p.add_argument("--random-init", action="store_true",
+                   help="profile every variant with random weights, even where one ships")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.add_argument("--threads", type=int, default=2,
                    help="torch intra-op threads for the latency runs (default: 2)")
@@ -90,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
     records = []
     machine = machine_record()
     for name in variants:
-        if args.checkpoint:
-            model, _ = load_checkpoint(args.checkpoint, variant=name)
-            weights = str(args.checkpoint)
+        shipped = shipped_variant() if not args.random_init else None
+        if args.checkpoint or name == shipped:
+            model, _ = load_checkpoint(args.checkpoint or "default", variant=name)
+            weights = str(args.checkpoint or "default (shipped)")
         else:
             torch.manual_seed(args.seed)
             model = create_model(name).eval()
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
     text = _table(records) + "\n" + "\n".join(_summary(records))
     if any(r["weights"].startswith("random") for r in records):
-        text += ("\nnote: random weights (no --checkpoint); attention ratios follow an untrained "
+        text += ("\nnote: random weights for some variants (no checkpoint of theirs); their "
+                 "attention ratios follow an untrained "
                  "flow. FLOPs/latency vs R still hold.")
     table_out = sys.stderr if args.json == "-" else sys.stdout
     print(text, file=table_out)
