@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import default_file_mode
+
 HDR_SUFFIXES = (".exr", ".hdr")
 
 
@@ -17,6 +19,7 @@ def _tmp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     return Path(tmp)
 
 
