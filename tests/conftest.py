@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -20,3 +21,15 @@ def textured(n: int = 1, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) ->
         ph = torch.rand(n, c, 1, 1, generator=g, dtype=torch.float64) * 6.28
         out += torch.sin(f[..., 0, None, None] * ys + f[..., 1, None, None] * xs + ph)
     return ((out - out.min()) / (out.max() - out.min())).float()
+
+
+def waves(h: int, w: int, seed: int, count: int, freq: float) -> np.ndarray:
+    """Sum of `count` random coloured sinusoids (H, W, 3), float64, >= 0; smooth test scenes."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.zeros((h, w, 3))
+    for _ in range(count):
+        fy, fx = rng.uniform(-freq, freq, 2)
+        wave = 1 + np.sin(fy * ys + fx * xs + rng.uniform(0, 6))
+        img += rng.uniform(0.2, 1, 3) * wave[..., None]
+    return img

@@ -14,6 +14,7 @@ from dealthdr.cli import main
 from dealthdr.data.io import write_exr, write_png16
 from dealthdr.evaluate import baseline_methods, evaluate
 from dealthdr.model import create_model
+from tests.conftest import waves
 
 RATIO = 8.0
 OFFSETS = (-2, -1, 1, 2)
@@ -22,13 +23,8 @@ OFFSETS = (-2, -1, 1, 2)
 def texture(h: int, w: int, seed: int) -> np.ndarray:
     """Smooth HDR scene (H, W, 3) in short units: dark to mid-grey, plus a highlight that clips
     the long exposure (x 8) but not the short one."""
-    rng = np.random.default_rng(seed)
+    img = waves(h, w, seed, count=6, freq=0.35)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.zeros((h, w, 3))
-    for _ in range(6):
-        fy, fx = rng.uniform(-0.35, 0.35, 2)
-        wave = 1 + np.sin(fy * ys + fx * xs + rng.uniform(0, 6))
-        img += rng.uniform(0.2, 1, 3) * wave[..., None]
     img = 0.004 + 0.1 * img / img.max()
     spot = np.exp(-((ys - 0.4 * h) ** 2 + (xs - 0.6 * w) ** 2) / (2 * (0.08 * min(h, w)) ** 2))
     return img + 0.6 * spot[..., None]

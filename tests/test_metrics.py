@@ -6,17 +6,12 @@ import pytest
 import torch
 
 from dealthdr import metrics
+from tests.conftest import waves
 
 
 def smooth(h: int = 40, w: int = 48, seed: int = 0, lo: float = 0.0) -> np.ndarray:
     """Smooth positive HDR image (H, W, 3) with max exactly 1 and min >= lo."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.zeros((h, w, 3))
-    for _ in range(5):
-        fy, fx = rng.uniform(-0.3, 0.3, 2)
-        wave = 1 + np.sin(fy * ys + fx * xs + rng.uniform(0, 6))
-        img += rng.uniform(0.2, 1, 3) * wave[..., None]
+    img = waves(h, w, seed, count=5, freq=0.3)
     img = (img - img.min()) / (img.max() - img.min())
     return lo + (1 - lo) * img
 
