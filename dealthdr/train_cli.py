@@ -37,6 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=int, default=d.patch,
                    help=f"square crop size, multiple of 8 (default {d.patch}; paper 192)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW lr (default {d.lr})")
+    p.add_argument("--white", type=float, default=d.white,
+                   help="the loss clips prediction and ground truth at this radiance (in units "
+                        "of the short exposure's white) before the mu-law, as `dealthdr evaluate` "
+                        f"does (default {d.white:g}; 0 trains on the raw radiance)")
+    p.add_argument("--init", default=d.init,
+                   help="fine-tune: start from this checkpoint's weights (a .safetensors path or "
+                        "'default'); optimizer and lr schedule start fresh. Must be of --variant")
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every,
                    help=f"save a resumable state every N steps (default {d.ckpt_every})")
     p.add_argument("--vgg-weights", type=Path, default=None,
@@ -54,6 +61,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--patch must be a multiple of 8 and >= 16, got {args.patch}")
     if args.steps < 0 or args.spynet_steps < 0 or args.batch < 1 or args.ckpt_every < 1:
         raise ValueError("--steps/--spynet-steps must be >= 0, --batch/--ckpt-every >= 1")
+    if args.white < 0:
+        raise ValueError(f"--white must be >= 0, got {args.white}")
+    if args.init:
+        from .checkpoint import read_config, resolve_checkpoint
+        args.init = str(resolve_checkpoint(args.init))
+        if read_config(args.init)[0].name != args.variant:  # fail before any data is read
+            raise ValueError(f"--init {args.init} is a {read_config(args.init)[0].name!r} "
+                             f"checkpoint, not --variant {args.variant!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = {f.name for f in fields(TrainConfig)}

@@ -97,6 +97,17 @@ def test_loss_without_vgg_is_l1_in_mu_law_and_warns(caplog):
     assert torch.isclose(mu_law(torch.tensor(1.0)), torch.tensor(1.0))
 
 
+def test_loss_white_clips_prediction_and_target_like_the_evaluation():
+    loss = HDRLoss(None, vgg_weight=0.0, white=1.0)
+    total, _ = loss(torch.full((1, 3, 4, 4), 2.0), torch.full((1, 3, 4, 4), 300.0))
+    assert total == 0  # both above white: clipped alike, as PSNR-mu at short white sees them
+    total, _ = loss(torch.full((1, 3, 4, 4), 0.5), torch.full((1, 3, 4, 4), 300.0))
+    assert torch.isclose(total, 1 - mu_law(torch.tensor(0.5)))
+    raw, _ = HDRLoss(None, vgg_weight=0.0)(torch.full((1, 3, 4, 4), 0.5),
+                                          torch.full((1, 3, 4, 4), 300.0))
+    assert raw > total + 0.5  # without the clip the unrecoverable sun dominates
+
+
 def test_resume_after_kill_reproduces_the_uninterrupted_loss_curve(clips, tmp_path):
     res = _train(clips, tmp_path / "a")
     assert res.returncode == 0, res.stderr
@@ -125,6 +136,21 @@ def test_resume_refuses_other_settings(clips, tmp_path):
     assert res.returncode == 2 and "other settings" in res.stderr
     res = _train(clips, tmp_path / "p", "--patch", "30")
     assert res.returncode == 2 and "multiple of 8" in res.stderr
+
+
+def test_fine_tune_starts_from_init_weights(clips, tmp_path):
+    assert _train(clips, tmp_path / "base").returncode == 0
+    init = tmp_path / "base" / "final.safetensors"
+    res = _train(clips, tmp_path / "ft", "--init", str(init), "--spynet-steps", "0",
+                 "--steps", "1", "--lr", "1e-12")
+    assert res.returncode == 0, res.stderr
+    before, _ = load_checkpoint(init)
+    after, meta = load_checkpoint(tmp_path / "ft" / "final.safetensors")
+    assert meta["train_config"]["init"] == str(init)
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # lr ~0: still the init weights
+    res = _train(clips, tmp_path / "bad", "--init", str(init), "--variant", "s")
+    assert res.returncode == 2 and "not --variant 's'" in res.stderr
 
 
 def test_ddp_two_cpu_processes_gloo(clips, tmp_path):

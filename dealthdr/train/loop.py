@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write_bytes, save_checkpoint
+from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from ..model import DeAltHDR, create_model
 from ..model.inputs import prepare_inputs
 from ..model.spynet import resize_flow
@@ -48,6 +48,8 @@ class TrainConfig:
     grad_clip: float = 1.0          # not in the paper: keeps early attention-only steps stable
     vgg_weight: float = 0.5         # paper: lambda_vgg = 0.5
     mode_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)  # flow / attention / FGMA(s)
+    white: float = 1.0              # loss clips at the short exposure's white (0: raw radiance)
+    init: str = ""                  # fine-tune: start from this checkpoint's weights
     ckpt_every: int = 100
     seed: int = 0
 
@@ -97,7 +99,7 @@ class Trainer:
         if cfg.spynet_steps and not self.dataset.has_flow:
             raise ValueError(f"{data}: clips without ground-truth flow; use --spynet-steps 0")
         self.sampler = ParityBatchSampler(self.dataset, cfg.batch, cfg.seed, self.rank, self.world)
-        self.loss = HDRLoss(vgg_weights, cfg.vgg_weight).to(self.device)
+        self.loss = HDRLoss(vgg_weights, cfg.vgg_weight, cfg.white).to(self.device)
         self.total = cfg.spynet_steps + cfg.steps
         self.ckpt_dir = self.out / "ckpt"
         self.log_path = self.out / "log.jsonl"
@@ -111,6 +113,10 @@ class Trainer:
         step = latest_step(self.ckpt_dir)
         if step is None:
             torch.manual_seed(self.cfg.seed)
+            if self.cfg.init:  # fine-tuning: weights only; optimizer and schedule start fresh
+                model, _ = load_checkpoint(self.cfg.init, self.cfg.variant)
+                log.info("initialised from %s", self.cfg.init)
+                return 0, model, None
             return 0, create_model(self.cfg.variant), None
         model, meta, opt_path, step = load_state(self.ckpt_dir, self.cfg.variant)
         saved = meta.get("train_config", {})

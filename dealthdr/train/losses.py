@@ -62,10 +62,21 @@ class VGG16Features(nn.Module):
 
 
 class HDRLoss(nn.Module):
-    """L1(T(pred), T(gt)) + weight * sum_i L1(phi_i(T(pred)), phi_i(T(gt)))."""
+    """L1(T(pred), T(gt)) + weight * sum_i L1(phi_i(T(pred)), phi_i(T(gt))).
 
-    def __init__(self, vgg_weights: str | Path | None = None, vgg_weight: float = 0.5) -> None:
+    `white` > 0: both images are clipped at `white` and divided by it before T, the
+    normalisation `dealthdr evaluate` scores with. Radiance above the short exposure's white
+    is clipped in every input frame, so no network can recover it; without the clip a sun at
+    1000x white dominates the L1 (T(1000) = 1.81 vs T(1) = 1) and drags the fit of everything
+    the metric sees. 0 keeps the raw radiance (the paper normalises by its own GT range).
+    """
+
+    def __init__(self, vgg_weights: str | Path | None = None, vgg_weight: float = 0.5,
+                 white: float = 0.0) -> None:
         super().__init__()
+        if white < 0:
+            raise ValueError(f"white must be >= 0 (0: no clipping), got {white}")
+        self.white = white
         self.vgg_weight = vgg_weight
         self.vgg = None
         if vgg_weights:
@@ -81,6 +92,8 @@ class HDRLoss(nn.Module):
         return self.vgg is not None and self.vgg_weight > 0
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if self.white > 0:
+            pred, gt = pred.clamp(max=self.white) / self.white, gt.clamp(max=self.white) / self.white
         tp, tg = mu_law(pred), mu_law(gt)
         l1 = F.l1_loss(tp, tg)
         parts = {"l1": l1.detach()}
