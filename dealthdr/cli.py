@@ -28,6 +28,8 @@ def parse_s_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"s values must be numbers or inf, got {text!r}") from None
     if not values or any(v < 0 or math.isnan(v) for v in values):
         raise argparse.ArgumentTypeError(f"s values must be >= 0, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"s values have duplicates: {text!r}")
     return values
 
 

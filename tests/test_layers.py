@@ -37,3 +37,27 @@ def test_router_attention_spans_all_frames():
         a = router(x, torch.zeros(4, 8, 6, 6))
         b = router(x, torch.randn(4, 8, 6, 6))
     assert (a - b).abs().mean() > 1e-3
+
+
+def test_l2_normalize_hw_delegate_form_equals_plain_sum():
+    from dealthdr.model.blocks import l2_normalize_hw
+
+    x = torch.randn(2, 3, 5, 77, dtype=torch.float64)
+    plain = x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-12)
+    assert torch.allclose(l2_normalize_hw(x), plain, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(l2_normalize_hw(x).norm(dim=-1), torch.ones(2, 3, 5, dtype=x.dtype))
+
+
+def test_consistency_difference_channel_mean_as_conv_equals_mean():
+    from dealthdr.model.fgma import consistency_difference
+
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 3, 16, 20, generator=gen, dtype=torch.float64)
+    fwd = torch.randn(3, 2, 16, 20, generator=gen, dtype=torch.float64) * 2
+    bwd = torch.randn(3, 2, 16, 20, generator=gen, dtype=torch.float64) * 2
+    d = consistency_difference(img, fwd, bwd)
+    from dealthdr.model.spynet import flow_warp
+    back = flow_warp(flow_warp(img, bwd, padding_mode="border"), fwd, padding_mode="border")
+    assert d.shape == (3, 1, 16, 20)
+    assert torch.allclose(d, (back - img).abs().mean(1, keepdim=True), atol=1e-12)
+    assert d.max() > 0.05  # the flows are not consistent: a non-trivial difference

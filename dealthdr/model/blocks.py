@@ -66,8 +66,15 @@ class GatedFeedForward(nn.Module):
 
 
 def l2_normalize_hw(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Normalise the last (spatial) axis to unit L2 norm."""
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps * eps)
+    """Normalise the last (spatial) axis of a (B, heads, d, N) tensor to unit L2 norm.
+
+    The sum of squares is N times a mean over dims (2, 3) of a (B*heads, d, N, 1) view: XNNPACK
+    delegates `mean` only in that form (4-D, dims (2, 3), keepdim), while `sum(-1)` fell back to
+    a portable kernel 24 times in the tiny graph. Equal to the plain form up to float rounding
+    (tested)."""
+    b, h, d, n = x.shape
+    sq = (x * x).reshape(b * h, d, n, 1).mean(dim=(2, 3), keepdim=True).reshape(b, h, d, 1)
+    return x * torch.rsqrt(sq * n + eps * eps)
 
 
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
@@ -81,9 +88,13 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     ck = k.shape[1]
     q = l2_normalize_hw(q.reshape(b, heads, c // heads, h * w))
     k = l2_normalize_hw(k.reshape(b, heads, ck // heads, h * w))
-    v = v.reshape(b, heads, ck // heads, h * w)
-    attn = torch.softmax(q @ k.transpose(-2, -1) * temperature, dim=-1)
-    return (attn @ v).reshape(b, c, h, w)
+    # 3-D batched matmuls: a 4-D `@` exports as expand + view + bmm, and the expands run as
+    # portable copies outside the XNNPACK delegate.
+    q = (q * temperature).reshape(b * heads, c // heads, h * w)
+    k = k.reshape(b * heads, ck // heads, h * w)
+    v = v.reshape(b * heads, ck // heads, h * w)
+    attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
+    return torch.bmm(attn, v).reshape(b, c, h, w)
 
 
 class ChannelAttention(nn.Module):

@@ -41,14 +41,22 @@ _NEG = -1e4  # "minus infinity" that stays finite in fp16
 
 
 def consistency_difference(image_t: torch.Tensor, flow_t_to_n: torch.Tensor,
-                           flow_n_to_t: torch.Tensor) -> torch.Tensor:
+                           flow_n_to_t: torch.Tensor, mean_kernel: torch.Tensor | None = None,
+                           ) -> torch.Tensor:
     """Eq. 4-5: D = |L_{t->n->t} - L_t|, averaged over colour channels, (N, 1, H, W) in [0, 1].
 
     image_t: (N, 3, H, W) guide image of the current frame, one copy per neighbour.
+    mean_kernel: (1, 3, 1, 1) constant 1/3 weights (FGMA passes its buffer, so an exported
+    graph sees a constant, not a `full` op, and the delegate takes the conv).
     """
     there = flow_warp(image_t, flow_n_to_t, padding_mode="border")
     back = flow_warp(there, flow_t_to_n, padding_mode="border")
-    return (back - image_t).abs().mean(dim=1, keepdim=True)
+    diff = (back - image_t).abs()
+    # The channel mean as a 1x1 conv with constant 1/C weights: XNNPACK delegates convs but
+    # not a mean over dim 1 (same reason and test as LayerNorm2d).
+    if mean_kernel is None:
+        mean_kernel = diff.new_full((1, diff.shape[1], 1, 1), 1.0 / diff.shape[1])
+    return F.conv2d(diff, mean_kernel)
 
 
 def attention_mask(d: torch.Tensor, s: float) -> torch.Tensor:
@@ -85,8 +93,11 @@ def select_bucket(d: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Te
     else:
         pos = torch.topk(d.flatten(1), k, dim=1, sorted=False).indices
     valid = torch.gather(mask.flatten(1), 1, pos)
-    n = torch.arange(num, device=d.device).view(num, 1).expand(num, k)
-    return n.reshape(-1), (pos // w).reshape(-1), (pos % w).reshape(-1), valid.reshape(-1)
+    n = torch.arange(num, device=d.device, dtype=torch.int32).view(num, 1).expand(num, k)
+    # Explicit int32: coremltools lowers // and % through fp32, and its gather/scatter refuse
+    # float indices (int32 covers 1080p: 4 x 1088 x 1928 < 2^31).
+    y, x = (pos // w).to(torch.int32), (pos % w).to(torch.int32)
+    return n.reshape(-1), y.reshape(-1), x.reshape(-1), valid.reshape(-1)
 
 
 class FGMA(nn.Module):
@@ -107,6 +118,7 @@ class FGMA(nn.Module):
         self.proj_q = nn.Linear(channels, channels)
         self.proj_k = nn.Linear(channels, channels)
         self.proj_v = nn.Linear(channels, channels)
+        self.register_buffer("mean_kernel", torch.full((1, 3, 1, 1), 1.0 / 3), persistent=False)
 
     @property
     def out_channels(self) -> int:
@@ -184,7 +196,7 @@ class FGMA(nn.Module):
             mask = warped.new_zeros(warped.shape[0], 1, *warped.shape[-2:])
             return torch.cat((warped, mask, torch.zeros_like(warped)), dim=1), mask
         d = consistency_difference(image_t.repeat_interleave(per, dim=0), flow_t_to_n,
-                                   flow_n_to_t)
+                                   flow_n_to_t, self.mean_kernel)
         mask = attention_mask(d, s)
         if budget is None:
             n, y, x, valid = select_dynamic(mask)
