@@ -1,0 +1,103 @@
+"""What one exported graph is: a sensitivity s, a centre exposure and an attention budget K.
+
+A window's graph depends on which of its frames are long (each encoder runs once on its own
+frames, so the batch split is structural): a phone running an alternating stream needs one graph
+for short-centred windows and one for long-centred windows. Each s-bucket is therefore exported
+for `--centre both` by default; `short` or `long` halves the set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dealthdr.model import DeAltHDR
+from dealthdr.model.network import PAD_MULTIPLE
+
+from calib.windows import pattern
+
+NUM_FRAMES = 5
+
+
+@dataclass(frozen=True)
+class Bucket:
+    s: float
+    centre: str                                  # "short" or "long"
+    ratio: tuple[float, float, float]            # attention-ratio budget per level (1, 2, 3)
+    budget: tuple[int, int, int]                 # K per level and neighbour
+
+    @property
+    def s_key(self) -> str:
+        return "inf" if math.isinf(self.s) else f"{self.s:g}"
+
+    @property
+    def name(self) -> str:
+        """Function / method / file stem: s15_short, sinf_long, s0.5_short -> s0p5_short."""
+        return f"s{self.s_key.replace('.', 'p')}_{self.centre}"
+
+    def record(self) -> dict:
+        return {"s": self.s_key, "centre": self.centre, "bucket_k": list(self.budget),
+                "attention_ratio_budget": list(self.ratio)}
+
+
+def level_positions(size: tuple[int, int]) -> tuple[int, int, int]:
+    """Positions per neighbour at decoder levels 1, 2, 3 for an input size (after padding)."""
+    h = math.ceil(size[0] / PAD_MULTIPLE) * PAD_MULTIPLE
+    w = math.ceil(size[1] / PAD_MULTIPLE) * PAD_MULTIPLE
+    return tuple((h >> lv) * (w >> lv) for lv in range(3))
+
+
+def make_buckets(calibration: dict, s_values: list[float], size: tuple[int, int],
+                 centres: tuple[str, ...]) -> list[Bucket]:
+    """Buckets for every (s, centre), with K from the calibrated ratio at this size."""
+    from calib.buckets import s_key
+
+    by_s = {b["s"]: b for b in calibration["buckets"]}
+    missing = [s_key(s) for s in s_values if s_key(s) not in by_s]
+    if missing:
+        raise ValueError(f"the bucket calibration has no entry for s={missing} "
+                         f"(it has {sorted(by_s)}); recalibrate with these s")
+    positions = level_positions(size)
+    out = []
+    for s in s_values:
+        ratio = tuple(float(r) for r in by_s[s_key(s)]["ratio"])
+        budget = tuple(0 if s == 0 else n if math.isinf(s) else max(1, math.ceil(r * n))
+                       for r, n in zip(ratio, positions))
+        out.extend(Bucket(s, c, ratio, budget) for c in centres)
+    return out
+
+
+class BucketGraph(nn.Module):
+    """The network with s, K and the exposure pattern fixed: forward(frames, exposures) -> HDR.
+
+    frames (1, 5, 3, H, W) gamma LDR in [0, 1]; exposures (1, 5) relative exposure times (an
+    input, so auto-exposure may change the ratio at run time). Output (1, 3, H, W) linear HDR
+    in the short exposure's units."""
+
+    def __init__(self, model: DeAltHDR, bucket: Bucket) -> None:
+        super().__init__()
+        self.model = model
+        self.bucket = bucket
+        self.long_pattern = pattern(bucket.centre)
+
+    def forward(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
+        return self.model(frames, exposures, s=self.bucket.s, budget=self.bucket.budget,
+                          long_pattern=self.long_pattern)
+
+
+def example_inputs(bucket: Bucket, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    h, w = size
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(1, NUM_FRAMES, 3, h, w, generator=gen)
+    exposures = torch.tensor([[8.0 if p else 1.0 for p in pattern(bucket.centre)]])
+    return frames, exposures
+
+
+def export_program(model: DeAltHDR, bucket: Bucket, size: tuple[int, int]):
+    """torch.export of one bucket at a fixed shape (strict=False: the model reads Python
+    config, not traced state)."""
+    graph = BucketGraph(model.eval(), bucket).eval()
+    with torch.no_grad():
+        return torch.export.export(graph, example_inputs(bucket, size), strict=False)

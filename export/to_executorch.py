@@ -1,0 +1,162 @@
+"""Export fixed-shape s-bucket graphs to ExecuTorch .pte programs, parity-gated.
+
+One .pte per s-bucket; inside it one method per centre exposure (`forward_short`,
+`forward_long`), lowered with `to_edge_transform_and_lower` to XNNPACK (runs here, gated in the
+ExecuTorch runtime) or to the Core ML delegate (runs only on Apple OSes: the gate is recorded as
+pending, never faked). Before lowering, graph rewrites (`export/rewrites.py`) turn ops that would
+fall back to portable kernels into delegate-friendly equivalents; `--no-rewrites` shows the
+difference. The manifest records the delegation coverage (ops and FLOPs) per method.
+
+    python export/to_executorch.py --s-buckets 0,1,15,100 --backend xnnpack
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger("export.to_executorch")
+
+
+def partitioners(backend: str, precision: str) -> list:
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        return [XnnpackPartitioner()]
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    specs = CoreMLBackend.generate_compile_specs(
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        minimum_deployment_target=ct.target.iOS18)
+    return [CoreMLPartitioner(compile_specs=specs)]
+
+
+def lower(programs: dict, backend: str, precision: str = "fp32", rewrite: bool = True):
+    """{method: ExportedProgram} -> (ExecutorchProgramManager, {method: coverage})."""
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    from export.coverage import coverage
+    from export.rewrites import apply_rewrites
+
+    if rewrite:
+        programs = {k: apply_rewrites(v) for k, v in programs.items()}
+    edge = to_edge_transform_and_lower(programs, partitioner=partitioners(backend, precision),
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    cov = {k: coverage(edge.exported_program(k)) for k in programs}
+    return edge.to_executorch(), cov
+
+
+def pte_runner(path: Path, method: str):
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(str(path))
+    loaded = program.load_method(method)
+
+    def run(frames, exposures):
+        return loaded.execute([frames.contiguous(), exposures.contiguous()])[0]
+    return run
+
+
+def bundle(exec_prog, methods: dict, windows) -> bytes:
+    """A BundledProgram: the program plus each method's held-out inputs and expected outputs."""
+    import torch
+    from executorch.devtools import BundledProgram
+    from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
+    from executorch.devtools.bundled_program.serialize import (
+        serialize_from_bundled_program_to_flatbuffer)
+
+    from export.buckets import BucketGraph
+
+    suites = []
+    for name, (model, bucket) in methods.items():
+        graph = BucketGraph(model, bucket).eval()
+        cases = []
+        for w in windows:
+            if w.centre == bucket.centre:
+                with torch.no_grad():
+                    expected = graph(w.frames, w.exposures)
+                cases.append(MethodTestCase(inputs=[w.frames, w.exposures],
+                                            expected_outputs=[expected]))
+        suites.append(MethodTestSuite(method_name=name, test_cases=cases))
+    return serialize_from_bundled_program_to_flatbuffer(BundledProgram(exec_prog, suites))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.artifacts import add_common_flags, main_wrapper
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p, "exports/executorch")
+    p.add_argument("--backend", choices=("xnnpack", "coreml"), default="xnnpack",
+                   help="delegate: xnnpack (CPU; runs and is gated here) or coreml (Apple "
+                        "Neural Engine/GPU/CPU; gate pending macOS) (default xnnpack)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="compute precision; fp16 applies to the coreml backend only "
+                        "(default fp32)")
+    p.add_argument("--no-rewrites", action="store_true",
+                   help="lower the graph as exported, without the delegate-friendly rewrites "
+                        "(to measure what they buy)")
+    p.add_argument("--bundle", action="store_true",
+                   help="also write <name>.bpte: a BundledProgram embedding held-out test "
+                        "inputs and expected outputs for on-device verification")
+    args = p.parse_args(argv)
+
+    def run() -> int:
+        from tqdm import tqdm
+
+        from export.artifacts import artifact_record, prepare, staging_dir, write_manifest
+        from export.buckets import export_program
+        from export.gate import pending_gate, run_gate
+
+        if args.precision == "fp16" and args.backend == "xnnpack":
+            raise ValueError("--precision fp16 is for --backend coreml; XNNPACK exports fp32 "
+                             "(int8: python quantize/qat.py)")
+        started = time.time()
+        with staging_dir(args.out, args.force) as stage:
+            model, info, calibration, buckets, windows = prepare(args)
+            by_s: dict[str, list] = {}
+            for b in buckets:
+                by_s.setdefault(b.s_key, []).append(b)
+            records, notes = [], []
+            for s_key, group in tqdm(by_s.items(), desc=f"executorch/{args.backend}"):
+                methods = {f"forward_{b.centre}": b for b in group}
+                programs = {m: export_program(model, b, args.size) for m, b in methods.items()}
+                exec_prog, cov = lower(programs, args.backend, args.precision,
+                                       not args.no_rewrites)
+                path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+                               f"_{args.backend}.pte"
+                path.write_bytes(exec_prog.buffer)
+                if args.bundle:
+                    path.with_suffix(".bpte").write_bytes(
+                        bundle(exec_prog, {m: (model, b) for m, b in methods.items()}, windows))
+                for method, b in methods.items():
+                    if args.backend == "xnnpack":
+                        parity = run_gate(pte_runner(path, method), model, b, windows, "fp32",
+                                          "executorch runtime (XNNPACK + portable kernels)")
+                    else:
+                        parity = pending_gate("Core ML-delegated programs run only on Apple "
+                                              "OSes; run the gate there", args.precision)
+                    records.append(artifact_record(
+                        path, stage, f"executorch-{args.backend}", args.precision, b, args.size,
+                        parity, method=method, rewrites=not args.no_rewrites,
+                        delegation=cov[method]))
+                log.info("s=%s: %s", s_key, {m: f"{c['flop_share']:.1%} FLOPs, "
+                                             f"{c['op_share']:.1%} ops delegated"
+                                             for m, c in cov.items()})
+            if args.backend == "coreml":
+                notes.append("Core ML delegate: numeric parity pending (needs macOS/iOS)")
+            write_manifest(stage, "export/to_executorch.py", args, info, calibration, records,
+                           started, notes)
+        log.info("wrote %d programs to %s", len(by_s), args.out)
+        return 0
+    return main_wrapper(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Export: buckets, the staging folder, the parity gate, and real exports at a small size."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from calib.windows import make_windows, pattern
+from dealthdr import create_model
+from export.artifacts import digest, staging_dir
+from export.buckets import Bucket, BucketGraph, level_positions, make_buckets
+from export.gate import GateFailed, run_gate
+
+SIZE = (64, 64)
+CAL = {"buckets": [{"s": "0", "ratio": [0, 0, 0]}, {"s": "15", "ratio": [0.5, 0.25, 0.1]},
+                   {"s": "inf", "ratio": [1, 1, 1]}]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return make_windows("heldout", *SIZE, clips=1, seed=1)
+
+
+def test_pattern_alternates_around_the_centre():
+    assert pattern("short") == (False, True, False, True, False)
+    assert pattern("long") == (True, False, True, False, True)
+    with pytest.raises(ValueError):
+        pattern("medium")
+
+
+def test_make_buckets_budgets():
+    n1, n2, n3 = level_positions(SIZE)
+    assert (n1, n2, n3) == (64 * 64, 32 * 32, 16 * 16)
+    bs = make_buckets(CAL, [0.0, 15.0, math.inf], SIZE, ("short", "long"))
+    assert [b.name for b in bs] == ["s0_short", "s0_long", "s15_short", "s15_long",
+                                   "sinf_short", "sinf_long"]
+    assert bs[0].budget == (0, 0, 0)
+    assert bs[2].budget == (math.ceil(0.5 * n1), math.ceil(0.25 * n2), math.ceil(0.1 * n3))
+    assert bs[4].budget == (n1, n2, n3)
+    with pytest.raises(ValueError, match="no entry for s"):
+        make_buckets(CAL, [1.0], SIZE, ("short",))
+
+
+def test_windows_have_both_centres_and_match_their_pattern(windows):
+    assert [w.centre for w in windows] == ["short", "long"]
+    for w in windows:
+        assert w.frames.shape == (1, 5, 3, *SIZE) and w.exposures.shape == (1, 5)
+        long_ = tuple(bool(e > 1) for e in w.exposures[0])
+        assert long_ == pattern(w.centre)
+
+
+def test_staging_dir_is_atomic(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with staging_dir(out, force=False) as stage:
+            (stage / "half.bin").write_bytes(b"x")
+            raise RuntimeError("export failed")
+    assert not out.exists() and not list(tmp_path.iterdir())
+    with staging_dir(out, force=False) as stage:
+        (stage / "a.bin").write_bytes(b"abc")
+    assert (out / "a.bin").read_bytes() == b"abc"
+    with pytest.raises(ValueError, match="--force"):
+        with staging_dir(out, force=False):
+            pass
+    with staging_dir(out, force=True) as stage:
+        (stage / "b.bin").write_bytes(b"b")
+    assert sorted(p.name for p in out.iterdir()) == ["b.bin"]
+    assert digest(out)[0] == 1 and len(digest(out / "b.bin")[1]) == 64
+
+
+def test_gate_passes_the_model_itself_and_fails_a_wrong_artifact(tiny, windows):
+    bucket = make_buckets(CAL, [15.0], SIZE, ("short",))[0]
+    graph = BucketGraph(tiny, bucket)
+    with torch.no_grad():
+        ok = run_gate(lambda f, e: graph(f, e), tiny, bucket, windows, "fp32", "eager")
+    assert ok["passed"] and ok["max_abs"] == 0
+    with torch.no_grad(), pytest.raises(GateFailed, match="threshold"):
+        run_gate(lambda f, e: graph(f, e) * 1.2, tiny, bucket, windows, "fp32", "eager")
+
+
+def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export.to_onnx import export_onnx, onnx_runner
+
+    bucket = make_buckets(CAL, [15.0], SIZE, ("long",))[0]
+    path = tmp_path / "m.onnx"
+    export_onnx(tiny, bucket, SIZE, path)
+    res = run_gate(onnx_runner(path), tiny, bucket, windows, "fp32", "onnxruntime")
+    assert res["passed"] and res["max_abs"] < 1e-4
+    if res["vs_dynamic"]["windows_fitting_bucket"]:
+        assert res["vs_dynamic"]["max_abs"] < 1e-4
+
+
+def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
+    from export.buckets import export_program
+    from export.to_executorch import lower, pte_runner
+
+    b = make_buckets(CAL, [15.0], SIZE, ("short", "long"))
+    progs = {f"forward_{x.centre}": export_program(tiny, x, SIZE) for x in b}
+    exec_prog, cov = lower(progs, "xnnpack")
+    path = tmp_path / "m.pte"
+    path.write_bytes(exec_prog.buffer)
+    for x in b:
+        res = run_gate(pte_runner(path, f"forward_{x.centre}"), tiny, x, windows, "fp32", "et")
+        assert res["passed"] and res["max_abs"] < 1e-4
+        c = cov[f"forward_{x.centre}"]
+        assert 0.9 < c["flop_share"] <= 1 and c["ops_delegated"] < c["ops_total"]
+        assert "convolution" not in c["not_delegated"]  # every conv runs in XNNPACK
+
+
+def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
+    pytest.importorskip("coremltools")
+    from export.to_coreml import convert, save_multifunction, validate_package
+
+    bs = make_buckets(CAL, [0.0, 15.0], SIZE, ("short",))
+    parts = []
+    for b in bs:
+        ml = convert(tiny, b, SIZE, "fp16", "iOS18", "all")
+        parts.append((b.name, tmp_path / f"{b.name}.mlpackage"))
+        ml.save(str(parts[-1][1]))
+    merged = tmp_path / "all.mlpackage"
+    save_multifunction(parts, merged)
+    report = validate_package(merged, ["s0_short", "s15_short"], SIZE, "fp16")
+    assert report["s15_short"]["resample_ops"] > 0 and report["s15_short"]["resample_fp32"]
+    assert report["s0_short"]["op_histogram"].get("topk", 0) == 0  # s=0: no attention path
+    assert report["s15_short"]["op_histogram"].get("topk", 0) > 0
+    single = max(digest(p)[0] for _, p in parts)
+    assert digest(merged)[0] < 1.5 * single  # weights are shared, not stored per function
+    with pytest.raises(ValueError, match="functions"):
+        validate_package(merged, ["s0_short"], SIZE, "fp16")
+
+
+def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
+    from export.to_onnx import main
+
+    for bad in ("15,15", "-1", "fast"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--s-buckets", bad, "--out", str(tmp_path / "x")])
+        assert exc.value.code == 2
+    (tmp_path / "exists").mkdir()
+    assert main(["--s-buckets", "0", "--out", str(tmp_path / "exists")]) == 2
+    assert main(["--s-buckets", "0", "--variant", "default", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "duplicates" in err and ">= 0" in err and "--force" in err and "not 'default'" in err
+    assert not (tmp_path / "y").exists()
