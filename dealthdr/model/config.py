@@ -29,12 +29,6 @@ class DeAltHDRConfig:
         spynet_levels: pyramid levels of SpyNet (BasicSR: 6).
         exposure_ratio: default ratio long/short exposure (3 stops: 8) when none is given.
         gamma: display gamma of the LDR input (Eq. 1 uses 2.2 and its inverse).
-        output_domain: where the head's residual over the exposure-normalised centre frame is
-            added. "mu-law" (default): T^-1(relu(T(base) + head)), so the head's error is uniform
-            in the loss's (and PSNR-mu's) domain; "linear": relu(base + head), where an error of
-            1e-3 is invisible in a highlight but doubles a dark pixel, and the relu turns zero-mean
-            head noise into a bright bias in the shadows (measured: +0.004 median on dark pixels of
-            the first tiny checkpoint). Checkpoints without the key are "linear".
     """
 
     name: str = "default"
@@ -51,12 +45,8 @@ class DeAltHDRConfig:
     spynet_levels: int = 6
     exposure_ratio: float = 8.0
     gamma: float = 2.2
-    output_domain: str = "mu-law"
 
     def __post_init__(self) -> None:
-        if self.output_domain not in ("mu-law", "linear"):
-            raise ValueError(f"output_domain must be 'mu-law' or 'linear', got "
-                             f"{self.output_domain!r}")
         if self.num_frames < 3 or self.num_frames % 2 == 0:
             raise ValueError(f"num_frames must be odd and >= 3, got {self.num_frames}")
         if self.attn_window % 2 == 0:
@@ -74,8 +64,7 @@ class DeAltHDRConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        # Configs written before output_domain existed describe linear-residual networks.
-        return cls(**{"output_domain": "linear", **data, **tuples})
+        return cls(**{**data, **tuples})
 
 
 def default() -> DeAltHDRConfig:

@@ -159,7 +159,7 @@ class FGMA(nn.Module):
             return out
         corner = (n * (h + 2 * r) + y) * (w + 2 * r) + x              # window's top-left
         offsets = self.window_offsets(w + 2 * r)
-        queries = current[n, :, y, x]
+        queries = current[n.long(), :, y.long(), x.long()]  # ONNX GatherND: int64 only
         step = total if is_tracing() else self.query_chunk
         values = torch.cat([
             self._attend_chunk(queries[i:i + step], table, border, corner[i:i + step], offsets)
@@ -212,5 +212,6 @@ def _scatter(out: torch.Tensor, n: torch.Tensor, y: torch.Tensor, x: torch.Tenso
     """out[n, :, y, x] = values (Q, C), in place on a freshly allocated `out` (an out-of-place
     index_put would copy the whole map, a cost that does not shrink with R). Positions are
     unique in both policies, so the write order does not matter."""
-    out.permute(0, 2, 3, 1).index_put_((n, y, x), values)
+    # int64 indices: ONNX ScatterND takes no other type (the bucket policy computes int32).
+    out.permute(0, 2, 3, 1).index_put_((n.long(), y.long(), x.long()), values)
     return out

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import inverse_mu_law, mu_law
 from .blocks import make_level
 from .config import DeAltHDRConfig
 from .encoder import Encoder
@@ -39,11 +38,6 @@ class ForwardStats:
     def attention_ratio(self) -> float:
         total = sum(self.positions)
         return sum(self.attended) / total if total else 0.0
-
-
-# Output ceiling in the mu-law domain: T(8), i.e. 8x the short exposure's white. The inputs hold no
-# radiance above 1x (the short frame clips there), and T^-1 of larger values overflows fp16.
-MU_MAX = float(mu_law(torch.tensor(8.0)))
 
 
 def bucket_budget(ratio: float, size: tuple[int, int]) -> tuple[int, int, int]:
@@ -90,13 +84,6 @@ class DeAltHDR(nn.Module):
             make_level(lv, dims[lv - 1], n, cfg.heads[lv - 1], cfg.ffn_expansion)
             for lv, n in zip(levels, cfg.decoder_blocks)])
         self.head = nn.Conv2d(dims[0], 3, 3, padding=1)
-        if cfg.output_domain == "mu-law":
-            # Start close to the exposure-normalised centre frame: a default-initialised head
-            # adds +-0.3 in the mu-law domain (x2 in the shadows). Not zero, so gradients reach
-            # every layer from the first step.
-            with torch.no_grad():
-                self.head.weight.mul_(0.1)
-                self.head.bias.zero_()
 
     def forward(self, frames: torch.Tensor, exposures: torch.Tensor | None = None,
                 s: float = 15.0, budget: tuple[int, int, int] | None = None,
@@ -161,10 +148,7 @@ class DeAltHDR(nn.Module):
                 stats.attended.insert(0, int(executed.sum().item()))
                 stats.positions.insert(0, executed.numel())
         base = x[:, centre, :3]
-        if self.cfg.output_domain == "linear":
-            return F.relu(base + self.head(cur)), stats
-        y = (mu_law(base) + self.head(cur)).clamp(0.0, MU_MAX)
-        return inverse_mu_law(y), stats
+        return F.relu(base + self.head(cur)), stats
 
     def _encode(self, x: torch.Tensor, pattern: tuple[bool, ...]) -> list[torch.Tensor]:
         """Run each encoder once on its frames; return per level (B, T, C, h, w) in time order."""

@@ -48,7 +48,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # not in the paper: keeps early attention-only steps stable
     vgg_weight: float = 0.5         # paper: lambda_vgg = 0.5
     mode_mix: tuple[float, float, float] = (0.3, 0.3, 0.4)  # flow / attention / FGMA(s)
-    white: float = 1.0              # loss clips at the short exposure's white (0: raw radiance)
+    white: float = 0.0              # >0: loss clips at this radiance, as evaluation does
     init: str = ""                  # fine-tune: start from this checkpoint's weights
     ckpt_every: int = 100
     seed: int = 0
