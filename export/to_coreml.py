@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import platform
 import shutil
 import sys
@@ -103,7 +104,7 @@ def describe(mlmodel, info: dict, bucket, precision: str) -> None:
 def validate_package(path: Path, functions: list[str], size, precision: str) -> dict:
     """Structure checks that need no macOS; raises ValueError on a malformed package."""
     import coremltools as ct
-    from coremltools.proto import FeatureTypes_pb2 as ft
+    from coremltools.proto import MIL_pb2
 
     spec = ct.utils.load_spec(str(path))
     descs = list(spec.description.functions) or [spec.description]
@@ -117,29 +118,31 @@ def validate_package(path: Path, functions: list[str], size, precision: str) -> 
             raise ValueError(f"{path.name}: inputs {shapes}")
         if [o.name for o in d.output] != ["hdr"]:
             raise ValueError(f"{path.name}: outputs {[o.name for o in d.output]}")
-    dtype_name = {v: k for k, v in ft.ArrayFeatureType.ArrayDataType.items()}
     report = {}
     for fname, fn in spec.mlProgram.functions.items():
         block = fn.block_specializations[fn.opset]
-        types, hist = {}, {}
+        types, hist, folded = {}, {}, 0
         for op in block.operations:
             hist[op.type] = hist.get(op.type, 0) + 1
             for o in op.outputs:
                 types[o.name] = o.type.tensorType.dataType
+            if op.type == "const" and not op.outputs[0].name.startswith("p_"):
+                # a constant that is not a parameter: folded arithmetic (grids, zero maps)
+                folded = max(folded, math.prod(d.constant.size for d in
+                                               op.outputs[0].type.tensorType.dimensions))
         resample_types = set()
         for op in block.operations:
             if op.type == "resample":
                 coords = op.inputs["coordinates"].arguments[0].name
                 resample_types.add(types.get(coords))
                 resample_types.add(op.outputs[0].type.tensorType.dataType)
-        from coremltools.proto import MIL_pb2
         fp32 = MIL_pb2.DataType.Value("FLOAT32")
         if precision == "fp16" and resample_types - {fp32}:
             raise ValueError(f"{path.name}:{fname}: resample is not fp32")
         report[fname] = {"ops": sum(hist.values()), "op_histogram": dict(sorted(hist.items())),
                          "resample_ops": hist.get("resample", 0),
-                         "resample_fp32": not (resample_types - {fp32})}
-    del dtype_name
+                         "resample_fp32": not (resample_types - {fp32}),
+                         "largest_folded_constant": folded}
     return report
 
 

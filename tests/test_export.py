@@ -114,6 +114,30 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
         assert 0.9 < c["flop_share"] <= 1 and c["ops_delegated"] < c["ops_total"]
         assert "convolution" not in c["not_delegated"]  # every conv runs in XNNPACK
 
+    # BundledProgram: held-out inputs and expected outputs travel with the program and verify
+    # in the runtime (what an on-device test harness does).
+    from executorch.extension.pybindings.portable_lib import (
+        _load_bundled_program_from_buffer, _load_for_executorch_from_bundled_program)
+
+    from export.to_executorch import bundle
+    data = bundle(exec_prog, {f"forward_{x.centre}": (tiny, x) for x in b}, windows)
+    bundled = _load_bundled_program_from_buffer(data)
+    module = _load_for_executorch_from_bundled_program(bundled)
+    for x in b:
+        module.load_bundled_input(bundled, f"forward_{x.centre}", 0)
+        module.plan_execute(f"forward_{x.centre}")
+        module.verify_result_with_bundled_expected_output(bundled, f"forward_{x.centre}", 0,
+                                                          rtol=1e-4, atol=1e-5)
+    # Swapped expectations (the long-centre graph's output for the short method) must fail.
+    wrong = _load_bundled_program_from_buffer(
+        bundle(exec_prog, {"forward_short": (tiny, b[1]), "forward_long": (tiny, b[0])}, windows))
+    module = _load_for_executorch_from_bundled_program(wrong)
+    module.load_bundled_input(wrong, "forward_short", 0)
+    module.plan_execute("forward_short")
+    with pytest.raises(Exception):
+        module.verify_result_with_bundled_expected_output(wrong, "forward_short", 0,
+                                                          rtol=1e-4, atol=1e-5)
+
 
 def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     pytest.importorskip("coremltools")
@@ -130,6 +154,8 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     report = validate_package(merged, ["s0_short", "s15_short"], SIZE, "fp16")
     assert report["s15_short"]["resample_ops"] > 0 and report["s15_short"]["resample_fp32"]
     assert report["s0_short"]["op_histogram"].get("topk", 0) == 0  # s=0: no attention path
+    for r in report.values():  # no feature map of zeros stored as a constant (was 16 x 4 maps)
+        assert r["largest_folded_constant"] < 4 * SIZE[0] * SIZE[1]
     assert report["s15_short"]["op_histogram"].get("topk", 0) > 0
     single = max(digest(p)[0] for _, p in parts)
     assert digest(merged)[0] < 1.5 * single  # weights are shared, not stored per function
