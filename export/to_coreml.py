@@ -208,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                 files = {b.name: (merged, b.name) for b, _ in parts}
             else:
                 files = {b.name: (path, None) for b, path in parts}
-            records = []
+            records, structures = [], {}
             for b, _ in parts:
                 path, function = files[b.name]
-                names = [function] if function else ["main"]
-                if function:
-                    names = [x.name for x, _ in parts]
-                structure = validate_package(path, names, args.size, args.precision)
+                if path not in structures:  # the multifunction package is read once
+                    names = [x.name for x, _ in parts] if function else ["main"]
+                    structures[path] = validate_package(path, names, args.size, args.precision)
+                structure = structures[path]
                 if on_mac:
                     parity = run_gate(coreml_runner(path, function), model, b, windows,
                                       args.precision, f"coremltools predict ({platform.mac_ver()[0]})")

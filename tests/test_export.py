@@ -183,3 +183,19 @@ def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "duplicates" in err and ">= 0" in err and "--force" in err and "not 'default'" in err
     assert not (tmp_path / "y").exists()
+
+
+def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
+    from export.to_onnx import main
+
+    out = tmp_path / "onnx"
+    assert main(["--s-buckets", "0", "--size", "64x64", "--centre", "short",
+                 "--calib-clips", "1", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (art,) = manifest["artifacts"]
+    path = out / art["file"]
+    assert art["bytes"] == path.stat().st_size and art["sha256"] == digest(path)[1]
+    assert art["parity"]["passed"] and art["parity"]["psnr_mu_db"] >= 45
+    assert art["bucket_k"] == [0, 0, 0] and art["input_shape"]["frames"] == [1, 5, 3, 64, 64]
+    assert manifest["model"]["checkpoint_sha256"] and manifest["calibration"]["buckets"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no staging left over
