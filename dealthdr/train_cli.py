@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         from .checkpoint import read_config, resolve_checkpoint
         args.init = str(resolve_checkpoint(args.init))
-        if read_config(args.init)[0].name != args.variant:  # fail before any data is read
-            raise ValueError(f"--init {args.init} is a {read_config(args.init)[0].name!r} "
+        init_variant = read_config(args.init)[0].name
+        if init_variant != args.variant:  # fail before any data is read
+            raise ValueError(f"--init {args.init} is a {init_variant!r} "
                              f"checkpoint, not --variant {args.variant!r}")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -87,19 +87,15 @@ def staging_dir(out: Path, force: bool):
 
 
 def digest(path: Path) -> tuple[int, str]:
-    """(bytes, sha256) of a file, or of a folder (.mlpackage) over its sorted relative paths
-    and contents."""
-    h = hashlib.sha256()
-    total = 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if f != path:
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-                total += len(block)
-    return total, h.hexdigest()
+    """(bytes, sha256) of a file, or of a folder (.mlpackage): then the sha256 of its sorted
+    'relative path, file sha256' lines."""
+    from calib.buckets import sha256_file
+
+    if path.is_file():
+        return path.stat().st_size, sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{f.relative_to(path)}\0{sha256_file(f)}\n" for f in files)
+    return sum(f.stat().st_size for f in files), hashlib.sha256(lines.encode()).hexdigest()
 
 
 def artifact_record(path: Path, root: Path, backend: str, precision: str, bucket,
