@@ -33,3 +33,15 @@ def waves(h: int, w: int, seed: int, count: int, freq: float) -> np.ndarray:
         wave = 1 + np.sin(fy * ys + fx * xs + rng.uniform(0, 6))
         img += rng.uniform(0.2, 1, 3) * wave[..., None]
     return img
+
+
+def untrained_tiny(seed: int = 0):
+    """A randomly initialised `tiny`, with its head randomised too. The merge-base head is
+    zero at init (the output is then the fixed merge, whatever the decoder computes), which
+    would let tests of the decoder path, FGMA policies or export parity pass vacuously."""
+    from dealthdr.model import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("tiny")
+    model.head.reset_parameters()
+    return model.eval()

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from calib.windows import make_windows, pattern
-from dealthdr import create_model
 from export.artifacts import digest, staging_dir
 from export.buckets import Bucket, BucketGraph, level_positions, make_buckets
 from export.gate import GateFailed, run_gate
+from tests.conftest import untrained_tiny
 
 SIZE = (64, 64)
 CAL = {"buckets": [{"s": "0", "ratio": [0, 0, 0]}, {"s": "15", "ratio": [0.5, 0.25, 0.1]},
@@ -19,8 +19,7 @@ CAL = {"buckets": [{"s": "0", "ratio": [0, 0, 0]}, {"s": "15", "ratio": [0.5, 0.
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return create_model("tiny").eval()
+    return untrained_tiny()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,10 @@ class DeAltHDRConfig:
         spynet_levels: pyramid levels of SpyNet (BasicSR: 6).
         exposure_ratio: default ratio long/short exposure (3 stops: 8) when none is given.
         gamma: display gamma of the LDR input (Eq. 1 uses 2.2 and its inverse).
+        merge_base: the head refines an exposure-aware, flow-aligned merge of the 5 frames
+            (residual + per-frame log-weights, see model/merge.py) instead of adding a
+            residual to the centre frame. Not in the paper; on for `tiny`, whose 16-channel
+            decoder cannot carry the neighbours' full-resolution detail.
     """
 
     name: str = "default"
@@ -45,6 +49,7 @@ class DeAltHDRConfig:
     spynet_levels: int = 6
     exposure_ratio: float = 8.0
     gamma: float = 2.2
+    merge_base: bool = False
 
     def __post_init__(self) -> None:
         if self.num_frames < 3 or self.num_frames % 2 == 0:
@@ -82,7 +87,7 @@ def tiny() -> DeAltHDRConfig:
     """Fast on one CPU: tests and the shipped checkpoint. Same structure, fewer channels."""
     return DeAltHDRConfig(name="tiny", dim=16, encoder_blocks=(1, 1, 2), middle_blocks=2,
                           decoder_blocks=(2, 1, 1), heads=(1, 1, 2, 4), attn_window=5,
-                          spynet_width=0.5)
+                          spynet_width=0.5, merge_base=True)
 
 
 VARIANTS = {"default": default, "s": s, "tiny": tiny}

@@ -65,12 +65,17 @@ def exposures_from_pattern(pattern: tuple[bool, ...], ratio: float, batch: int,
     return row.expand(batch, -1).clone()
 
 
+def relative_exposures(exposures: torch.Tensor) -> torch.Tensor:
+    """(B, T) exposure times relative to the shortest of each window (1 and e.g. 8)."""
+    return exposures / exposures.min(dim=1, keepdim=True).values
+
+
 def prepare_inputs(frames: torch.Tensor, exposures: torch.Tensor,
                    gamma: float = 2.2) -> torch.Tensor:
     """Eq. 1: linearise with the inverse gamma, bring every frame to the short exposure's
     brightness (divide by its exposure relative to the shortest of its window), and concatenate
     the linear frame with its gamma-1/gamma version: (B, T, 3, H, W) -> (B, T, 6, H, W).
     """
-    rel = exposures / exposures.min(dim=1, keepdim=True).values
+    rel = relative_exposures(exposures)
     linear = frames.clamp(0, 1) ** gamma / rel.view(*rel.shape, 1, 1, 1)
     return torch.cat((linear, linear.clamp_min(1e-8) ** (1.0 / gamma)), dim=2)

@@ -19,8 +19,9 @@ from .config import DeAltHDRConfig
 from .encoder import Encoder
 from .fgma import FGMA
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
-                     long_pattern_from_exposures, prepare_inputs)
+                     long_pattern_from_exposures, prepare_inputs, relative_exposures)
 from .layers import Upsample
+from .merge import ExposureMerge
 from .router import FrameHistoryRouter
 from .spynet import SpyNet, resize_flow
 
@@ -83,7 +84,15 @@ class DeAltHDR(nn.Module):
         self.decoder = nn.ModuleList([
             make_level(lv, dims[lv - 1], n, cfg.heads[lv - 1], cfg.ffn_expansion)
             for lv, n in zip(levels, cfg.decoder_blocks)])
-        self.head = nn.Conv2d(dims[0], 3, 3, padding=1)
+        if cfg.merge_base:
+            # Residual (3) + one log-weight per frame; zero at init, so an untrained head
+            # outputs the fixed exposure-aware merge.
+            self.merge = ExposureMerge()
+            self.head = nn.Conv2d(dims[0], 3 + cfg.num_frames, 3, padding=1)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Conv2d(dims[0], 3, 3, padding=1)
 
     def forward(self, frames: torch.Tensor, exposures: torch.Tensor | None = None,
                 s: float = 15.0, budget: tuple[int, int, int] | None = None,
@@ -115,13 +124,13 @@ class DeAltHDR(nn.Module):
         if ph or pw:
             x = F.pad(x.reshape(b, t * 6, h, w), (0, pw, 0, ph), mode="replicate")
             x = x.reshape(b, t, 6, h + ph, w + pw)
-        out, stats = self._reconstruct(x, long_pattern, s, budget)
+        out, stats = self._reconstruct(x, relative_exposures(exposures), long_pattern, s, budget)
         if ph or pw:  # a no-op slice would export as `alias`, which coremltools rejects
             out = out[..., :h, :w]
         return out, stats
 
-    def _reconstruct(self, x: torch.Tensor, pattern: tuple[bool, ...], s: float,
-                     budget: tuple[int, int, int] | None) -> tuple[torch.Tensor, ForwardStats]:
+    def _reconstruct(self, x: torch.Tensor, rel: torch.Tensor, pattern: tuple[bool, ...],
+                     s: float, budget: tuple[int, int, int] | None) -> tuple[torch.Tensor, ForwardStats]:
         b, t, _, h, w = x.shape
         centre = t // 2
         nbs = [i for i in range(t) if i != centre]
@@ -147,8 +156,12 @@ class DeAltHDR(nn.Module):
             if not is_tracing():
                 stats.attended.insert(0, int(executed.sum().item()))
                 stats.positions.insert(0, executed.numel())
-        base = x[:, centre, :3]
-        return F.relu(base + self.head(cur)), stats
+        head = self.head(cur)
+        if not self.cfg.merge_base:
+            return F.relu(x[:, centre, :3] + head), stats
+        base = self.merge(x[:, :, :3], rel, resize_flow(flow_t_n, (h, w)), centre,
+                          head[:, 3:])
+        return F.relu(base + head[:, :3]), stats
 
     def _encode(self, x: torch.Tensor, pattern: tuple[bool, ...]) -> list[torch.Tensor]:
         """Run each encoder once on its frames; return per level (B, T, C, h, w) in time order."""

@@ -1,0 +1,108 @@
+"""The exposure-aware merge the `tiny` head refines (model/merge.py)."""
+import numpy as np
+import torch
+
+from dealthdr import baselines
+from dealthdr.model import create_model
+from dealthdr.model import merge as merge_mod
+from dealthdr.model.inputs import prepare_inputs, relative_exposures
+from dealthdr.model.merge import ExposureMerge
+from dealthdr.model.spynet import resize_flow
+
+EXP = torch.tensor([[1.0, 8.0, 1.0, 8.0, 1.0]])
+
+
+def _scene(h=32, w=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h // 4, w // 4, generator=g)
+    return torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear") * 0.6 + 0.01
+
+
+def _capture(scene, exposures=EXP, noise=0.0, seed=0):
+    """LDR frames (1, T, 3, H, W) of a static linear scene (short units), clipped and gamma'd."""
+    g = torch.Generator().manual_seed(seed)
+    frames = []
+    for e in exposures[0]:
+        raw = scene * e
+        raw = raw + noise * torch.randn(raw.shape, generator=g) * raw.clamp_min(1e-3).sqrt()
+        frames.append(raw.clamp(0, 1) ** (1 / 2.2))
+    return torch.stack(frames, dim=1)
+
+
+def _merge(frames, exposures=EXP, flow=None):
+    x = prepare_inputs(frames, exposures)
+    b, t, _, h, w = x.shape
+    if flow is None:
+        flow = torch.zeros(b * (t - 1), 2, h, w)
+    return ExposureMerge()(x[:, :, :3], relative_exposures(exposures), flow, t // 2)
+
+
+def test_constants_match_the_classical_baseline():
+    for name in ("SAT_LO", "SAT_HI", "SHOT", "READ", "CONSISTENCY_SIGMA", "SMOOTH_SIGMA",
+                 "CENTRE_FLOOR"):
+        assert getattr(merge_mod, name) == getattr(baselines, name), name
+
+
+def test_clean_static_window_merges_to_the_scene_even_where_long_frames_clip():
+    scene = _scene()
+    scene[..., :8, :] *= 1.5  # up to 0.9: below the short white, far above the long (1/8)
+    frames = _capture(scene)
+    assert (frames[:, 1] >= 1.0).any()
+    out = _merge(frames)
+    np.testing.assert_allclose(out.numpy(), scene.numpy(), rtol=2e-4, atol=1e-6)
+
+
+def test_merge_removes_most_of_the_short_centre_frame_noise():
+    scene = _scene() * 0.1  # shadows: where a long frame is worth many short ones
+    frames = _capture(scene, noise=0.02, seed=3)
+    x = prepare_inputs(frames, EXP)
+    centre_err = (x[:, 2, :3] - scene).pow(2).mean()
+    merged_err = (_merge(frames) - scene).pow(2).mean()
+    assert merged_err < 0.2 * centre_err
+
+
+def test_flow_aligns_a_moving_neighbourhood_and_consistency_rejects_a_wrong_flow():
+    scene = _scene(32, 48, seed=1)
+    shifts = (-4, -2, 2, 4)  # frame i shows the scene moved right by 2 * (i - 2) px
+    frames = []
+    for i, e in enumerate(EXP[0]):
+        k = (i - 2) * 2
+        moved = torch.roll(scene, shifts=k, dims=-1)
+        frames.append((moved * e).clamp(0, 1) ** (1 / 2.2))
+    frames = torch.stack(frames, dim=1)
+    # O_{t->n}: the centre pixel p is seen at p + k in neighbour n.
+    flow = torch.zeros(4, 2, 32, 48)
+    for j, k in enumerate(shifts):
+        flow[j, 0] = k
+    good = _merge(frames, flow=flow)
+    wrong = _merge(frames)
+    lin = prepare_inputs(frames, EXP)[:, :, :3]
+    assert (good - scene).abs().max() < 1e-4
+    # Zero flow: the neighbours disagree with the centre, so they are rejected, not blended.
+    naive = lin.mean(dim=1)
+    assert (wrong - lin[:, 2]).abs().mean() < 0.1 * (naive - lin[:, 2]).abs().mean()
+
+
+def test_untrained_merge_head_outputs_the_fixed_merge():
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    assert model.cfg.merge_base and model.head.out_channels == 3 + model.cfg.num_frames
+    frames = _capture(_scene(), noise=0.01, seed=2)
+    with torch.no_grad():
+        out = model(frames, EXP, s=0)
+        x = prepare_inputs(frames, EXP)
+        flow_t_n, _ = model._flows(x[:, :, 3:].clamp(0, 1), 2, [0, 1, 3, 4])
+        ref = model.merge(x[:, :, :3], relative_exposures(EXP),
+                          resize_flow(flow_t_n, x.shape[-2:]), 2)
+    torch.testing.assert_close(out, ref.relu())
+
+
+def test_learned_log_weights_pick_frames():
+    scene = _scene()
+    frames = _capture(scene, noise=0.05, seed=4)
+    x = prepare_inputs(frames, EXP)
+    flow = torch.zeros(4, 2, *x.shape[-2:])
+    delta = torch.full((1, 5, *x.shape[-2:]), -1e3)
+    delta[:, 2] = 1e3  # trust only the centre
+    out = ExposureMerge()(x[:, :, :3], relative_exposures(EXP), flow, 2, delta)
+    torch.testing.assert_close(out, x[:, 2, :3], rtol=1e-3, atol=1e-5)
