@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("buckets.json"),
                    help="output JSON (default buckets.json)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from dealthdr.cli import configure_logging
+    configure_logging()
     try:
         from dealthdr.checkpoint import atomic_write_bytes
         data = run_calibration(args.checkpoint, args.variant, args.s_buckets,

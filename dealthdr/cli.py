@@ -50,11 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUR_PACKAGES = ("dealthdr", "export", "calib", "quantize", "device_bench")
+
+
+def configure_logging(verbose: bool = True) -> None:
+    """INFO for this project's loggers, WARNING for everything else: the ONNX exporter and
+    onnxscript alone log thousands of INFO lines per graph."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in OUR_PACKAGES:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return args.run(args) or 0
     except (ValueError, FileNotFoundError) as err:

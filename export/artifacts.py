@@ -158,7 +158,8 @@ def main_wrapper(run) -> int:
     gate exits 1; both with one clear line and no artifact left behind."""
     from export.gate import GateFailed
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from dealthdr.cli import configure_logging
+    configure_logging()
     try:
         return run() or 0
     except (ValueError, FileNotFoundError) as err:
