@@ -123,6 +123,15 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
                      windows)  # another graph's expectations must not verify
     assert _bundle_max_error(swapped) > 1e-3
 
+    # The planned activation arena is reported, and a run that cannot fit is refused up front.
+    from export import to_executorch
+    arena = to_executorch.planned_bytes(exec_prog)
+    frame_bytes = 4 * 5 * 3 * SIZE[0] * SIZE[1]
+    assert set(arena) == set(progs) and all(v > 10 * frame_bytes for v in arena.values())
+    to_executorch.check_runnable("forward_short", arena["forward_short"])
+    with pytest.raises(ValueError, match="parity gate cannot run"):
+        to_executorch.check_runnable("forward_short", to_executorch.available_bytes())
+
 
 def _bundle_max_error(data: bytes) -> float:
     from executorch.devtools.bundled_program.serialize import (
