@@ -47,8 +47,9 @@ def _gaussian_taps(sigma: float) -> torch.Tensor:
 class ExposureMerge(nn.Module):
     """Merge the centre frame with flow-aligned neighbours, exposure- and noise-aware."""
 
-    def __init__(self, channels: int = 3) -> None:
+    def __init__(self, channels: int = 3, gamma: float = 2.2) -> None:
         super().__init__()
+        self.gamma = gamma
         taps = _gaussian_taps(SMOOTH_SIGMA)
         k = taps.numel()
         self.channels = channels
@@ -73,7 +74,7 @@ class ExposureMerge(nn.Module):
         Returns the merged linear image (B, 3, H, W)."""
         b, t, c, h, w = lin.shape
         nbs = [i for i in range(t) if i != centre]
-        gamma_inv = 1.0 / 2.2
+        gamma_inv = 1.0 / self.gamma
         r = rel.view(b, t, 1, 1, 1)
         ldr = (lin * r).clamp(0, 1).clamp_min(1e-8) ** gamma_inv
         lin_c, ldr_c = lin[:, centre], ldr[:, centre]

@@ -87,7 +87,7 @@ class DeAltHDR(nn.Module):
         if cfg.merge_base:
             # Residual (3) + one log-weight per frame; zero at init, so an untrained head
             # outputs the fixed exposure-aware merge.
-            self.merge = ExposureMerge()
+            self.merge = ExposureMerge(gamma=cfg.gamma)
             self.head = nn.Conv2d(dims[0], 3 + cfg.num_frames, 3, padding=1)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -130,7 +130,8 @@ class DeAltHDR(nn.Module):
         return out, stats
 
     def _reconstruct(self, x: torch.Tensor, rel: torch.Tensor, pattern: tuple[bool, ...],
-                     s: float, budget: tuple[int, int, int] | None) -> tuple[torch.Tensor, ForwardStats]:
+                     s: float, budget: tuple[int, int, int] | None,
+                     ) -> tuple[torch.Tensor, ForwardStats]:
         b, t, _, h, w = x.shape
         centre = t // 2
         nbs = [i for i in range(t) if i != centre]
