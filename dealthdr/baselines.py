@@ -4,29 +4,20 @@ Both take a window of 5 gamma-encoded LDR frames (5, 3, H, W) in [0, 1] with the
 times (5,), and return the centre frame's linear HDR (3, H, W) in the short exposure's units,
 like the network.
 
-- `reference`: the centre frame alone, linearised and exposure-normalised (Eq. 1). What the
-  network adds to (its output is this plus a learned residual).
+- `reference`: the centre frame alone, linearised and exposure-normalised (Eq. 1); the paper's
+  head adds a learned residual to it.
 - `classical`: the centre frame merged with its 4 neighbours after classical optical-flow
-  alignment (OpenCV DIS), with exposure-aware per-pixel weights.
+  alignment (OpenCV DIS), with exposure-aware per-pixel weights: the merge the `tiny` head
+  refines, with DIS flow instead of the network's and no learned correction.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .model.merge import ExposureMerge
+
 GAMMA = 2.2
-# Well-exposedness: LDR values above SAT_LO lose weight linearly, at SAT_HI they have none
-# (a clipped long frame says only "brighter than this").
-SAT_LO, SAT_HI = 0.85, 0.97
-# Noise model in each frame's own linear units: variance = v * SHOT + READ. Only the ratio
-# matters: read noise dominates below v = READ / SHOT, where a long frame (r = 8) is worth
-# r² = 64 short frames; above it, shot noise, worth r = 8 short frames.
-SHOT, READ = 1.0, 2e-3
-# Consistency: an aligned neighbour whose (smoothed, gamma-domain) difference to the centre
-# exceeds a few CONSISTENCY_SIGMA is a misalignment (occlusion, flow failure), not noise.
-CONSISTENCY_SIGMA = 0.04
-SMOOTH_SIGMA = 1.5  # pixels; smoothing before the consistency test, so noise is not "motion"
-CENTRE_FLOOR = 1e-6  # the centre always keeps some weight: the fallback where all else fails
 
 
 def _window(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
@@ -68,34 +59,10 @@ def _dis_flow(ref: np.ndarray, moving: np.ndarray) -> np.ndarray:
     return dis.calc(ref, moving, None)
 
 
-def _remap(img: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sample img (H, W, C) at p + flow(p), bilinear; returns (warped, in-bounds mask)."""
-    import cv2
-
-    h, w = img.shape[:2]
-    mx = (np.arange(w, dtype=np.float32)[None, :] + flow[..., 0]).astype(np.float32)
-    my = (np.arange(h, dtype=np.float32)[:, None] + flow[..., 1]).astype(np.float32)
-    out = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
-    return out.reshape(img.shape), inside
-
-
-def _blur(img: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.GaussianBlur(img, (0, 0), SMOOTH_SIGMA)
-
-
 def _grey_u8(img: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.cvtColor(np.round(img.clip(0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
-
-
-def _well_exposed(ldr: np.ndarray) -> np.ndarray:
-    """1 below SAT_LO, falling linearly to 0 at SAT_HI, on the brightest channel (H, W)."""
-    top = ldr.max(axis=-1)
-    return np.clip((SAT_HI - top) / (SAT_HI - SAT_LO), 0, 1)
 
 
 def classical(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
@@ -103,44 +70,27 @@ def classical(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.T
     """Align every neighbour to the centre with DIS flow and merge, (3, H, W) float32.
 
     Flow is computed on exposure-normalised gamma images (the network's guide images), where a
-    short and a long frame of the same scene look alike except for clipping and noise. Each
-    frame i contributes its linear image with weight
+    short and a long frame of the same scene look alike except for clipping and noise. The
+    merge is the network's own `ExposureMerge` (dealthdr/model/merge.py) with these flows and no
+    learned correction: each frame contributes its linear image with weight
         well-exposedness(ldr_i) * noise weight(r_i) * consistency(i, centre) * in-bounds,
-    where the noise weight is the inverse variance of the exposure-normalised value,
-    r² / (SHOT * r * x + READ) at the centre's smoothed radiance x (a long frame collects r
-    times the light), and consistency drops pixels whose aligned neighbour disagrees with
-    the centre (checked against the centre's clipping level, since a saturated centre only
-    says "at least this bright").
+    the noise weight being the inverse variance of the exposure-normalised value at the
+    centre's smoothed radiance (a long frame collects r times the light), and consistency
+    dropping pixels whose aligned neighbour disagrees with the centre (checked against the
+    centre's clipping level, since a saturated centre only says "at least this bright").
     """
     ldr, rel = _window(frames, exposures)
     c = len(ldr) // 2
-    lin = [_linear(ldr[i], rel[i]) for i in range(len(ldr))]
-    guide = [np.clip(x, 0, 1) ** (1 / GAMMA) for x in lin]
-    x_c = _blur(lin[c]).max(axis=-1)  # radiance estimate for the noise model, (H, W)
-    centre_clip = 1.0 / rel[c]  # the centre frame's saturation level in short units
-    g_c = _blur(guide[c])
-    grey_c = _grey_u8(guide[c])
-
-    def noise_weight(r: float) -> np.ndarray:
-        return r * r / (SHOT * r * x_c + READ)
-
-    w_c = _well_exposed(ldr[c]) * noise_weight(rel[c]) + CENTRE_FLOOR
-    num = w_c[..., None] * lin[c]
-    den = w_c.copy()
-    for i in range(len(ldr)):
-        if i == c:
-            continue
-        flow = _dis_flow(grey_c, _grey_u8(guide[i]))
-        warped, inside = _remap(np.concatenate((lin[i], ldr[i]), axis=-1), flow)
-        lin_i, ldr_i = warped[..., :3], warped[..., 3:]
-        # Compare where the centre can tell: clip the neighbour at the centre's saturation.
-        g_i = _blur(np.clip(np.minimum(lin_i, centre_clip), 0, 1) ** (1 / GAMMA))
-        diff = np.abs(g_i - g_c).max(axis=-1)
-        consistency = np.exp(-(diff / CONSISTENCY_SIGMA) ** 2)
-        w = _well_exposed(ldr_i) * noise_weight(rel[i]) * consistency * inside
-        num += w[..., None] * lin_i
-        den += w
-    return (num / den[..., None]).transpose(2, 0, 1).astype(np.float32)
+    lin = np.stack([_linear(ldr[i], rel[i]) for i in range(len(ldr))]).astype(np.float32)
+    grey = [_grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
+    flows = np.stack([_dis_flow(grey[c], grey[i]) for i in range(len(ldr)) if i != c])
+    # (T, H, W, 3) frames and (T-1, H, W, 2) flows to the merge's (1, T, 3, H, W) / (T-1, 2, H, W)
+    with torch.no_grad():
+        out = ExposureMerge(gamma=GAMMA)(
+            torch.from_numpy(lin.transpose(0, 3, 1, 2).copy()).unsqueeze(0),
+            torch.from_numpy(rel.astype(np.float32)).unsqueeze(0),
+            torch.from_numpy(flows.transpose(0, 3, 1, 2).copy()), c)
+    return out[0].numpy().astype(np.float32)
 
 
 BASELINES = {"reference": reference, "classical": classical}

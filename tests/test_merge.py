@@ -2,9 +2,7 @@
 import numpy as np
 import torch
 
-from dealthdr import baselines
 from dealthdr.model import create_model
-from dealthdr.model import merge as merge_mod
 from dealthdr.model.inputs import prepare_inputs, relative_exposures
 from dealthdr.model.merge import ExposureMerge
 from dealthdr.model.spynet import resize_flow
@@ -35,12 +33,6 @@ def _merge(frames, exposures=EXP, flow=None):
     if flow is None:
         flow = torch.zeros(b * (t - 1), 2, h, w)
     return ExposureMerge()(x[:, :, :3], relative_exposures(exposures), flow, t // 2)
-
-
-def test_constants_match_the_classical_baseline():
-    for name in ("SAT_LO", "SAT_HI", "SHOT", "READ", "CONSISTENCY_SIGMA", "SMOOTH_SIGMA",
-                 "CENTRE_FLOOR"):
-        assert getattr(merge_mod, name) == getattr(baselines, name), name
 
 
 def test_clean_static_window_merges_to_the_scene_even_where_long_frames_clip():

@@ -10,9 +10,10 @@ SpyNet flow, and the head predicts a residual plus a per-frame log-weight correc
     w_i = well_exposed(ldr_i) * noise_weight(r_i) * consistency_i * inside_i * exp(delta_i)
     out = relu(sum_i w_i lin_i / sum_i w_i + residual)
 
-The fixed weights are those of `dealthdr.baselines.classical` (same constants, same roles),
-so a zero head starts from a classical merge with learned flow; the head learns where to
-trust which frame (occlusions, blur, flow failures) and what the merge cannot recover.
+The fixed weights make the `classical` baseline of `dealthdr evaluate` (which calls this module
+with OpenCV DIS flow), so a zero head starts from a classical merge with learned flow; the head
+learns where to trust which frame (occlusions, blur, flow failures) and what the merge cannot
+recover.
 
 Every op is weight-free and export-friendly: one grid_sample over the stacked neighbours,
 a separable Gaussian as two constant depthwise convs, channel max/clamp/exp.
@@ -27,13 +28,18 @@ from torch import nn
 
 from .spynet import flow_warp
 
-# The constants of dealthdr.baselines.classical, restated here because the model package
-# imports nothing outside itself (baselines needs OpenCV); test_merge checks they agree.
+# Well-exposedness: LDR values above SAT_LO lose weight linearly, at SAT_HI they have none
+# (a clipped long frame says only "brighter than this").
 SAT_LO, SAT_HI = 0.85, 0.97
+# Noise model in each frame's own linear units: variance = v * SHOT + READ. Only the ratio
+# matters: read noise dominates below v = READ / SHOT, where a long frame (r = 8) is worth
+# r^2 = 64 short frames; above it, shot noise, worth r = 8 short frames.
 SHOT, READ = 1.0, 2e-3
+# Consistency: an aligned neighbour whose (smoothed, gamma-domain) difference to the centre
+# exceeds a few CONSISTENCY_SIGMA is a misalignment (occlusion, flow failure), not noise.
 CONSISTENCY_SIGMA = 0.04
-SMOOTH_SIGMA = 1.5
-CENTRE_FLOOR = 1e-6
+SMOOTH_SIGMA = 1.5  # pixels; smoothing before the consistency test, so noise is not "motion"
+CENTRE_FLOOR = 1e-6  # the centre always keeps some weight: the fallback where all else fails
 DELTA_LIMIT = 6.0  # learned log-weights stay within exp(+-6): no overflow in fp16
 
 
