@@ -8,7 +8,7 @@ import torch
 
 from calib.windows import make_windows, pattern
 from export.artifacts import digest, staging_dir
-from export.buckets import Bucket, BucketGraph, level_positions, make_buckets
+from export.buckets import BucketGraph, level_positions, make_buckets
 from export.gate import GateFailed, run_gate
 from tests.conftest import untrained_tiny
 

@@ -172,8 +172,9 @@ class FGMA(nn.Module):
                       corner: torch.Tensor, offsets: list[int]) -> torch.Tensor:
         """Attention of Q queries over their windows, one window position at a time: peak
         memory O(Q * (C + w*w)), where gathering whole windows at once is O(Q * w*w * C) (11 GB
-        for `tiny` at 1080p, R=0.83, in an exported graph, which cannot chunk Q). Same speed on
-        CPU: both gather the same rows."""
+        for `tiny` at 1080p, R=0.83, in an exported graph, which cannot chunk Q). Each key row
+        is gathered twice (scores, then the weighted sum) so that only one position's keys are
+        alive at a time; measured on CPU, as fast as one whole-window gather."""
         c = queries.shape[1]
         q = self.proj_q(queries)                                        # (Q, C)  Eq. 7, Proj_q
         qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # (Q, C)  W_k folded in
