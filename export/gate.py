@@ -48,13 +48,17 @@ def _compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 def run_gate(run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], model,
              bucket: Bucket, windows: list[Window], precision: str, ran_on: str,
-             threshold_db: float | None = None) -> dict:
-    """Gate one artifact (its `run` maps frames, exposures -> HDR). Raises GateFailed."""
+             threshold_db: float | None = None, reference: Callable | None = None) -> dict:
+    """Gate one artifact (its `run` maps frames, exposures -> HDR). Raises GateFailed.
+
+    `reference`: the function the artifact must reproduce, when it is not the float model
+    (an int8 program is gated against its converted torch graph, whose int8 arithmetic it
+    runs; its distance to fp32 is a quality figure, reported apart)."""
     threshold = THRESHOLD_DB[precision] if threshold_db is None else threshold_db
     mine = [w for w in windows if w.centre == bucket.centre]
     if not mine:
         raise ValueError(f"no parity windows with a {bucket.centre}-exposure centre")
-    graph = BucketGraph(model, bucket).eval()
+    graph = BucketGraph(model, bucket).eval() if reference is None else reference
     psnrs, max_abs, dyn = [], 0.0, []
     for w in mine:
         with torch.no_grad():
@@ -68,7 +72,7 @@ def run_gate(run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], model,
         p, m = _compare(out, ref)
         psnrs.append(p)
         max_abs = max(max_abs, m)
-        if fits_bucket(model, w, bucket):
+        if reference is None and fits_bucket(model, w, bucket):
             with torch.no_grad():
                 dynamic = model(w.frames, w.exposures, s=bucket.s)
             dyn.append(_compare(out, dynamic)[1])

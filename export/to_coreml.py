@@ -57,12 +57,19 @@ def keep_in_fp16(op) -> bool:
 
 
 def convert(model, bucket, size, precision: str, target: str, units: str):
+    from export.buckets import export_program
+
+    return convert_program(export_program(model, bucket, size), size, precision, target, units)
+
+
+def convert_program(program, size, precision: str, target: str, units: str):
+    """An exported bucket program -> mlprogram. `program` may hold pt2e quantize/dequantize
+    pairs (quantize/qat.py): coremltools turns them into int8 weights and activations, and
+    `precision` is then that of the float ops left between them."""
     import coremltools as ct
     import torch
 
-    from export.buckets import export_program
-
-    program = export_program(model, bucket, size).run_decompositions({})
+    program = program.run_decompositions({})
     h, w = size
     with torch.no_grad():
         mlmodel = ct.convert(

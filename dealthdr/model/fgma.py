@@ -94,9 +94,10 @@ def select_bucket(d: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Te
         pos = torch.topk(d.flatten(1), k, dim=1, sorted=False).indices
     valid = torch.gather(mask.flatten(1), 1, pos)
     # item index per pick, computed from `pos` (an expanded arange is folded into a stored
-    # (num, k) constant: 32 MB per Core ML function at 1080p)
+    # (num, k) constant: 32 MB per Core ML function at 1080p). Not `pos * 0`: pt2e quantizers
+    # lift the scalar 0 into a float constant, and an int64 * float product breaks the graph.
     items = torch.arange(num, device=d.device, dtype=torch.int32).view(num, 1)
-    n = (pos * 0).to(torch.int32) + items
+    n = torch.zeros_like(pos, dtype=torch.int32) + items
     # Explicit int32: coremltools lowers // and % through fp32, and its gather/scatter refuse
     # float indices (int32 covers 1080p: 4 x 1088 x 1928 < 2^31).
     y, x = (pos // w).to(torch.int32), (pos % w).to(torch.int32)

@@ -1,0 +1,187 @@
+"""int8 DeAltHDR: quantization-aware fine-tuning, a post-training baseline, and the artifacts.
+
+For every backend: export each (s, centre) bucket at the deployment shape, prepare it with the
+backend's pt2e quantizer (`prepare_qat_pt2e`), fine-tune all graphs together with the paper's
+mu-law L1 on synthetic windows (one shared set of weights, round-robin over the buckets), then
+`convert_pt2e` and lower through `export/` (one path to artifacts):
+
+  xnnpack  int8 .pte per s (methods forward_short / forward_long), run and gated here in the
+           ExecuTorch runtime against the converted torch graph
+  coreml   one W8A8 multifunction .mlpackage (iOS18) or one per bucket (iOS17); structure
+           validated on Linux, numeric gate pending macOS
+  onnx     NNCF post-training QDQ of the exported ONNX model, run in onnxruntime (QAT column:
+           the XNNPACK-QAT weights, NNCF-quantized)
+
+A PTQ baseline (same calibration windows, same float islands) and the fp32 model are scored on
+held-out windows beside QAT. Float islands: sampling coordinates, indices and the attention
+mask's statistics always; whole blocks via --float-groups (default: the weight-free exposure
+merge, whose int8 output is NaN, and the linear-HDR input/output arithmetic; see the per-block sensitivity in the report). Writes
+quantize_report.json, quantize_report.md and manifest.json into --out.
+
+    python quantize/qat.py
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger("quantize.qat")
+BACKENDS = ("xnnpack", "coreml", "onnx")
+
+
+def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad} not in {list(allowed)}")
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.artifacts import add_common_flags
+    from quantize.policy import group_names
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p, "exports/int8")
+    p.set_defaults(parity_clips=2)
+    p.add_argument("--backend", type=lambda t: parse_list(t, BACKENDS),
+                   default=["xnnpack", "coreml"],
+                   help="comma-separated: xnnpack, coreml, onnx (default xnnpack,coreml)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="QAT steps, shared by all buckets round-robin (default 100)")
+    p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate, cosine to 1e-7 "
+                   "(default 1e-5)")
+    p.add_argument("--train-clips", type=int, default=4,
+                   help="synthetic training clips (2 windows each) for QAT and for PTQ "
+                        "calibration (default 4)")
+    p.add_argument("--float-groups", type=lambda t: parse_list(t, group_names()),
+                   default=["merge", "io"],
+                   help=f"block groups kept float, comma-separated, from {list(group_names())}"
+                        "; io = input linearisation and output composition (default merge,io)")
+    p.add_argument("--ptq-observer", choices=("minmax", "histogram"), default="minmax",
+                   help="PTQ activation observer: minmax, the range QAT's fake quantizers "
+                        "start from (so the gap measures what training buys), or histogram "
+                        "(upstream's clipping search, ~2.5 min per graph) (default minmax)")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the per-block sensitivity sweep (9 PTQ runs at one bucket)")
+    p.add_argument("--deployment-target", choices=("iOS17", "iOS18"), default="iOS18",
+                   help="Core ML: iOS18 multifunction package or iOS17 one per bucket")
+    p.add_argument("--state", type=Path, default=None,
+                   help="QAT state folder to resume from (default: <out>.qat-state)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    return p
+
+
+def export_graphs(model, buckets, size) -> dict:
+    """{bucket name: ExportedProgram} of the float model (no no_grad: QAT trains them)."""
+    import torch
+
+    from export.buckets import BucketGraph, example_inputs
+
+    return {b.name: torch.export.export(BucketGraph(model.eval(), b), example_inputs(b, size),
+                                        strict=False) for b in buckets}
+
+
+def run_backend(backend: str, ctx: dict, args) -> dict:
+    """QAT + PTQ + artifacts of one backend; returns its report section."""
+    import torch
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    from export.buckets import BucketGraph
+    from quantize.measure import quality
+    from quantize.qat_train import QATConfig, prepare_graphs, train
+    from quantize.sensitivity import ptq
+
+    model, buckets, programs = ctx["model"], ctx["buckets"], ctx["programs"]
+    policy_kw = {"float_groups": tuple(args.float_groups)}
+    graphs, policies = prepare_graphs(model, buckets, args.size, backend,
+                                      tuple(args.float_groups))
+    cfg = QATConfig(steps=args.steps, lr=args.lr)
+    record = train(graphs, {b.name: b.centre for b in buckets}, ctx["train_windows"], cfg,
+                   ctx["state"] / backend)
+    converted = {}
+    for name, gm in graphs.items():
+        move_exported_model_to_eval(gm)
+        converted[name] = convert_pt2e(gm)
+    section = {"qat": record, "float_islands": policies[buckets[0].name].describe(),
+               "buckets": {}}
+    for b in buckets:
+        ptq_model = ptq(programs[b.name], backend, policy_kw, ctx["train_windows"],
+                        args.ptq_observer, b.centre)
+        with torch.no_grad():
+            fp32 = quality(BucketGraph(model, b).eval(), ctx["windows"], b.centre)
+            q_ptq = quality(ptq_model, ctx["windows"], b.centre)
+            q_qat = quality(converted[b.name], ctx["windows"], b.centre)
+        section["buckets"][b.name] = {
+            "s": b.s_key, "centre": b.centre, "fp32": fp32["psnr_mu"],
+            "ptq": q_ptq["psnr_mu"], "qat": q_qat["psnr_mu"],
+            "ptq_gap_db": q_ptq["psnr_mu"] - fp32["psnr_mu"],
+            "qat_gap_db": q_qat["psnr_mu"] - fp32["psnr_mu"], "windows": fp32["windows"]}
+        log.info("%s %s: fp32 %.2f, PTQ %.2f, QAT %.2f dB PSNR-mu", backend, b.name,
+                 fp32["psnr_mu"], q_ptq["psnr_mu"], q_qat["psnr_mu"])
+    return section, converted
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.artifacts import main_wrapper
+
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        import torch
+
+        from calib.windows import make_windows
+        from export.artifacts import prepare, staging_dir, write_manifest
+        from quantize import artifacts as arts
+        from quantize.report import write_report
+
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        started = time.time()
+        state = args.state or args.out.with_name(args.out.name + ".qat-state")
+        with staging_dir(args.out, args.force) as stage:
+            model, info, calibration, buckets, windows = prepare(args)
+            ctx = {"model": model, "buckets": buckets, "windows": windows, "state": state,
+                   "train_windows": make_windows("train", *args.size, clips=args.train_clips,
+                                                 seed=2, progress=True),
+                   "programs": export_graphs(model, buckets, args.size)}
+            report = {"backends": {}, "size": list(args.size),
+                      "float_groups": args.float_groups, "ptq_observer": args.ptq_observer}
+            if not args.no_sensitivity:
+                report["sensitivity"] = arts.sensitivity(ctx, args)
+            records, notes = [], []
+            for backend in [b for b in args.backend if b != "onnx"]:
+                section, converted = run_backend(backend, ctx, args)
+                recs, extra = arts.write_artifacts(backend, converted, ctx, args, stage, info)
+                section.update(extra)
+                records += recs
+                report["backends"][backend] = section
+            if "onnx" in args.backend:
+                from quantize.onnx_nncf import run_onnx
+                section, recs = run_onnx(ctx, args, stage, info)
+                report["backends"]["onnx"] = section
+                records += recs
+            if "coreml" in args.backend:
+                notes.append("Core ML W8A8: numeric parity pending (Core ML predicts only on "
+                             "macOS); structure validated on Linux")
+            write_manifest(stage, "quantize/qat.py", args, info, calibration, records,
+                           started, notes)
+            write_report(stage, report, info, args)
+        log.info("wrote %s (%d artifacts) in %.0f s", args.out, len(records),
+                 time.time() - started)
+        return 0
+    return main_wrapper(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Quantization-aware fine-tuning on the exported bucket graphs themselves.
+
+Each (s, centre) bucket is exported at the deployment shape and prepared with
+`prepare_qat_pt2e`; the graphs then share one set of parameters (tied after preparation), so
+a step on any graph trains the same weights while each graph keeps its own fake quantizers.
+Steps go round-robin over the graphs: the flow-only, mixed and attention-only buckets are
+trained together, as the paper mixes alignment modes in training, and every graph that will
+be converted has seen its own activation ranges.
+
+State (shared parameters, each graph's quantizer buffers, optimizer, step) is saved every
+`ckpt_every` steps as safetensors + JSON and resumed from; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import fx
+
+from dealthdr.checkpoint import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QATConfig:
+    steps: int = 100
+    lr: float = 1e-5
+    lr_min: float = 1e-7
+    white: float = 1.0           # the loss clip of the shipped checkpoint's training
+    freeze_observers_at: float = 0.75  # fraction of steps after which ranges stop moving
+    ckpt_every: int = 25
+    seed: int = 0
+
+
+def prepare_graphs(model, buckets, size, backend: str, float_groups: tuple[str, ...]):
+    """{bucket name: prepare_qat_pt2e graph}, {name: FloatPolicy}, exported from a copy of
+    `model`: an exported module shares its parameters' storage with the module it came from,
+    and QAT must not move the float model the report compares against."""
+    import copy
+
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from export.buckets import BucketGraph, example_inputs
+    from quantize.policy import FloatPolicy
+    from quantize.quantizers import make_quantizer
+
+    own = copy.deepcopy(model).eval()
+    graphs, policies = {}, {}
+    for b in buckets:
+        gm = torch.export.export(BucketGraph(own, b), example_inputs(b, size),
+                                 strict=False).module()
+        policies[b.name] = FloatPolicy(gm, float_groups=float_groups)
+        graphs[b.name] = prepare_qat_pt2e(gm, make_quantizer(backend, policies[b.name],
+                                                             qat=True))
+    return graphs, policies
+
+
+def _set_param(gm: fx.GraphModule, name: str, param: torch.nn.Parameter) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(gm.get_submodule(owner) if owner else gm, leaf, param)
+
+
+def tie_parameters(graphs: dict[str, fx.GraphModule]) -> dict[str, torch.nn.Parameter]:
+    """Make all graphs use one parameter per name (a flow-only graph has no attention
+    projections, so the set is the union); returns them by name."""
+    shared: dict[str, torch.nn.Parameter] = {}
+    for gm in graphs.values():
+        for pname, p in list(gm.named_parameters()):
+            if pname in shared:
+                if shared[pname].shape != p.shape:
+                    raise ValueError(f"parameter {pname} differs in shape between graphs")
+                _set_param(gm, pname, shared[pname])
+            else:
+                shared[pname] = p
+    return shared
+
+
+def quantizer_state(gm: fx.GraphModule, params: set[str]) -> dict[str, torch.Tensor]:
+    """The buffers that are not the network's (fake-quantizer scales, ranges, flags)."""
+    return {k: v.detach().clone().contiguous() for k, v in gm.state_dict().items()
+            if k not in params}
+
+
+def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    for gm in graphs.values():
+        for mod in gm.modules():
+            if isinstance(mod, FakeQuantizeBase):
+                (mod.enable_observer if enabled else mod.disable_observer)()
+
+
+def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list) -> None:
+    from safetensors.torch import save
+
+    from dealthdr.train.state import save_optimizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param/{k}": v.detach().contiguous() for k, v in shared.items()}
+    for name, gm in graphs.items():
+        for k, v in quantizer_state(gm, set(shared)).items():
+            tensors[f"{name}/{k}"] = v
+    atomic_write_bytes(folder / f"step_{step:06d}.safetensors", save(tensors))
+    save_optimizer(opt, folder / f"step_{step:06d}_optim")
+    atomic_write_bytes(folder / "latest.json",
+                       json.dumps({"step": step, "losses": losses}).encode())
+    for old in sorted(folder.glob("step_??????.safetensors"))[:-2]:
+        for p in folder.glob(old.stem + "*"):
+            p.unlink(missing_ok=True)
+
+
+def load_state(folder: Path, graphs: dict, shared: dict, opt) -> tuple[int, list]:
+    """Resume from `folder`; returns (step, losses), (0, []) when there is nothing to resume."""
+    from safetensors.torch import load_file
+
+    from dealthdr.train.state import load_optimizer
+
+    pointer = folder / "latest.json"
+    if not pointer.exists():
+        return 0, []
+    doc = json.loads(pointer.read_text())
+    step = doc["step"]
+    tensors = load_file(str(folder / f"step_{step:06d}.safetensors"))
+    with torch.no_grad():
+        for k, p in shared.items():
+            p.copy_(tensors[f"param/{k}"])
+    for name, gm in graphs.items():
+        state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "/")}
+        missing = gm.load_state_dict(state, strict=False).unexpected_keys
+        if missing:
+            raise ValueError(f"{folder}: state of {name} does not match its graph: {missing[:3]}")
+    load_optimizer(opt, folder / f"step_{step:06d}_optim")
+    log.info("resumed QAT at step %d from %s", step, folder)
+    return step, doc["losses"]
+
+
+def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: list,
+          cfg: QATConfig, state_dir: Path) -> dict:
+    """Fine-tune the tied graphs in place. `windows` are training windows at the graphs'
+    shape; a graph trains on windows with its centre exposure. Returns a training record."""
+    from torchao.quantization.pt2e import move_exported_model_to_train
+    from tqdm import tqdm
+
+    from dealthdr.train.loop import cosine_lr
+    from dealthdr.train.losses import HDRLoss
+
+    shared = tie_parameters(graphs)
+    for gm in graphs.values():
+        move_exported_model_to_train(gm)
+    opt = torch.optim.Adam(shared.values(), lr=cfg.lr)
+    loss_fn = HDRLoss(vgg_weight=0.0, white=cfg.white)
+    start, losses = load_state(state_dir, graphs, shared, opt)
+    names = list(graphs)
+    by_centre = {c: [w for w in windows if w.centre == c] for c in set(centres.values())}
+    for c, ws in by_centre.items():
+        if not ws:
+            raise ValueError(f"no training windows with a {c}-exposure centre")
+    if cfg.steps < len(names):
+        raise ValueError(f"QAT needs at least one step per graph: {cfg.steps} steps for "
+                         f"{len(names)} graphs")
+    # every graph observes on its first round, whatever the freeze point
+    freeze = max(len(names), math.ceil(cfg.freeze_observers_at * cfg.steps))
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="QAT")
+    for step in bar:
+        set_observers(graphs, step < freeze)
+        name = names[step % len(names)]
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        w = rng.choice(by_centre[centres[name]])
+        frames, hdr = w.frames, w.hdr
+        if rng.random() < 0.5:  # horizontal flip: the flow and attention are symmetric
+            frames, hdr = frames.flip(-1), hdr.flip(-1)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.lr_min)
+        loss, _ = loss_fn(graphs[name](frames, w.exposures), hdr)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"QAT loss is {loss.item()} at step {step} ({name})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(shared.values(), 1.0)
+        opt.step()
+        losses.append(round(float(loss), 6))
+        bar.set_postfix(loss=f"{loss.item():.4f}", graph=name)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            save_state(state_dir, graphs, shared, opt, step + 1, losses)
+    return {"config": asdict(cfg), "graphs": names, "losses": losses,
+            "first_loss": losses[0] if losses else None,
+            "last_loss_mean10": sum(losses[-10:]) / max(1, len(losses[-10:]))}

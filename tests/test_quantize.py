@@ -1,0 +1,148 @@
+"""Quantization: the float islands, the quantizer fix-ups, QAT graph tying and resume, and one
+small end-to-end int8 XNNPACK + Core ML run of `quantize/qat.py`."""
+import json
+
+import pytest
+import torch
+
+from calib.windows import make_windows
+from export.buckets import Bucket, BucketGraph, example_inputs, level_positions
+from tests.conftest import untrained_tiny
+
+SIZE = (64, 64)
+
+
+def bucket(s: float, centre: str = "short") -> Bucket:
+    n = level_positions(SIZE)
+    ratio = (0.5, 0.25, 0.1) if s > 0 else (0, 0, 0)
+    return Bucket(s, centre, ratio, tuple(max(1, int(r * k)) if s > 0 else 0
+                                          for r, k in zip(ratio, n)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return untrained_tiny()
+
+
+@pytest.fixture(scope="module")
+def program(tiny):
+    b = bucket(15.0)
+    return torch.export.export(BucketGraph(tiny, b), example_inputs(b, SIZE), strict=False)
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return make_windows("train", *SIZE, clips=1, seed=2)
+
+
+def test_policy_keeps_coordinates_indices_and_statistics_float(program):
+    from quantize.policy import GRID_CONSUMERS, FloatPolicy, group_of
+
+    gm = program.module()
+    policy = FloatPolicy(gm, float_groups=("merge",))
+    nodes = {n.name: n for n in gm.graph.nodes}
+    grids = [n.args[1] for n in gm.graph.nodes if n.target in GRID_CONSUMERS]
+    assert grids and all(g in policy.coordinates for g in grids)
+    rsqrt_in = [n.args[0] for n in gm.graph.nodes if n.target == torch.ops.aten.rsqrt.default]
+    assert rsqrt_in and all(not policy(a) for a in rsqrt_in)      # var + eps stays float
+    ints = [n for n in gm.graph.nodes if n.op == "call_function"
+            and isinstance(n.meta.get("val"), torch.Tensor)
+            and not n.meta["val"].is_floating_point()]
+    assert ints and not any(policy(n) for n in ints)
+    convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default
+             and group_of(n) == "encoder_short" and n.args[1].op == "get_attr"
+             and "weight" in n.args[1].target]
+    assert convs and all(policy(n) for n in convs)               # learned convs go int8
+    assert not any(policy(n) for n in nodes.values() if group_of(n) == "merge")
+    with pytest.raises(ValueError, match="unknown block groups"):
+        FloatPolicy(gm, float_groups=("nope",))
+
+
+def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
+    """Without the integer-scalar fix the prepared graph does not run (int64 * float), and
+    without the float islands its output is NaN (merge) or far off."""
+    from quantize.measure import agreement
+    from quantize.sensitivity import ptq
+
+    b = bucket(15.0)
+    model = ptq(program, "xnnpack", {"float_groups": ("merge", "io")}, windows, "minmax",
+                "short")
+    fig = agreement(model, BucketGraph(tiny, b).eval(), windows, "short")
+    assert 25 < fig["psnr_mu_db"] < 80, fig   # int8 differs, but not by garbage
+
+
+def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
+    from quantize.qat_train import QATConfig, prepare_graphs, train
+
+    buckets = [bucket(0.0), bucket(15.0)]
+
+    def graphs():
+        return prepare_graphs(tiny, buckets, SIZE, "xnnpack", ("merge", "io"))[0]
+
+    centres = {b.name: b.centre for b in buckets}
+    before = {k: p.detach().clone() for k, p in tiny.named_parameters()}
+    full = graphs()
+    ref = train(full, centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
+                tmp_path / "a")
+    w0 = dict(full["s0_short"].named_parameters())
+    w15 = dict(full["s15_short"].named_parameters())
+    shared = set(w0) & set(w15)
+    assert shared and all(w0[k] is w15[k] for k in shared)        # one set of weights
+    trained = {k.removeprefix("model."): p for k, p in w15.items()}
+    assert any(not torch.equal(before[k], p) for k, p in trained.items())   # QAT moved them
+    # ... but not the float model they were exported from (the fp32 reference of the report)
+    assert all(torch.equal(before[k], p) for k, p in tiny.named_parameters())
+
+    # a kill after step 2's checkpoint: the pointer still names step 2 (step 3 never landed)
+    pointer = tmp_path / "a" / "latest.json"
+    pointer.write_text(json.dumps({"step": 2, "losses": ref["losses"][:2]}))
+    resumed = graphs()  # a fresh process: new graphs, state from disk
+    rec = train(resumed, centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
+                tmp_path / "a")
+    assert rec["losses"][:2] == ref["losses"][:2]
+    assert rec["losses"][2] == pytest.approx(ref["losses"][2], rel=1e-5)
+    fresh = train(graphs(), centres, windows, QATConfig(steps=3, lr=1e-4), tmp_path / "b")
+    assert fresh["losses"] == pytest.approx(ref["losses"], rel=1e-5)   # deterministic
+    with pytest.raises(ValueError, match="one step per graph"):
+        train(graphs(), centres, windows, QATConfig(steps=1), tmp_path / "c")
+
+
+def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path):
+    from executorch.runtime import Runtime
+
+    from quantize.qat import main
+
+    out = tmp_path / "int8"
+    assert main(["--size", "64x64", "--s-buckets", "15", "--centre", "short", "--steps", "1",
+                 "--backend", "xnnpack,coreml", "--calib-clips", "1", "--train-clips", "1",
+                 "--parity-clips", "1", "--no-sensitivity", "--out", str(out)]) == 0
+    report = json.loads((out / "quantize_report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    pte = [a for a in manifest["artifacts"] if a["backend"] == "executorch-xnnpack"]
+    ml = [a for a in manifest["artifacts"] if a["backend"] == "coreml"]
+    assert len(pte) == 1 and len(ml) == 1 and pte[0]["precision"] == "int8"
+    assert pte[0]["parity"]["passed"] and pte[0]["parity"]["psnr_mu_db"] >= 30
+    program = Runtime.get().load_program(str(out / pte[0]["file"]))
+    frames, exposures = example_inputs(bucket(15.0), SIZE)
+    y = program.load_method("forward_short").execute([frames, exposures])[0]
+    assert y.shape == (1, 3, 64, 64) and torch.isfinite(y).all()
+    hist = ml[0]["structure"]["op_histogram"]
+    assert hist.get("quantize", 0) > 0 and hist.get("dequantize", 0) > 0   # W8A8, not fp16
+    assert ml[0]["structure"]["resample_fp32"] and ml[0]["parity"]["pending"]
+    row = report["backends"]["xnnpack"]["buckets"]["s15_short"]
+    assert {"fp32", "ptq", "qat", "qat_gap_db", "ptq_gap_db"} <= set(row)
+    lat = report["backends"]["xnnpack"]["latency"]
+    assert lat["xnnpack_int8"]["median_ms"] > 0 and lat["int8_vs_fp32_pte_speedup"] > 0
+    assert "| xnnpack | s15_short |" in (out / "quantize_report.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "int8.qat-state"]
+
+
+def test_qat_cli_refuses_bad_input(tmp_path, capsys):
+    from quantize.qat import main
+
+    for argv in (["--backend", "tpu"], ["--float-groups", "everything"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--out", str(tmp_path / "x")])
+        assert exc.value.code == 2
+    assert main(["--steps", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--steps" in capsys.readouterr().err and not (tmp_path / "y").exists()
