@@ -66,7 +66,7 @@ def _xnnpack(converted: dict, ctx: dict, args, stage: Path, info: dict):
                 path, stage, "executorch-xnnpack", "int8", b, args.size, parity,
                 method=method, delegation=cov[method], planned_activation_bytes=arena[method],
                 quantization="pt2e QAT, XNNPACKQuantizer symmetric per-channel"))
-        if latency is None and group[0].s > 0:
+        if latency is None and group[0].s > 0 and not args.no_latency:
             latency = _latency(group[0], path, ctx, args, lower, export_program, pte_runner,
                                example_inputs, latency_ms)
     return records, {"latency": latency}

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PTQ activation observer: minmax, the range QAT's fake quantizers "
                         "start from (so the gap measures what training buys), or histogram "
                         "(upstream's clipping search, ~2.5 min per graph) (default minmax)")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip the host latency comparison (it lowers one extra fp32 .pte)")
     p.add_argument("--no-sensitivity", action="store_true",
                    help="skip the per-block sensitivity sweep (9 PTQ runs at one bucket)")
     p.add_argument("--deployment-target", choices=("iOS17", "iOS18"), default="iOS18",

@@ -17,8 +17,10 @@ def markdown(report: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for backend, sec in report["backends"].items():
         for name, r in sec["buckets"].items():
+            qat = "n/a" if r["qat"] is None else f"{r['qat']:.2f}"
+            qat_gap = "n/a" if r["qat_gap_db"] is None else f"{r['qat_gap_db']:+.2f}"
             lines.append(f"| {backend} | {name} | {r['fp32']:.2f} | {r['ptq']:.2f} | "
-                         f"{r['qat']:.2f} | {r['ptq_gap_db']:+.2f} | {r['qat_gap_db']:+.2f} |")
+                         f"{qat} | {r['ptq_gap_db']:+.2f} | {qat_gap} |")
     lat = report["backends"].get("xnnpack", {}).get("latency")
     if lat:
         lines += ["", f"Host latency, {lat['bucket']}, {lat['threads']} threads (median ms): "

@@ -114,8 +114,8 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path):
 
     out = tmp_path / "int8"
     assert main(["--size", "64x64", "--s-buckets", "15", "--centre", "short", "--steps", "1",
-                 "--backend", "xnnpack,coreml", "--calib-clips", "1", "--train-clips", "1",
-                 "--parity-clips", "1", "--no-sensitivity", "--out", str(out)]) == 0
+                 "--backend", "xnnpack,coreml,onnx", "--calib-clips", "1", "--train-clips",
+                 "1", "--parity-clips", "1", "--no-sensitivity", "--out", str(out)]) == 0
     report = json.loads((out / "quantize_report.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     pte = [a for a in manifest["artifacts"] if a["backend"] == "executorch-xnnpack"]
@@ -134,6 +134,10 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path):
     lat = report["backends"]["xnnpack"]["latency"]
     assert lat["xnnpack_int8"]["median_ms"] > 0 and lat["int8_vs_fp32_pte_speedup"] > 0
     assert "| xnnpack | s15_short |" in (out / "quantize_report.md").read_text()
+    (qdq,) = [a for a in manifest["artifacts"] if a["backend"] == "onnx"]
+    assert qdq["precision"] == "int8" and qdq["qdq_pairs"] > 0 and qdq["parity"]["passed"]
+    onnx_row = report["backends"]["onnx"]["buckets"]["s15_short"]
+    assert onnx_row["qat"] is None and abs(onnx_row["ptq_gap_db"]) < 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "int8.qat-state"]
 
 

@@ -1,0 +1,84 @@
+"""The ONNX leg: NNCF post-training quantization of the exported ONNX model, run in onnxruntime.
+
+Each bucket is exported by `export/to_onnx.py`'s code, quantized by `nncf.quantize` into a QDQ
+model (int8 Conv and MatMul inputs and weights), checked with onnx.checker and scored in
+onnxruntime beside the fp32 model. Element-wise and sampling ops are left float (NNCF ignored
+scope by type): the merge, the linear-HDR input/output arithmetic and the warp coordinates are
+Add/Mul/Div/GridSample nodes, and in ONNX they carry no module path to select them by. There is
+no QAT column: NNCF's QAT needs its torch route, whose quantizer layers torch.export and
+onnxruntime cannot take (shared/refs/deployment.md); the QAT-trained pt2e graphs go to
+XNNPACK and Core ML instead.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = ["Add", "Sub", "Mul", "Div", "GridSample", "Softmax", "Sqrt", "Reciprocal",
+               "Pow", "Exp", "Log", "TopK", "ReduceSum", "ReduceMean", "Resize", "Tanh"]
+
+
+def _feeds(windows: list, centre: str) -> list[dict]:
+    return [{"frames": w.frames.numpy().astype(np.float32),
+             "exposures": w.exposures.numpy().astype(np.float32)}
+            for w in windows if w.centre == centre]
+
+
+def quantize_onnx(src: Path, dst: Path, calibration: list, centre: str) -> None:
+    import nncf
+    import onnx
+
+    nncf.set_log_level(logging.WARNING)  # one INFO line per node otherwise
+    feeds = _feeds(calibration, centre)
+    if not feeds:
+        raise ValueError(f"no calibration windows with a {centre}-exposure centre")
+    quantized = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds),
+                              subset_size=len(feeds),
+                              ignored_scope=nncf.IgnoredScope(types=FLOAT_TYPES, validate=False))
+    onnx.checker.check_model(quantized)
+    onnx.save(quantized, str(dst))
+
+
+def run_onnx(ctx: dict, args, stage: Path, info: dict):
+    """fp32 and NNCF int8 ONNX per bucket; returns (report section, artifact records)."""
+    import onnx
+
+    from export.artifacts import artifact_record
+    from export.buckets import example_inputs
+    from export.gate import run_gate
+    from export.to_onnx import OPSET, export_onnx, onnx_runner
+    from quantize.measure import latency_ms, quality
+
+    section, records, latency = {"buckets": {}, "quantizer": "nncf.quantize (QDQ)"}, [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in ctx["buckets"]:
+            fp32_path = Path(tmp) / f"{b.name}.onnx"
+            export_onnx(ctx["model"], b, args.size, fp32_path)
+            path = stage / f"dealthdr_{info['variant']}_{b.name}_int8.onnx"
+            quantize_onnx(fp32_path, path, ctx["train_windows"], b.centre)
+            fp32_run, int8_run = onnx_runner(fp32_path), onnx_runner(path)
+            fp32 = quality(fp32_run, ctx["windows"], b.centre)["psnr_mu"]
+            ptq = quality(int8_run, ctx["windows"], b.centre)["psnr_mu"]
+            section["buckets"][b.name] = {"s": b.s_key, "centre": b.centre, "fp32": fp32,
+                                          "ptq": ptq, "qat": None, "ptq_gap_db": ptq - fp32,
+                                          "qat_gap_db": None}
+            parity = run_gate(int8_run, ctx["model"], b, ctx["windows"], "int8",
+                              "onnxruntime CPUExecutionProvider (QDQ)")
+            ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+            records.append(artifact_record(
+                path, stage, "onnx", "int8", b, args.size, parity, opset=OPSET,
+                quantization="NNCF post-training QDQ",
+                qdq_pairs=ops.count("QuantizeLinear"),
+                fp32_bytes=fp32_path.stat().st_size))
+            if latency is None and b.s > 0 and not args.no_latency:
+                inputs = example_inputs(b, args.size)
+                latency = {"bucket": b.name, "fp32": latency_ms(fp32_run, inputs),
+                           "int8": latency_ms(int8_run, inputs)}
+            log.info("onnx %s: fp32 %.2f, NNCF int8 %.2f dB PSNR-mu", b.name, fp32, ptq)
+    section["latency"] = latency
+    return section, records
