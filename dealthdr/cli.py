@@ -36,6 +36,7 @@ def parse_s_list(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     from . import evaluate_cli
     from . import profile_cli
+    from . import reconstruct_cli
     from . import synth_cli
     from . import train_cli
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cli.add_parser(sub)
     synth_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    reconstruct_cli.add_parser(sub)
     return parser
 
 

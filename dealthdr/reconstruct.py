@@ -1,0 +1,241 @@
+"""Reconstruct a whole alternating-exposure sequence: one linear HDR frame per input frame.
+
+Windows. Frame t is reconstructed from the paper's 5-frame window t-2..t+2. At the first and
+last two frames the missing indices are reflected about the sequence ends (-1 -> 1, -2 -> 2,
+F -> F-2, F+1 -> F-3). A reflection keeps an index's parity, so the window still alternates
+short/long exactly like a full one and the network sees no pattern it was not trained on; the
+reflected frames are real neighbours, seen twice, which the exposure-aware merge weighs like
+any other aligned neighbour. (Replicating the end frame instead would put two frames of the
+same exposure side by side and break the alternation the network checks.)
+
+Units. The network returns radiance in units of the shortest exposure of its window. Each
+output is rescaled to the sequence's shortest short exposure, so that a sequence with varying
+exposure times (auto exposure) gives frames in one unit; with a fixed schedule the factor is 1
+and, where a short frame is not clipped, its linearised value (ldr^2.2) equals the output.
+
+Tiles. Frames larger than --tile are processed as overlapping tiles whose outputs are blended
+with linear ramps across the overlaps. The network's channel attention and router pool over the
+whole (tile) image and its flow sees only the tile, so a tiled output differs slightly from an
+untiled one (measured in tests/test_reconstruct.py); the overlap hides the seams.
+
+Output (written to a staging folder next to DIR and renamed when complete, so an interrupted or
+failed run leaves no DIR behind):
+    DIR/hdr/000000.exr       linear HDR, half float (or float32), one per input frame
+    DIR/preview/000000.png   8-bit mu-law tonemap (mu = 5000) of the HDR clipped at 1
+    DIR/preview.mp4          the previews as a video, when OpenCV can encode MP4
+    DIR/manifest.json        input, exposures, checkpoint, s, tiling, timings, and when the input
+                             is a clip folder with ground truth, PSNR-mu of the written files
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .checkpoint import atomic_write_bytes
+from .data.io import read_hdr, write_exr
+from .data.sequence import Sequence
+from .evaluate import jsonable
+from .model import DeAltHDR
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dealthdr-reconstruction/1"
+WINDOW = 5
+
+
+def reflect(i: int, n: int) -> int:
+    """Index i reflected into 0..n-1 about the ends (n >= 3 needs one reflection for |i| <= 2)."""
+    if n < 2:
+        raise ValueError("reflection needs at least 2 frames")
+    period = 2 * (n - 1)
+    i = abs(i) % period
+    return period - i if i >= n else i
+
+
+def window_indices(t: int, n: int, size: int = WINDOW) -> list[int]:
+    """The frames of t's window, reflected at the sequence ends (see the module docstring)."""
+    half = size // 2
+    return [reflect(i, n) for i in range(t - half, t + half + 1)]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def _ramp(length: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
+    w = np.ones(length, dtype=np.float32)
+    if overlap > 0:
+        edge = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
+        if rise:
+            w[:overlap] = np.minimum(w[:overlap], edge)
+        if fall:
+            w[-overlap:] = np.minimum(w[-overlap:], edge[::-1])
+    return w
+
+
+def infer(model: DeAltHDR, frames: np.ndarray, exposures: np.ndarray, s: float,
+          tile: int = 0, overlap: int = 32, device: torch.device | str = "cpu") -> np.ndarray:
+    """One window (5, H, W, 3) gamma LDR + (5,) exposures -> linear HDR (H, W, 3), float32,
+    in units of the window's shortest exposure; tiled when tile > 0 and a side exceeds it."""
+    h, w = frames.shape[1:3]
+    x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
+    e = torch.from_numpy(np.asarray(exposures, dtype=np.float32))[None].to(device)
+    with torch.no_grad():
+        if tile <= 0 or (h <= tile and w <= tile):
+            return model(x, e, s=s)[0].permute(1, 2, 0).cpu().numpy()
+        acc = np.zeros((h, w, 3), dtype=np.float32)
+        weight = np.zeros((h, w, 1), dtype=np.float32)
+        th, tw = min(tile, h), min(tile, w)
+        for y in tile_starts(h, tile, overlap):
+            for x0 in tile_starts(w, tile, overlap):
+                out = model(x[..., y:y + th, x0:x0 + tw], e, s=s)[0].permute(1, 2, 0).cpu()
+                wy = _ramp(th, overlap, y > 0, y + th < h)
+                wx = _ramp(tw, overlap, x0 > 0, x0 + tw < w)
+                wt = (wy[:, None] * wx[None, :])[..., None]
+                acc[y:y + th, x0:x0 + tw] += out.numpy() * wt
+                weight[y:y + th, x0:x0 + tw] += wt
+        return acc / weight
+
+
+def preview(hdr: np.ndarray) -> np.ndarray:
+    """8-bit RGB mu-law tonemap of HDR clipped at the short exposure's white (1)."""
+    return np.round(metrics.mu_law(np.clip(hdr, 0, 1)) * 255).astype(np.uint8)
+
+
+def _write_png8(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"OpenCV could not write {path}")
+
+
+def _write_mp4(path: Path, pngs: list[Path], fps: float) -> str | None:
+    """Encode the previews; returns None on success or why there is no MP4."""
+    import cv2
+
+    first = cv2.imread(str(pngs[0]))
+    h, w = first.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        return "OpenCV has no MP4 (mp4v) encoder here"
+    try:
+        for p in pngs:
+            writer.write(cv2.imread(str(p)))
+    finally:
+        writer.release()
+    if not path.is_file() or path.stat().st_size == 0:
+        path.unlink(missing_ok=True)
+        return "OpenCV wrote an empty MP4"
+    return None
+
+
+def _staging(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise ValueError(f"{out} exists and is not empty; choose another --output or pass "
+                         "--overwrite")
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "hdr").mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def score(seq: Sequence, hdr_dir: Path, indices: list[int], white: float = 1.0) -> dict:
+    """PSNR-mu of the written EXR files against the sequence's ground truth, normalised at the
+    short exposure's white as `dealthdr evaluate` does: over every written frame, and over the
+    frames evaluate scores (full 5-frame windows, t = 2 .. F-3)."""
+    values = {}
+    for t in indices:
+        pred = read_hdr(hdr_dir / f"{t:06d}.exr")
+        values[t] = metrics.psnr_mu(pred, seq.hdr_loader(t), white)
+    full = [v for t, v in values.items() if 2 <= t <= len(seq) - 3]
+    mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+    return {"psnr_mu_all_frames": mean(list(values.values())),
+            "psnr_mu_full_windows": mean(full), "frames_full_windows": len(full),
+            "per_frame": {str(t): v for t, v in values.items()},
+            "normalisation": f"short-white ({white:g} -> 1)"}
+
+
+def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0,
+                tile: int = 512, overlap: int = 32, half: bool = True,
+                frames: range | None = None, previews: bool = True, mp4: bool = True,
+                fps: float | None = None, overwrite: bool = False, progress: bool = True,
+                device: str = "cpu", extra: dict | None = None) -> dict:
+    """Reconstruct `frames` (default: all) of `seq` into folder `out`; returns the manifest."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    n = len(seq)
+    frames = range(n) if frames is None else frames
+    if len(frames) == 0 or frames.start < 0 or frames.stop > n:
+        raise ValueError(f"frame range {frames.start}:{frames.stop} is outside 0:{n}")
+    if tile and (tile < 16 or not 0 <= overlap < tile // 2):
+        raise ValueError(f"--tile must be >= 16 (or 0) and --overlap in [0, tile/2), got "
+                         f"{tile}, {overlap}")
+    model.eval().to(device)
+    staging = _staging(out, overwrite)
+    ref = float(seq.exposures[~seq.long].min())
+    start = time.perf_counter()
+    try:
+        if previews:
+            (staging / "preview").mkdir()
+        pngs = []
+        for t in tqdm(frames, desc="reconstruct", unit="frame", disable=not progress):
+            idx = window_indices(t, n)
+            win = np.stack([seq.frame(i) for i in idx])
+            exp = seq.exposures[idx]
+            hdr = infer(model, win, exp, s, tile, overlap, device)
+            scale = float(exp.min()) / ref
+            if scale != 1.0:
+                hdr = hdr * np.float32(scale)
+            write_exr(staging / "hdr" / f"{t:06d}.exr", hdr, half=half)
+            if previews:
+                pngs.append(staging / "preview" / f"{t:06d}.png")
+                _write_png8(pngs[-1], preview(hdr))
+        seconds = time.perf_counter() - start
+        mp4_note = "disabled"
+        if previews and mp4:
+            mp4_note = _write_mp4(staging / "preview.mp4", pngs,
+                                  fps or seq.info.get("fps") or 30.0) or "written"
+        manifest = {
+            "format": FORMAT, "input": seq.describe(), "frames_written": [frames.start,
+                                                                           frames.stop],
+            "s": s if math.isfinite(s) else "inf", "variant": model.cfg.name,
+            "exr": "half" if half else "float32", "units": (
+                "linear radiance in units of the shortest short exposure "
+                f"({ref:g}); ldr^2.2 / (exposure / {ref:g}) of an unclipped frame"),
+            "edges": "5-frame window reflected about the sequence ends (keeps alternation)",
+            "tile": tile, "overlap": overlap, "seconds": seconds,
+            "seconds_per_frame": seconds / len(frames), "mp4": mp4_note, **(extra or {})}
+        if seq.hdr_loader is not None:
+            manifest["ground_truth"] = score(seq, staging / "hdr", list(frames))
+        atomic_write_bytes(staging / "manifest.json", json.dumps(
+            jsonable(manifest), indent=2, allow_nan=False).encode())
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("%d frames in %s (%.2f s/frame)", len(frames), out, seconds / len(frames))
+    return manifest
