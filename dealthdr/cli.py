@@ -34,6 +34,7 @@ def parse_s_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import adapt_cli
     from . import evaluate_cli
     from . import profile_cli
     from . import reconstruct_cli
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth_cli.add_parser(sub)
     train_cli.add_parser(sub)
     reconstruct_cli.add_parser(sub)
+    adapt_cli.add_parser(sub)
     return parser
 
 

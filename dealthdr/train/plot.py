@@ -15,12 +15,13 @@ def plot_loss_curve(log_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     recs = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
-    phases = [p for p in ("spynet", "joint") if any(r["phase"] == p for r in recs)]
+    phases = [p for p in ("spynet", "joint", "adapt") if any(r["phase"] == p for r in recs)]
     if not phases:
         return
     fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4), squeeze=False)
     labels = {"spynet": "SpyNet pre-training: flow EPE (px)",
-              "joint": "joint training: L1 (+ VGG) in the mu-law domain"}
+              "joint": "joint training: L1 (+ VGG) in the mu-law domain",
+              "adapt": "self-supervised adaptation: L_time + beta L_ema (mu-law L1)"}
     for ax, phase in zip(axes[0], phases):
         steps = [r["step"] for r in recs if r["phase"] == phase]
         loss = [r["loss"] for r in recs if r["phase"] == phase]

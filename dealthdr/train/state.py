@@ -46,12 +46,16 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def save_state(folder: Path, model: DeAltHDR, opt: torch.optim.Optimizer, step: int,
-               meta: dict, keep: int = 2) -> None:
+               meta: dict, keep: int = 2, extras: dict[str, DeAltHDR] | None = None) -> None:
+    """`extras`: further models of the state (e.g. adaptation's EMA teacher), by key."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     save_optimizer(opt, folder / f"{name}_optim")
     save_checkpoint(model, folder / name, meta={**meta, "step": step})
-    pointer = {"step": step, "model": f"{name}.safetensors", "optim": f"{name}_optim"}
+    for key, extra in (extras or {}).items():
+        save_checkpoint(extra, folder / f"{name}_{key}", meta={"step": step, "role": key})
+    pointer = {"step": step, "model": f"{name}.safetensors", "optim": f"{name}_optim",
+               "extras": {key: f"{name}_{key}.safetensors" for key in extras or {}}}
     atomic_write_bytes(folder / "latest.json", json.dumps(pointer).encode())
     steps = sorted(int(p.stem[5:12]) for p in folder.glob("step_???????.json"))
     for old in steps[:-keep]:
@@ -69,3 +73,11 @@ def load_state(folder: Path, variant: str) -> tuple[DeAltHDR, dict, Path, int]:
     pointer = json.loads((folder / "latest.json").read_text())
     model, meta = load_checkpoint(folder / pointer["model"], variant=variant)
     return model, meta, folder / pointer["optim"], pointer["step"]
+
+
+def load_extra(folder: Path, key: str, variant: str) -> DeAltHDR:
+    """The `key` model saved with the latest state (see `save_state`'s extras)."""
+    pointer = json.loads((folder / "latest.json").read_text())
+    if key not in pointer.get("extras", {}):
+        raise ValueError(f"{folder}: the latest state has no {key!r} model")
+    return load_checkpoint(folder / pointer["extras"][key], variant=variant)[0]
