@@ -44,6 +44,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the first (default: 64, as in the paper)")
     p.add_argument("--start-long", action="store_true",
                    help="start each clip with a long exposure (default: short first)")
+    p.add_argument("--noise-profile", default=None, metavar="CAMERA|FILE",
+                   help="sample a real sensor's noise instead of the paper's Eq. B day/night "
+                        "distributions: a noise-profile JSON (python calib/noise.py, "
+                        "calib/darktable.py) or a darktable camera name such as "
+                        "'Sony DSC-RX100M7'; each clip draws an ISO log-uniformly over the "
+                        "profile's range and its lambdas from the profile's fit (default: Eq. B)")
+    p.add_argument("--darktable-profiles", type=Path, default=None, metavar="JSON",
+                   help="darktable noiseprofiles.json for --noise-profile CAMERA (default: "
+                        "$DEALTHDR_DARKTABLE_NOISEPROFILES, else "
+                        "/usr/share/darktable/noiseprofiles.json)")
     p.set_defaults(run=run)
 
 
@@ -53,6 +63,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.hdr_video is not None and args.split is not None:
         raise ValueError("--split selects panoramas; it does not apply to --hdr-video")
+    if args.darktable_profiles is not None and args.noise_profile is None:
+        raise ValueError("--darktable-profiles needs --noise-profile CAMERA")
+    profile = None
+    if args.noise_profile is not None:
+        from .data.noise_profile import resolve_profile
+        profile = resolve_profile(args.noise_profile, args.darktable_profiles)
+        if profile.fit is None:
+            raise ValueError(f"noise profile {profile.camera!r} has no fit across ISOs (it "
+                             "needs at least 2 ISOs with positive noise levels)")
+        lo, hi = profile.iso_range
+        log.info("noise profile %s: ISO %g-%g", profile.camera, lo, hi)
     cfg = SynthConfig(frames=args.frames, height=args.size[0], width=args.size[1],
                       start_long=args.start_long,
                       degrade=DegradeConfig(subframes=args.subframes))
@@ -61,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         sources = load_panoramas(args.hdri_dir or BUNDLED_HDRI, args.split or "train", cfg)
     start = time.perf_counter()
-    paths = synth_dataset(args.out, args.clips, cfg, sources, args.seed)
+    paths = synth_dataset(args.out, args.clips, cfg, sources, args.seed,
+                          noise_profile=profile)
     log.info("%d clips in %s (%.1f s); config %s", len(paths), args.out,
              time.perf_counter() - start, dataclasses.asdict(cfg))
     print(f"{len(paths)} clips in {args.out}")

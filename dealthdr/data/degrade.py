@@ -98,16 +98,21 @@ class CameraParams:
     rgb2cam: np.ndarray     # (3, 3), rows sum to 1 (white stays white)
     ccm_weights: np.ndarray  # convex weights over XYZ_TO_CAM
     wb: np.ndarray          # (3,) gains (red, 1, blue) applied by the processing
+    iso: float | None = None      # set when the noise came from a sensor profile
+    profile: dict | None = None   # that profile's summary (NoiseProfile.summary())
 
     @property
     def cam2rgb(self) -> np.ndarray:
         return np.linalg.inv(self.rgb2cam)
 
     def noise_dict(self) -> dict:
-        return {"model": "heteroscedastic Gaussian, var = lambda_read + lambda_shot * X "
-                         "(X = RAW in [0, 1], before quantisation)",
-                "condition": self.condition, "lambda_shot": self.lambda_shot,
-                "lambda_read": self.lambda_read}
+        out = {"model": "heteroscedastic Gaussian, var = lambda_read + lambda_shot * X "
+                        "(X = RAW in [0, 1], before quantisation)",
+               "condition": self.condition, "lambda_shot": self.lambda_shot,
+               "lambda_read": self.lambda_read}
+        if self.profile is not None:  # absent otherwise: Eq. B clips keep their exact bytes
+            out.update(iso=self.iso, profile=self.profile)
+        return out
 
     def pipeline_dict(self) -> dict:
         return {"rgb2cam": np.round(self.rgb2cam, 8).tolist(),
@@ -126,15 +131,24 @@ def sample_noise(rng: np.random.Generator, cfg: DegradeConfig) -> tuple[str, flo
     return ("night" if night else "day"), math.exp(log_shot), math.exp(log_read)
 
 
-def sample_camera(rng: np.random.Generator, cfg: DegradeConfig) -> CameraParams:
-    condition, shot, read = sample_noise(rng, cfg)
+def sample_camera(rng: np.random.Generator, cfg: DegradeConfig, noise_profile=None
+                  ) -> CameraParams:
+    """A clip's camera; its noise by Eq. B, or drawn from `noise_profile` (a
+    dealthdr.data.noise_profile.NoiseProfile: ISO log-uniform over its range, lambdas by its
+    fit)."""
+    iso = summary = None
+    if noise_profile is None:
+        condition, shot, read = sample_noise(rng, cfg)
+    else:
+        iso, shot, read = noise_profile.sample(rng)
+        condition, summary = f"profile ISO {iso:.0f}", noise_profile.summary()
     mats = np.array(list(XYZ_TO_CAM.values()), dtype=np.float64) / 1e4
     weights = rng.uniform(1e-8, 1.0, size=len(mats))
     weights /= weights.sum()
     rgb2cam = np.einsum("k,kij->ij", weights, mats) @ SRGB_TO_XYZ
     rgb2cam /= rgb2cam.sum(axis=1, keepdims=True)
     wb = np.array([rng.uniform(*cfg.red_gain), 1.0, rng.uniform(*cfg.blue_gain)])
-    return CameraParams(condition, shot, read, rgb2cam, weights, wb)
+    return CameraParams(condition, shot, read, rgb2cam, weights, wb, iso, summary)
 
 
 def unprocess(rgb: np.ndarray, cam: CameraParams) -> np.ndarray:

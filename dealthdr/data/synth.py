@@ -167,13 +167,18 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
-def recipe(cfg: SynthConfig, sources: Sources, seed: int) -> dict:
+def recipe(cfg: SynthConfig, sources: Sources, seed: int, noise_profile=None) -> dict:
     """Everything that determines a clip besides its index (stored; checked on resume)."""
-    return {"config": asdict(cfg), "source": sources.describe(), "seed": seed}
+    out = {"config": asdict(cfg), "source": sources.describe(), "seed": seed}
+    if noise_profile is not None:  # absent otherwise: Eq. B datasets keep their exact bytes
+        out["noise_profile"] = noise_profile.to_dict()
+    return out
 
 
-def synth_clip(cfg: SynthConfig, sources: Sources, seed: int, index: int) -> SynthClip:
-    """Synthesise clip `index` in memory."""
+def synth_clip(cfg: SynthConfig, sources: Sources, seed: int, index: int,
+               noise_profile=None) -> SynthClip:
+    """Synthesise clip `index` in memory; noise by Eq. B, or drawn from `noise_profile` (a
+    dealthdr.data.noise_profile.NoiseProfile)."""
     # Independent streams for the scene and the sensor: changing one never reshuffles the other.
     rng_scene = np.random.default_rng([seed, index, 0])
     rng_sensor = np.random.default_rng([seed, index, 1])
@@ -206,7 +211,7 @@ def synth_clip(cfg: SynthConfig, sources: Sources, seed: int, index: int) -> Syn
 
     means, gts = render_exposures(scene, schedule, h, w)
     dcfg = cfg.degrade
-    cam = sample_camera(rng_sensor, dcfg)
+    cam = sample_camera(rng_sensor, dcfg, noise_profile)
     share = _log_uniform(rng_sensor, *dcfg.saturation_share)
     ratio = dcfg.exposure_ratio
     scale, bound = exposure_scale([m for m, e in zip(means, schedule) if not e.long], cam, share,
@@ -236,7 +241,7 @@ def synth_clip(cfg: SynthConfig, sources: Sources, seed: int, index: int) -> Syn
         "pipeline": {**cam.pipeline_dict(), "exposure_scale": scale, "saturation_share": share,
                      "exposure_set_by": bound},
         "scene": info, "clip_index": index, "seed": seed, "source": sources.describe(),
-        "synth": recipe(cfg, sources, seed),
+        "synth": recipe(cfg, sources, seed, noise_profile),
     }
     return SynthClip(ldr, hdr, flow, meta)
 
@@ -260,14 +265,14 @@ def clip_dir(out: Path, index: int) -> Path:
 
 
 def synth_dataset(out: str | Path, clips: int, cfg: SynthConfig, sources: Sources, seed: int,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, noise_profile=None) -> list[Path]:
     """Write clips 0..clips-1 under `out`; complete clips already there are kept (resume)."""
     from tqdm import tqdm
 
     out = Path(out)
     if clips < 1:
         raise ValueError(f"--clips must be >= 1, got {clips}")
-    want = json.loads(json.dumps(recipe(cfg, sources, seed)))
+    want = json.loads(json.dumps(recipe(cfg, sources, seed, noise_profile)))
     for i in range(clips):  # refuse to mix clips of other settings before writing anything
         final = clip_dir(out, i)
         if final.exists():
@@ -275,8 +280,8 @@ def synth_dataset(out: str | Path, clips: int, cfg: SynthConfig, sources: Source
             if not meta_path.is_file():
                 raise ValueError(f"{final} exists but is not a finished clip; remove it")
             if json.loads(meta_path.read_text()).get("synth") != want:
-                raise ValueError(f"{final} was made with other settings (seed, size, source or "
-                                 "config); use another --out")
+                raise ValueError(f"{final} was made with other settings (seed, size, source, "
+                                 "config or noise profile); use another --out")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in tqdm(range(clips), desc="synth", unit="clip", disable=not progress or None):
@@ -288,7 +293,7 @@ def synth_dataset(out: str | Path, clips: int, cfg: SynthConfig, sources: Source
         tmp = out / f".{final.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
         try:
-            write_clip(tmp, synth_clip(cfg, sources, seed, i))
+            write_clip(tmp, synth_clip(cfg, sources, seed, i, noise_profile))
             tmp.rename(final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
