@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                            previews=not args.no_preview, mp4=not args.no_mp4, fps=args.fps,
                            overwrite=args.overwrite, progress=not args.no_progress,
                            device=args.device, extra={"checkpoint": str(args.checkpoint)})
-    line = f"{len(frames)} HDR frames in {args.output} ({manifest['seconds_per_frame']:.2f} s/frame)"
+    line = (f"{len(frames)} HDR frames in {args.output} "
+            f"({manifest['seconds_per_frame']:.2f} s/frame)")
     gt = manifest.get("ground_truth")
     if gt and gt["psnr_mu_full_windows"] is not None:
         line += (f"; PSNR-mu {gt['psnr_mu_full_windows']:.2f} dB over the "

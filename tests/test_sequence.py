@@ -12,7 +12,7 @@ from dealthdr.data.degrade import (XYZ_TO_CAM, DegradeConfig, mosaic, process, s
                                    sensor, unprocess)
 from dealthdr.data.dng import write_dng
 from dealthdr.data.io import write_png16
-from dealthdr.data.rawseq import demosaic_cfa, develop
+from dealthdr.data.rawseq import demosaic_cfa
 from dealthdr.data.sequence import classify_long, open_sequence
 from tests.conftest import waves
 

@@ -358,8 +358,9 @@ def open_sequence(path: str | Path, exposure_cycle=None) -> Sequence:
                         and p.suffix.lower() in IMAGE_SUFFIXES + RAW_SUFFIXES),
                        key=lambda p: natural_key(p.name))
         if not files:
-            raise ValueError(f"{path}: no frames (expected {', '.join(IMAGE_SUFFIXES + RAW_SUFFIXES)}"
-                             " files, a clip folder with meta.json, or a video file)")
+            kinds = ", ".join(IMAGE_SUFFIXES + RAW_SUFFIXES)
+            raise ValueError(f"{path}: no frames (expected {kinds} files, a clip folder with "
+                             "meta.json, or a video file)")
         raws = [p for p in files if p.suffix.lower() in RAW_SUFFIXES]
         if raws and len(raws) != len(files):
             raise ValueError(f"{path} mixes RAW ({raws[0].name}) and image files; use one kind")

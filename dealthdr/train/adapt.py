@@ -8,7 +8,7 @@ One step, for each centre frame t of the batch:
     H̃_t    = B(S; Θ),  S = {L_t, L_A, L_B}                  (lines 9, 11)
     Θ_ema  ← a Θ_ema + (1 - a) Θ,  a = 0.999                 (line 13, before the teacher runs)
     Ĥ_ema  = B(W; Θ_ema)                                     (line 14)
-    L      = λ_time |T(H̃_t) - T(sg(Ĥ_t))|_1 + β |T(Ĥ_t) - T(sg(Ĥ_ema))|_1   (lines 12, 15, 16)
+    L      = λ_time |T(H̃_t) - T(sg(Ĥ_t))|_1 + β |T(Ĥ_t) - T(sg(Ĥ_ema))|_1    (lines 12-16)
 with T the μ-law (μ = 5000), λ_time = β = 1, AdamW at lr 1e-6 annealed (cosine) to 1e-7 (§5.1).
 `sampling="window"` is the TMRNet-style baseline of Table 6: k = 1 only, i.e. neighbours from
 inside the 5-frame window.
