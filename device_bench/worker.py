@@ -1,0 +1,174 @@
+"""Time one artifact in this (fresh) process: load, warm up, timed inferences, peak memory.
+
+    python -m device_bench.worker JOB.json RESULT.json
+
+`device_bench run` starts one such process per (artifact, size, threads), so that every
+measurement starts from the same state: no other runtime's thread pool, allocator caches or
+loaded weights around, and a peak-memory figure that belongs to this artifact alone.
+
+Peak memory: the RSS high-water mark of this process, minus its RSS just before the load. On
+Linux the kernel's high-water mark (VmHWM) is reset after the imports and the inputs are made
+(`/proc/self/clear_refs`, "5"), so import-time peaks do not count. Elsewhere (macOS) the
+process's `ru_maxrss` is used, which includes the imports' own peak; the record says which.
+tracemalloc would miss it all: the runtimes allocate in native code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+NUM_FRAMES = 5
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def start_memory_watch() -> dict:
+    """Reset the high-water mark where the OS allows it; return the baseline."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        method = "VmHWM after reset (Linux /proc/self/clear_refs)"
+    except OSError:
+        method = "ru_maxrss (includes import-time peak)"
+    rss = _status_mb("VmRSS")
+    if rss is None:  # no /proc: macOS reports ru_maxrss in bytes
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return {"baseline_rss_mb": rss, "method": method}
+
+
+def peak_memory(watch: dict) -> dict:
+    hwm = _status_mb("VmHWM")
+    if hwm is None or not watch["method"].startswith("VmHWM"):
+        scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    return {"peak_mem_mb": max(0.0, hwm - watch["baseline_rss_mb"]), "peak_rss_mb": hwm,
+            "baseline_rss_mb": watch["baseline_rss_mb"], "peak_mem_method": watch["method"]}
+
+
+def make_inputs(centre: str, size: tuple[int, int], seed: int = 0):
+    """frames (1, 5, 3, H, W) in [0, 1] and exposures (1, 5) with the centre's pattern, as float32
+    numpy arrays. A bucket graph's cost does not depend on the content (K is fixed)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.random((1, NUM_FRAMES, 3, *size), dtype=np.float32)
+    long_ = [i % 2 == (0 if centre == "long" else 1) for i in range(NUM_FRAMES)]
+    exposures = np.array([[8.0 if p else 1.0 for p in long_]], dtype=np.float32)
+    return frames, exposures
+
+
+def load_eager(job: dict):
+    import torch
+
+    from dealthdr.checkpoint import load_checkpoint
+    from export.buckets import Bucket, BucketGraph
+
+    torch.set_num_threads(job["threads"])
+
+    def load():
+        model, _ = load_checkpoint(job["checkpoint"], job["variant"])
+        bucket = Bucket(float(job["s"]), job["centre"], tuple(job["ratio_budget"]),
+                        tuple(job["bucket_k"]))
+        graph = BucketGraph(model.eval(), bucket).eval()
+
+        def run(frames, exposures):
+            with torch.inference_mode():
+                return graph(frames, exposures)
+        return run
+    return load, "torch", torch.__version__, torch.from_numpy
+
+
+def load_executorch(job: dict):
+    import importlib.metadata
+
+    import torch
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                             _unsafe_reset_threadpool)
+    from executorch.runtime import Runtime
+
+    # One process per job, so resetting the global pool cannot race another program.
+    _unsafe_reset_threadpool(job["threads"])
+    job["threads_effective"] = int(_threadpool_get_thread_count())
+
+    def load():
+        method = Runtime.get().load_program(job["path"]).load_method(job["method"])
+
+        def run(frames, exposures):
+            return method.execute([frames, exposures])[0]
+        return run
+    return load, "executorch", importlib.metadata.version("executorch"), torch.from_numpy
+
+
+def load_onnxruntime(job: dict):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = job["threads"]
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+
+    def load():
+        session = ort.InferenceSession(job["path"], opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run(frames, exposures):
+            return session.run(None, dict(zip(names, (frames, exposures))))[0]
+        return run
+    return load, "onnxruntime", ort.__version__, lambda a: a
+
+
+LOADERS = {"torch": load_eager, "executorch": load_executorch, "onnxruntime": load_onnxruntime}
+
+
+def measure(job: dict) -> dict:
+    """Load the job's artifact, check one output, then time `warmup` + `repeat` inferences."""
+    size = tuple(job["size"])
+    load, runtime, version, convert = LOADERS[job["runtime"]](job)  # imports: not timed
+    frames, exposures = (convert(a) for a in make_inputs(job["centre"], size))
+    watch = start_memory_watch()
+    start = time.perf_counter()
+    run = load()
+    load_ms = (time.perf_counter() - start) * 1e3
+    out = np.asarray(run(frames, exposures))
+    if out.shape != (1, 3, *size) or not np.isfinite(out).all():
+        raise RuntimeError(f"{job.get('path') or 'eager'}: output {out.shape} "
+                           f"(finite: {bool(np.isfinite(out).all())}), expected (1, 3, {size[0]}, "
+                           f"{size[1]}) finite")
+    for _ in range(max(0, job["warmup"] - 1)):  # the checked inference was the first warm-up
+        run(frames, exposures)
+    samples = []
+    for _ in range(job["repeat"]):
+        t = time.perf_counter_ns()
+        run(frames, exposures)
+        samples.append((time.perf_counter_ns() - t) / 1e6)
+    return {"runtime": runtime, "runtime_version": version, "load_ms": load_ms,
+            "samples_ms": samples, "threads_effective": job.get("threads_effective"),
+            **peak_memory(watch)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m device_bench.worker JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
+    result = measure(job)
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

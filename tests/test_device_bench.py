@@ -1,0 +1,321 @@
+"""device_bench: statistics, the run harness on small real artifacts (resume included), ingest,
+pick, plot, the Table G breakdown and the Apple path's records and commands."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from device_bench import schema
+from device_bench.__main__ import main
+from device_bench.stats import fit_line, latency_stats, percentile, trimmed
+
+SIZE = (32, 32)
+
+
+def record(**over) -> dict:
+    base = {"device": "phone-x", "cpu": "A18 Pro", "os": "iOS 18.2", "runtime": "executorch",
+            "runtime_version": "1.5.1", "backend": "xnnpack", "precision": "fp32",
+            "variant": "tiny", "s": "15", "bucket_k": [10, 5, 1], "attention_ratio": 0.2,
+            "size": "256x256", "threads": 2, "latency_ms_median": 20.0, "latency_ms_p10": 19.0,
+            "latency_ms_p90": 22.0, "load_ms": 150.0, "peak_mem_mb": 80.0, "gflops": 14.0,
+            "centre": "short"}
+    return {**base, **over}
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_trimmed_statistics_on_known_numbers():
+    samples = [float(v) for v in range(1, 11)] + [1000.0]   # one outlier
+    assert trimmed(samples, 0.1) == [float(v) for v in range(2, 11)]
+    st = latency_stats(samples, trim=0.1)
+    assert st["latency_ms_median"] == 6.0 and st["samples_kept"] == 9
+    assert st["latency_ms_p10"] == pytest.approx(2.8) and st["latency_ms_p90"] == pytest.approx(9.2)
+    assert st["latency_ms_mean"] == pytest.approx(6.0)       # the outlier is gone
+    assert latency_stats(samples, trim=0.0)["latency_ms_p90"] == pytest.approx(10.0)
+    xs = list(np.random.default_rng(0).random(37) * 100)
+    for q in (0, 10, 50, 90, 100):
+        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    with pytest.raises(ValueError):
+        latency_stats([5.0, -1.0])
+
+
+def test_fit_line_slope_intercept_and_residual():
+    fit = fit_line([0.0, 0.5, 1.0], [100.0, 130.0, 150.0])
+    assert fit["slope"] == pytest.approx(50.0) and fit["intercept"] == pytest.approx(305 / 3)
+    assert fit["max_abs_residual"] == pytest.approx(10 / 3)
+    assert fit["max_rel_residual"] == pytest.approx((10 / 3) / (380 / 3))
+    exact = fit_line([0, 0.2, 1], [10, 12, 20])
+    assert exact["r2"] == pytest.approx(1.0) and exact["max_abs_residual"] < 1e-9
+    assert fit_line([0.3, 0.3], [1.0, 3.0])["slope"] is None
+
+
+# ---------------------------------------------------------------- run on real small artifacts
+
+class Stand(nn.Module):
+    """Stands in for a bucket graph with its I/O contract (frames (1, 5, 3, H, W), exposures
+    (1, 5) -> (1, 3, H, W)): exporting the real network takes minutes (tests/test_export.py
+    does it); the harness only loads, runs and times what the manifest lists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(15, 3, 3, padding=1)
+
+    def forward(self, frames, exposures):
+        b, t, c, h, w = frames.shape
+        x = frames.reshape(b, t * c, h, w) * exposures.repeat_interleave(3, 1).reshape(b, t * c,
+                                                                                       1, 1)
+        return torch.relu(self.conv(x))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from calib.buckets import sha256_file
+    from dealthdr.checkpoint import resolve_checkpoint
+    from export.artifacts import artifact_record
+    from export.buckets import make_buckets
+    from export.to_executorch import lower
+
+    root = tmp_path_factory.mktemp("artifacts")
+    cal = {"buckets": [{"s": "15", "ratio": [0.5, 0.25, 0.1]}]}
+    bucket = make_buckets(cal, [15.0], SIZE, ("short",))[0]
+    ex = (torch.rand(1, 5, 3, *SIZE), torch.tensor([[1.0, 8, 1, 8, 1]]))
+    prog = torch.export.export(Stand().eval(), ex, strict=False)
+    ckpt = resolve_checkpoint("default")
+    model = {"variant": "tiny", "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt)}
+    (root / "et").mkdir()
+    (root / "onnx").mkdir()
+    pte = root / "et" / "stand_s15.pte"
+    pte.write_bytes(lower({"forward_short": prog}, "xnnpack")[0].buffer)
+    onnx_path = root / "onnx" / "stand_s15_short.onnx"
+    torch.onnx.export(prog, ex, str(onnx_path), dynamo=True, input_names=["frames", "exposures"],
+                      output_names=["hdr"], external_data=False, verbose=False)
+    for folder, rec in (("et", artifact_record(pte, root / "et", "executorch-xnnpack", "fp32",
+                                               bucket, SIZE, {}, method="forward_short")),
+                        ("onnx", artifact_record(onnx_path, root / "onnx", "onnx", "fp32",
+                                                 bucket, SIZE, {}))):
+        (root / folder / "manifest.json").write_text(json.dumps(
+            {"format": "dealthdr-export-manifest/1", "model": model, "artifacts": [rec]}))
+    return root, bucket
+
+
+def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, capsys):
+    from device_bench import run as run_mod
+    from export.buckets import level_positions
+
+    root, bucket = artifacts
+    out = tmp_path / "host.jsonl"
+    argv = ["-q", "run", "--artifacts", str(root / "et"), str(root / "onnx"), "--sizes", "32x32",
+            "--threads", "1", "--warmup", "1", "--repeat", "4", "--out", str(out)]
+    assert main(argv) == 0
+    recs = schema.read_records(out)
+    assert sorted(r["runtime"] for r in recs) == ["executorch", "onnxruntime", "torch"]
+    for r in recs:
+        assert set(schema.FIELDS) <= set(r) and r["size"] == "32x32" and r["threads"] == 1
+        assert r["s"] == "15" and r["bucket_k"] == list(bucket.budget)
+        assert r["attention_ratio"] == pytest.approx(sum(bucket.budget)
+                                                     / sum(level_positions(SIZE)), abs=1e-6)
+        assert r["gflops"] > 0 and r["peak_mem_mb"] >= 0 and r["load_ms"] > 0
+        assert len(r["samples_ms"]) == 4
+        assert r["latency_ms_median"] == pytest.approx(latency_stats(r["samples_ms"])[
+            "latency_ms_median"], abs=1e-3)
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert {g["runtime"] for g in summary["groups"]} == {"executorch", "onnxruntime", "torch"}
+    assert "latency against attention ratio" in capsys.readouterr().out
+
+    measured = []
+    real = run_mod.run_job
+    monkeypatch.setattr(run_mod, "run_job", lambda job, *a: measured.append(job.runtime)
+                        or real(job, *a))
+    before = out.read_bytes()
+    assert main(argv) == 0 and measured == [] and out.read_bytes() == before   # all done
+    schema.write_records(out, [r for r in recs if r["runtime"] != "onnxruntime"])
+    assert main(argv) == 0 and measured == ["onnxruntime"]                     # only the gap
+    assert len(schema.read_records(out)) == 3
+
+
+def test_worker_peak_memory_sees_native_allocations():
+    from device_bench.worker import peak_memory, start_memory_watch
+
+    watch = start_memory_watch()
+    block = np.ones(64 * 2 ** 20 // 8)   # 64 MB touched, then freed before the reading
+    del block
+    assert peak_memory(watch)["peak_mem_mb"] > 50
+
+
+# ---------------------------------------------------------------- ingest
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: json.dumps(r)[:-5], "not valid JSON"),
+    (lambda r: json.dumps({k: v for k, v in r.items() if k != "threads"}), "'threads'"),
+    (lambda r: json.dumps({**r, "latency_ms_median": -3.0}), "'latency_ms_median'"),
+    (lambda r: json.dumps({**r, "load_ms": "150"}), "'load_ms'"),
+    (lambda r: json.dumps({**r, "bucket_k": [1, 2]}), "'bucket_k'"),
+    (lambda r: json.dumps({**r, "latency_ms_p10": 30.0}), "'latency_ms_median'"),
+    (lambda r: json.dumps({**r, "precision": "int4"}), "'precision'"),
+    (lambda r: json.dumps({**r, "attention_ratio": 1.5}), "'attention_ratio'"),
+    (lambda r: json.dumps({**r, "s": -1}), "'s'"),
+])
+def test_ingest_rejects_a_malformed_record_naming_the_field(tmp_path, capsys, mutate, field):
+    good = json.dumps(record())
+    src = tmp_path / "phone.jsonl"
+    src.write_text(good + "\n" + mutate(record(s="100")) + "\n")
+    into = tmp_path / "all.jsonl"
+    assert main(["-q", "ingest", str(src), "--into", str(into)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "phone.jsonl:2" in err
+    assert not into.exists()                      # nothing written on error
+
+
+def test_ingest_merges_and_replaces(tmp_path):
+    into = tmp_path / "all.jsonl"
+    schema.write_records(into, [record(), record(s="0", bucket_k=[0, 0, 0],
+                                                 attention_ratio=0.0)])
+    src = tmp_path / "new.jsonl"
+    src.write_text(json.dumps(record(latency_ms_median=21.0)) + "\n"
+                   + json.dumps(record(variant="hdrflow", reference=True, psnr_mu=30.1)) + "\n")
+    assert main(["-q", "ingest", str(src), "--into", str(into)]) == 0
+    recs = schema.read_records(into)
+    assert len(recs) == 3 and recs[0]["latency_ms_median"] == 21.0
+    assert schema.is_reference(recs[2]) and not schema.is_reference(recs[0])
+
+
+# ---------------------------------------------------------------- pick
+
+def _stream(latency: dict, runtime="executorch") -> list[dict]:
+    ks = {"0": [0, 0, 0], "1": [3, 1, 1], "15": [300, 50, 5], "100": [600, 150, 40]}
+    out = []
+    for s, (short, long_) in latency.items():
+        for centre, ms in (("short", short), ("long", long_)):
+            out.append(record(s=s, centre=centre, runtime=runtime, bucket_k=ks[s],
+                              attention_ratio=sum(ks[s]) / 860, latency_ms_median=ms,
+                              latency_ms_p10=ms * 0.95, latency_ms_p90=ms * 1.05))
+    return out
+
+
+def _report(tmp_path, psnr: dict):
+    doc = {"format": "dealthdr-quantize-report/1", "backends": {"xnnpack": {"buckets": {
+        f"s{s}_{c}": {"s": s, "centre": c, "fp32": q, "qat": q - 0.3, "ptq": q - 0.5}
+        for s, q in psnr.items() for c in ("short", "long")}}}}
+    path = tmp_path / "quantize_report.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_pick_best_quality_within_budget_and_refusal(tmp_path, capsys):
+    recs = tmp_path / "r.jsonl"
+    schema.write_records(recs, _stream({"0": (100, 100), "1": (105, 110), "15": (140, 170),
+                                        "100": (200, 210)}))
+    q = _report(tmp_path, {"0": 23.70, "1": 23.72, "15": 23.80, "100": 23.85})
+    base = ["-q", "pick", "--records", str(recs), "--quality", str(q)]
+    assert main([*base, "--budget-ms", "190"]) == 0
+    assert "s=15" in capsys.readouterr().out       # p90 of both centres: 178.5 <= 190
+    assert main([*base, "--budget-ms", "170"]) == 0
+    assert "s=1 " in capsys.readouterr().out       # the long-centred s=15 graph misses 170
+    assert main([*base, "--budget-ms", "170", "--statistic", "median"]) == 0
+    assert "s=15" in capsys.readouterr().out
+    assert main([*base, "--budget-ms", "50"]) == 1
+    out = capsys.readouterr().out
+    assert "no s-bucket fits 50 ms" in out and "fastest is s=0" in out
+    assert main(["-q", "pick", "--records", str(recs), "--quality", "--budget-ms", "300"]) == 0
+    assert "ranked by attention ratio" in capsys.readouterr().out   # no quality given
+    assert main([*base, "--budget-ms", "190", "--runtime", "onnxruntime"]) == 2
+
+
+# ---------------------------------------------------------------- breakdown and plot
+
+def test_breakdown_rows_add_up_and_hooks_are_removed():
+    from dealthdr.checkpoint import load_checkpoint
+    from device_bench.breakdown import ATTENTION, FGMA_REST, ROWS, measure
+    from export.buckets import make_buckets
+
+    model, _ = load_checkpoint("default")
+    cal = {"buckets": [{"s": "0", "ratio": [0, 0, 0]}, {"s": "15", "ratio": [0.5, 0.25, 0.1]}]}
+    b0, b15 = make_buckets(cal, [0.0, 15.0], SIZE, ("short",))
+    r0, r15 = measure(model, b0, SIZE, 1, 2), measure(model, b15, SIZE, 1, 2)
+    for r in (r0, r15):
+        top = sum(r["rows"][k]["ms"] for k in [*ROWS, "other (inputs, padding, glue)"])
+        assert top == pytest.approx(r["total_ms"], rel=0.02)
+        assert r["rows"][FGMA_REST]["ms"] + r["rows"][ATTENTION]["ms"] == pytest.approx(
+            r["rows"]["FGMA"]["ms"])
+        assert r["rows"]["encoders"]["gflops"] > 0
+    assert r0["rows"][ATTENTION]["ms"] == 0 and r15["rows"][ATTENTION]["ms"] > 0
+    assert "attend" not in vars(model.fgma[0]) and not model.encoder_short._forward_hooks
+
+
+def test_plot_writes_figures_and_tables(tmp_path):
+    from device_bench.plot import draw
+
+    recs = []
+    for runtime, scale in (("torch", 1.0), ("onnxruntime", 0.8), ("executorch", 0.9)):
+        for r in _stream({"0": (100, 101), "1": (104, 105), "15": (150, 152),
+                          "100": (200, 203)}, runtime):
+            r = {**r, "latency_ms_median": r["latency_ms_median"] * scale,
+                 "latency_ms_p10": r["latency_ms_p10"] * scale,
+                 "latency_ms_p90": r["latency_ms_p90"] * scale}
+            recs.append({**r, "backend": {"torch": "eager-cpu", "onnxruntime": "CPU",
+                                          "executorch": "xnnpack"}[runtime]})
+    recs += [{**r, "precision": "int8", "latency_ms_median": r["latency_ms_median"] * 0.5,
+              "latency_ms_p10": r["latency_ms_p10"] * 0.5, "latency_ms_p90":
+              r["latency_ms_p90"] * 0.5} for r in recs if r["runtime"] == "executorch"]
+    recs.append(record(variant="hdrflow", reference=True, psnr_mu=23.6, latency_ms_median=90.0,
+                       latency_ms_p10=88.0, latency_ms_p90=93.0))
+    path = tmp_path / "r.jsonl"
+    schema.write_records(path, recs)
+    q = _report(tmp_path, {"0": 23.70, "1": 23.72, "15": 23.80, "100": 23.85})
+    bd = tmp_path / "bd.json"
+    bd.write_text(json.dumps({"buckets": [
+        {"s": s, "centre": "short", "size": "256x256", "threads": 2, "total_ms": 10.0 * (1 + i),
+         "total_gflops": 14.0, "bucket_k": [0, 0, 0],
+         "rows": {k: {"ms": 10.0 * (1 + i) / 10, "share": 0.1, "gflops": 1.0} for k in (
+             "encoders", "flow (SpyNet)", "FGMA", "router", "middle", "decoder", "merge",
+             "other (inputs, padding, glue)", "FGMA attention", "FGMA warp + mask + selection")}}
+        for i, s in enumerate(("0", "15"))]}))
+    lines = draw([path], tmp_path / "plots", [q], bd)
+    for name in ("fig1_256x256.png", "latency_256x256.png", "breakdown.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    table = (tmp_path / "plots" / "table_i.md").read_text()
+    assert "| ExecuTorch xnnpack | int8 |" in table and "23.40" in table    # QAT of s=0 int8
+    assert "| hdrflow |" in table and "x1.71 FLOPs" in table
+    assert "FGMA attention" in (tmp_path / "plots" / "table_g.md").read_text()
+    assert len(lines) == 5
+
+
+# ---------------------------------------------------------------- Apple path
+
+def test_apple_refuses_off_macos_and_builds_records_and_commands(capsys):
+    import platform
+
+    from device_bench.apple import (apple_record, coreml_entries, plan_summary, require_macos,
+                                    xcode_commands)
+
+    manifest = str(Path(__file__).resolve().parents[1] / "export/results/coreml_ios18_256.json")
+    entries = coreml_entries([manifest], None)
+    assert len(entries) == 8 and {e["function"] for e in entries} >= {"s15_short", "s0_long"}
+    if platform.system() != "Darwin":
+        assert main(["-q", "apple", "--artifacts", manifest]) == 2
+        assert "needs macOS" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs macOS"):
+        require_macos("Linux")
+    plan = plan_summary([("conv", "neural_engine", 0.5), ("conv", "neural_engine", 0.2),
+                         ("resample", "cpu", 0.25), ("gather", "gpu", 0.05)])
+    assert plan["ops"] == {"neural_engine": 2, "cpu": 1, "gpu": 1}
+    assert sum(plan["cost_share"].values()) == pytest.approx(1.0)
+    assert plan["off_neural_engine"] == {"resample": 1, "gather": 1}
+    e = next(x for x in entries if x["function"] == "s15_short")
+    rec = apple_record({"device": "iPhone 16 Pro", "cpu": "A18 Pro", "os": "iOS 18.2"}, e,
+                       "CPU_AND_NE", [12.0, 11.0, 13.0, 12.5], 340.0, None,
+                       "coremltools 9.0", plan, 0.0, 14.1)
+    assert schema.validate(rec) and rec["threads"] is None and rec["backend"] == \
+        "coreml-CPU_AND_NE" and rec["latency_ms_median"] == 12.25 and rec["s"] == "15"
+    assert math.isclose(rec["attention_ratio"], sum(e["bucket_k"]) / (65536 + 16384 + 4096),
+                        abs_tol=1e-6)
+    cmds = xcode_commands([e["package"] for e in entries], "build")
+    assert cmds[0] == ["xcrun", "devicectl", "list", "devices"] and len(cmds) == 3
+    assert cmds[1] == ["xcrun", "coremlcompiler", "compile", e["package"], "build"]
+    assert main(["-q", "apple", "--artifacts", manifest, "--print-commands"]) == 0
+    assert "coremlcompiler compile" in capsys.readouterr().out
