@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 def _label_points(ax, xs, ys, labels, colour) -> None:
     for i, (x, y, s) in enumerate(zip(xs, ys, labels)):
         ax.annotate(f"s={s}", (x, y), textcoords="offset points", fontsize=7, color=colour,
-                    xytext=(4, 5 if i % 2 == 0 else -10))
+                    xytext=(4, -10 if i % 2 == 0 else 5))
 
 
 def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
@@ -126,7 +126,7 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7, loc="lower right")
-    fig.text(0.5, 0.005, f"Paper numbers: {paper.SOURCE}; their PSNR is on their test set, "
+    fig.text(0.5, 0.005, f"Orange/brown: {paper.SOURCE}; their PSNR is on their test set, "
              "ours on held-out synthetic clips: compare the shape, not the values.",
              ha="center", fontsize=8, style="italic")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -140,30 +140,38 @@ def _latency(agg: dict, size: str, path: Path) -> None:
     from device_bench.stats import fit_line
     from device_bench.tables import line_label
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    threads = sorted({k[5] for k in agg if k[5] is not None})
-    dash = {t: ls for t, ls in zip(threads, ("-", "--", ":", "-."))}
-    for k, pts in sorted(agg.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
-        c, m = COLOURS.get(k[1], "#9467bd"), MARKERS.get(k[3], "o")
-        xs, ys = [p["ratio"] for p in pts], [p["ms"] for p in pts]
-        err = [[p["ms"] - p["p10"] for p in pts], [p["p90"] - p["ms"] for p in pts]]
-        ax.errorbar(xs, ys, yerr=err, fmt=m, color=c, capsize=3, ms=6,
-                    mfc="white" if k[3] == "int8" else c)
-        if len(pts) > 1:
-            fit = fit_line(xs, ys)
-            label = (f"{line_label(k, len({kk[0] for kk in agg}) > 1)}: "
-                     f"{fit['intercept']:.0f} + {fit['slope']:.0f}·R ms, "
-                     f"max res {100 * fit['max_rel_residual']:.1f}%")
-            ax.plot([0, 1], [fit["intercept"], fit["intercept"] + fit["slope"]],
-                    dash.get(k[5], "-"), color=c, lw=1, alpha=0.8, label=label)
-    ax.set(xlabel="attention ratio R of the bucket (share of decoder positions attended)",
-           ylabel="latency per frame (ms): median, bars p10-p90",
-           title=f"Latency against the s-bucket's attention budget, {size} "
-                 "(filled: fp32, open: int8; line style: thread count)")
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    threads = sorted({k[5] for k in agg}, key=lambda t: (t is None, t or 0))
+    fig, axes = plt.subplots(1, len(threads), figsize=(8 * len(threads), 5.5), sharey=True,
+                             squeeze=False)
+    several_devices = len({k[0] for k in agg}) > 1
+    for ax, t in zip(axes[0], threads):
+        for k, pts in sorted(agg.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
+            if k[5] != t:
+                continue
+            c, m = COLOURS.get(k[1], "#9467bd"), MARKERS.get(k[3], "o")
+            xs, ys = [p["ratio"] for p in pts], [p["ms"] for p in pts]
+            err = [[p["ms"] - p["p10"] for p in pts], [p["p90"] - p["ms"] for p in pts]]
+            ax.errorbar(xs, ys, yerr=err, fmt=m, color=c, capsize=3, ms=6)
+            label = line_label(k, several_devices)
+            if len(pts) > 1:
+                fit = fit_line(xs, ys)
+                label += (f": {fit['intercept']:.0f} + {fit['slope']:.0f}·R ms, max residual "
+                          f"{100 * fit['max_rel_residual']:.1f}%")
+                ax.plot([0, 1], [fit["intercept"], fit["intercept"] + fit["slope"]],
+                        STYLES.get(k[3], "-"), color=c, lw=1.2, alpha=0.8, label=label)
+            for p in pts:
+                if p is pts[-1] or p["ratio"] > 0.05:
+                    ax.annotate(f"s={p['s']}", (p["ratio"], p["ms"]), fontsize=7, color=c,
+                                textcoords="offset points", xytext=(5, -3))
+        ax.set(xlabel="attention ratio R of the bucket (share of decoder positions attended)",
+               title=f"{size}, {'?' if t is None else t} thread(s)")
+        ax.set_xlim(-0.03, 1.1)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("latency per frame (ms): median, bars p10-p90")
+    fig.suptitle("Latency against the s-bucket's attention budget, with the linear fit "
+                 "(solid: fp32, dashed: int8)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -177,7 +185,7 @@ def _breakdown(doc: dict, path: Path) -> None:
     buckets = doc["buckets"]
     parts = [r for r in ROWS if r != "FGMA"] + [FGMA_REST, ATTENTION,
                                                 "other (inputs, padding, glue)"]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.8 * len(buckets)))
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 0.7 * len(buckets)))
     cmap = plt.get_cmap("tab10")
     for i, b in enumerate(buckets):
         left = 0.0
@@ -191,8 +199,7 @@ def _breakdown(doc: dict, path: Path) -> None:
     ax.set_yticks(range(len(buckets)), [f"s={b['s']}" for b in buckets])
     ax.set(xlabel="eager latency (ms)", title=f"Where the time goes (Table G style), "
            f"{buckets[0]['size']}, {buckets[0]['threads']} thread(s)")
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.05 *
-                                                                        (4 - len(buckets))))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
