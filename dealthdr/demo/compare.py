@@ -40,7 +40,7 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     import cv2
 
     out = np.ascontiguousarray(img)
-    cv2.rectangle(out, (0, 0), (8 + 9 * len(text), 20), (0, 0, 0), -1)
+    cv2.rectangle(out, (0, 0), (8 + 7 * len(text), 20), (0, 0, 0), -1)
     cv2.putText(out, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                 cv2.LINE_AA)
     return out
@@ -87,9 +87,9 @@ def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out:
 
         h, w = seq.height, seq.width
         crop = crop or (h // 4, w // 4)
-        mid = frames.start + len(frames) // 2
-        picks = [t for t in (mid - mid % 2, mid - mid % 2 + 1) if t in frames]  # short, long
-        img = side_by_side(rows, picks, crop, frames)
+        # the middle short-exposure frame: where noise, the domain gap's first symptom, shows
+        short = [t for t in frames if not seq.long[t]]
+        img = side_by_side(rows, [short[len(short) // 2]], crop, frames)
         ok, buf = cv2.imencode(".png", img[..., ::-1])
         if not ok:
             raise OSError(f"could not encode {png_out}")

@@ -159,6 +159,7 @@ class Adapter:
         self.long = seq.long[list(frames)]
         self.source = {k: v for k, v in seq.describe().items() if k not in ("exposures", "long")}
         self.source["frames_used"] = [frames.start, frames.stop]
+        self.first = frames.start  # sampled indices are into the frames used
         self.mode_cfg = _loop_cfg(cfg)
         log.info("adapting on %d frames of %s (%.0f MB in memory)", len(frames), seq.path,
                  self.frames.nbytes / 1e6)
@@ -251,7 +252,7 @@ class Adapter:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
             rec = {"step": step, "phase": "adapt", "loss": float(total.detach()), "lr": lr,
-                   **parts, "centres": [x.t for x in samples],
+                   **parts, "centres": [x.t + self.first for x in samples],
                    "subsets": [[x.a - x.t, x.b - x.t] for x in samples]}
             with self.log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
