@@ -58,13 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QAT steps, shared by all buckets round-robin (default 100)")
     p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate, cosine to 1e-7 "
                    "(default 1e-5)")
+    p.add_argument("--distill", type=float, default=1.0,
+                   help="weight of the mu-law L1 to the fp32 model's output, added to the "
+                        "ground-truth L1; 0 trains on ground truth alone (default 1)")
     p.add_argument("--train-clips", type=int, default=4,
                    help="synthetic training clips (2 windows each) for QAT and for PTQ "
                         "calibration (default 4)")
     p.add_argument("--float-groups", type=lambda t: parse_list(t, group_names()),
-                   default=["merge", "io"],
+                   default=["merge", "io", "router", "decoder_l1"],
                    help=f"block groups kept float, comma-separated, from {list(group_names())}"
-                        "; io = input linearisation and output composition (default merge,io)")
+                        "; io = input linearisation and output composition, decoder_l1 = the "
+                        "full-resolution decoder level; the defaults are the groups whose int8 "
+                        "alone costs most, see quantize/README.md (default "
+                        "merge,io,router,decoder_l1)")
     p.add_argument("--ptq-observer", choices=("minmax", "histogram"), default="minmax",
                    help="PTQ activation observer: minmax, the range QAT's fake quantizers "
                         "start from (so the gap measures what training buys), or histogram "
@@ -106,9 +112,10 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     policy_kw = {"float_groups": tuple(args.float_groups)}
     graphs, policies = prepare_graphs(model, buckets, args.size, backend,
                                       tuple(args.float_groups))
-    cfg = QATConfig(steps=args.steps, lr=args.lr)
+    cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill)
+    teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
     record = train(graphs, {b.name: b.centre for b in buckets}, ctx["train_windows"], cfg,
-                   ctx["state"] / backend)
+                   ctx["state"] / backend, teachers)
     converted = {}
     for name, gm in graphs.items():
         move_exported_model_to_eval(gm)
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if args.distill < 0:
+            raise ValueError(f"--distill must be >= 0, got {args.distill}")
         if args.threads:
             torch.set_num_threads(args.threads)
         started = time.time()

@@ -80,10 +80,11 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
         return prepare_graphs(tiny, buckets, SIZE, "xnnpack", ("merge", "io"))[0]
 
     centres = {b.name: b.centre for b in buckets}
+    teachers = {b.name: BucketGraph(tiny, b).eval() for b in buckets}
     before = {k: p.detach().clone() for k, p in tiny.named_parameters()}
     full = graphs()
     ref = train(full, centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
-                tmp_path / "a")
+                tmp_path / "a", teachers)
     w0 = dict(full["s0_short"].named_parameters())
     w15 = dict(full["s15_short"].named_parameters())
     shared = set(w0) & set(w15)
@@ -98,13 +99,19 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     pointer.write_text(json.dumps({"step": 2, "losses": ref["losses"][:2]}))
     resumed = graphs()  # a fresh process: new graphs, state from disk
     rec = train(resumed, centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
-                tmp_path / "a")
+                tmp_path / "a", teachers)
     assert rec["losses"][:2] == ref["losses"][:2]
     assert rec["losses"][2] == pytest.approx(ref["losses"][2], rel=1e-5)
-    fresh = train(graphs(), centres, windows, QATConfig(steps=3, lr=1e-4), tmp_path / "b")
+    fresh = train(graphs(), centres, windows, QATConfig(steps=3, lr=1e-4), tmp_path / "b",
+                  teachers)
     assert fresh["losses"] == pytest.approx(ref["losses"], rel=1e-5)   # deterministic
+    gt_only = train(graphs(), centres, windows, QATConfig(steps=3, lr=1e-4, distill=0.0),
+                    tmp_path / "d")
+    assert gt_only["losses"][0] < ref["losses"][0]   # the distillation term adds to the loss
     with pytest.raises(ValueError, match="one step per graph"):
-        train(graphs(), centres, windows, QATConfig(steps=1), tmp_path / "c")
+        train(graphs(), centres, windows, QATConfig(steps=1), tmp_path / "c", teachers)
+    with pytest.raises(ValueError, match="teacher"):
+        train(graphs(), centres, windows, QATConfig(steps=3), tmp_path / "e")
 
 
 def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path):
