@@ -137,6 +137,9 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
             if rt[0] not in runtimes or size not in sizes:
                 continue
             path = mpath.parent / art["file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}, listed in {mpath}, is missing (a manifest "
+                                        "copied without its artifacts?)")
             if verify and sha256_file(path) != art["sha256"]:
                 raise ValueError(f"{path}: sha256 differs from its manifest {mpath}; "
                                  "re-export or point at the matching folder")

@@ -85,15 +85,14 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
                                              else f" ({line_label(k).split(' int8')[0]})"))
                 _label_points(a_gf, [p["gflops"] for p in g], [p["psnr"] for p in g],
                               [p["s"] for p in g], "black")
-        base = pts[0]
-        if base["ms"] > 0 and len(pts) > 1:
-            xs = [p["ms"] / base["ms"] for p in pts]
-            ys = ([p["psnr"] - base["psnr"] for p in pts]
-                  if all(p["psnr"] is not None for p in pts) else None)
-            if ys is not None:
-                a_norm.plot(xs, ys, ls, marker=m, color=c, label=f"ours, time: {label}")
+        # Normalised at the flow-only bucket, so it must be among the points with a quality.
+        if len(q) > 1 and q[0] is pts[0]:
+            a_norm.plot([p["ms"] / q[0]["ms"] for p in q], [p["psnr"] - q[0]["psnr"] for p in q],
+                        ls, marker=m, color=c, label=f"ours, time: {label}")
     for gf_curve in list(drawn_gflops)[:1]:
         g0 = gf_curve[0]
+        if g0[0] != "0" or len(gf_curve) < 2:
+            break
         xs = [v[1] / g0[1] for v in gf_curve]
         a_norm.plot(xs, [v[2] - g0[2] for v in gf_curve], ":", marker="o", color="black",
                     mfc="white", label="ours, GFLOPs")
