@@ -114,15 +114,21 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
         for ax in (a_gf, a_ms):
             ax.text(0.5, 0.5, "no PSNR-mu source covers these buckets\n(pass --quality)",
                     ha="center", va="center", transform=ax.transAxes)
-    t = "largest measured" if threads is None else f"{threads}"
-    a_gf.set(xlabel="GFLOPs per frame (profiler, everything counted)",
+    shown = sorted({k[5] for k in agg}, key=lambda v: (v is None, v or 0))
+    t = ", ".join("n/a" if v is None else str(v) for v in shown)
+    missing = sorted({p["s"] for pts in agg.values() for p in pts if p["psnr"] is None},
+                     key=float)
+    note = (f"\nnot drawn, no PSNR-mu source: s = {', '.join(missing)}"
+            if missing and any_q else "")
+    a_gf.set(xlabel="GFLOPs per frame (profiler, everything counted)" + note,
              ylabel="PSNR-mu (dB, held-out synthetic)", title=f"Quality vs compute, {size}")
-    a_ms.set(xlabel="latency per frame, median (ms)", ylabel="PSNR-mu (dB)",
+    a_ms.set(xlabel="latency per frame, median (ms)" + note, ylabel="PSNR-mu (dB)",
              title=f"Quality vs measured latency, {size}, threads: {t}")
     a_norm.set(xlabel="cost relative to s=0 (flow only)", ylabel="PSNR gain over s=0 (dB)",
                title="Shape beside the paper (normalised axes)")
     for ax in (a_gf, a_ms, a_norm):
         ax.grid(alpha=0.3)
+        ax.margins(0.08)
         if ax.lines:
             ax.legend(fontsize=7, loc="lower right")
     fig.text(0.5, 0.005, f"Orange/brown: {paper.SOURCE}; their PSNR is on their test set, "
