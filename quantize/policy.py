@@ -146,6 +146,11 @@ class FloatPolicy:
         self.only_groups = None if only_groups is None else set(only_groups)
 
     def __call__(self, node: fx.Node) -> bool:
+        if node.op == "get_attr":
+            # A weight has no module stack (it would land in `io`); the quantizers check it as
+            # part of its conv's partition, so the conv's own group decides. Judging it as `io`
+            # left every conv weight float whenever `io` was a float group.
+            return True
         if node in self.coordinates:
             return False
         if not _is_float(node) or not all(_is_float(a) for a in node.all_input_nodes):

@@ -13,9 +13,11 @@ mu-law L1 on synthetic windows (one shared set of weights, round-robin over the 
            the XNNPACK-QAT weights, NNCF-quantized)
 
 A PTQ baseline (same calibration windows, same float islands) and the fp32 model are scored on
-held-out windows beside QAT. Float islands: sampling coordinates, indices and the attention
-mask's statistics always; whole blocks via --float-groups (default: the weight-free exposure
-merge, whose int8 output is NaN, and the linear-HDR input/output arithmetic; see the per-block sensitivity in the report). Writes
+held-out windows beside QAT; QAT's activation ranges start from the PTQ baseline's (min/max over
+the same windows). Float islands: sampling coordinates, indices and the attention mask's
+statistics always; whole blocks via --float-groups (default: the weight-free exposure merge,
+whose int8 output is NaN, and the linear-HDR input/output arithmetic) and per centre exposure
+(--float-groups-short, default head and routers; see quantize/README.md). Writes
 quantize_report.json, quantize_report.md and manifest.json into --out.
 
     python quantize/qat.py
@@ -64,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-clips", type=int, default=4,
                    help="synthetic training clips (2 windows each) for QAT and for PTQ "
                         "calibration (default 4)")
-    p.add_argument("--float-groups", type=lambda t: parse_list(t, group_names()),
-                   default=["merge", "io", "router", "decoder_l1"],
-                   help=f"block groups kept float, comma-separated, from {list(group_names())}"
-                        "; io = input linearisation and output composition, decoder_l1 = the "
-                        "full-resolution decoder level; the defaults are the groups whose int8 "
-                        "alone costs most, see quantize/README.md (default "
-                        "merge,io,router,decoder_l1)")
+    groups = lambda t: parse_list(t, group_names())  # noqa: E731
+    p.add_argument("--float-groups", type=groups, default=["merge", "io"],
+                   help=f"block groups kept float in every graph, comma-separated, from "
+                        f"{list(group_names())}; io = input linearisation and output "
+                        "composition (default merge,io: int8 gives NaN / 15 dB)")
+    p.add_argument("--float-groups-short", type=groups, default=["head", "router"],
+                   help="more groups kept float in the short-centre graphs, whose output "
+                        "leans on the head's residual over a noisy short frame (default "
+                        "head,router; measured in quantize/README.md)")
+    p.add_argument("--float-groups-long", type=groups, default=[],
+                   help="more groups kept float in the long-centre graphs (default none: "
+                        "fully int8 they are within 0.1 dB of fp32)")
     p.add_argument("--ptq-observer", choices=("minmax", "histogram"), default="minmax",
                    help="PTQ activation observer: minmax, the range QAT's fake quantizers "
                         "start from (so the gap measures what training buys), or histogram "
@@ -85,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QAT state folder to resume from (default: <out>.qat-state)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     return p
+
+
+def float_groups_by_centre(args) -> dict[str, tuple[str, ...]]:
+    return {"short": tuple(dict.fromkeys(args.float_groups + args.float_groups_short)),
+            "long": tuple(dict.fromkeys(args.float_groups + args.float_groups_long))}
 
 
 def export_graphs(model, buckets, size) -> dict:
@@ -109,9 +121,8 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     from quantize.sensitivity import ptq
 
     model, buckets, programs = ctx["model"], ctx["buckets"], ctx["programs"]
-    policy_kw = {"float_groups": tuple(args.float_groups)}
-    graphs, policies = prepare_graphs(model, buckets, args.size, backend,
-                                      tuple(args.float_groups))
+    float_for = float_groups_by_centre(args)
+    graphs, policies = prepare_graphs(model, buckets, args.size, backend, float_for)
     cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill)
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
     record = train(graphs, {b.name: b.centre for b in buckets}, ctx["train_windows"], cfg,
@@ -120,11 +131,11 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     for name, gm in graphs.items():
         move_exported_model_to_eval(gm)
         converted[name] = convert_pt2e(gm)
-    section = {"qat": record, "float_islands": policies[buckets[0].name].describe(),
-               "buckets": {}}
+    section = {"qat": record, "buckets": {},
+               "float_islands": {n: p.describe() for n, p in policies.items()}}
     for b in buckets:
-        ptq_model = ptq(programs[b.name], backend, policy_kw, ctx["train_windows"],
-                        args.ptq_observer, b.centre)
+        ptq_model = ptq(programs[b.name], backend, {"float_groups": float_for[b.centre]},
+                        ctx["train_windows"], args.ptq_observer, b.centre)
         with torch.no_grad():
             fp32 = quality(BucketGraph(model, b).eval(), ctx["windows"], b.centre)
             q_ptq = quality(ptq_model, ctx["windows"], b.centre)
@@ -167,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  seed=2, progress=True),
                    "programs": export_graphs(model, buckets, args.size)}
             report = {"backends": {}, "size": list(args.size),
-                      "float_groups": args.float_groups, "ptq_observer": args.ptq_observer}
+                      "float_groups": float_groups_by_centre(args),
+                      "ptq_observer": args.ptq_observer}
             if not args.no_sensitivity:
                 report["sensitivity"] = arts.sensitivity(ctx, args)
             records, notes = [], []

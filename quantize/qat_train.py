@@ -42,8 +42,10 @@ class QATConfig:
     distill: float = 1.0
 
 
-def prepare_graphs(model, buckets, size, backend: str, float_groups: tuple[str, ...]):
+def prepare_graphs(model, buckets, size, backend: str,
+                   float_groups: tuple[str, ...] | dict[str, tuple[str, ...]]):
     """{bucket name: prepare_qat_pt2e graph}, {name: FloatPolicy}, exported from a copy of
+    `model` (`float_groups`: one set, or one per centre exposure). Exported from a copy of
     `model`: an exported module shares its parameters' storage with the module it came from,
     and QAT must not move the float model the report compares against."""
     import copy
@@ -59,7 +61,8 @@ def prepare_graphs(model, buckets, size, backend: str, float_groups: tuple[str, 
     for b in buckets:
         gm = torch.export.export(BucketGraph(own, b), example_inputs(b, size),
                                  strict=False).module()
-        policies[b.name] = FloatPolicy(gm, float_groups=float_groups)
+        groups = float_groups[b.centre] if isinstance(float_groups, dict) else float_groups
+        policies[b.name] = FloatPolicy(gm, float_groups=groups)
         graphs[b.name] = prepare_qat_pt2e(gm, make_quantizer(backend, policies[b.name],
                                                              qat=True))
     return graphs, policies
@@ -91,13 +94,68 @@ def quantizer_state(gm: fx.GraphModule, params: set[str]) -> dict[str, torch.Ten
             if k not in params}
 
 
-def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
+def _fake_quantizers(gm: fx.GraphModule) -> list:
     from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
+    return [m for m in gm.modules() if isinstance(m, FakeQuantizeBase)]
+
+
+def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
+    """Weight ranges follow the weights until the freeze point; activation ranges were set by
+    `calibrate_ranges` and stay."""
     for gm in graphs.values():
-        for mod in gm.modules():
-            if isinstance(mod, FakeQuantizeBase):
+        for mod in _fake_quantizers(gm):
+            if getattr(mod, "is_per_channel", False):
                 (mod.enable_observer if enabled else mod.disable_observer)()
+            else:
+                mod.disable_observer()
+
+
+def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
+                     windows: list) -> None:
+    """Set every activation fake quantizer to the min/max over all calibration windows of
+    its graph's centre, with fake quantization off (float activations, as PTQ calibrates).
+
+    The upstream QAT observers are moving averages (constant 0.01) seeded by the first batch:
+    with a few steps per graph their ranges stayed those of one window and clipped the
+    brighter ones (128², s15: QAT at lr 0 was 0.1-0.5 dB below minmax PTQ). Calibrated this
+    way, QAT starts from exactly the ranges of the PTQ baseline, so the report's QAT-vs-PTQ
+    gap is what training buys."""
+    for name, gm in graphs.items():
+        fqs = _fake_quantizers(gm)
+        acts = [m for m in fqs if not getattr(m, "is_per_channel", False)]
+        lo: dict[int, torch.Tensor] = {}
+        hi: dict[int, torch.Tensor] = {}
+
+        def hook(mod, inputs, lo=lo, hi=hi):
+            a, b = torch.aminmax(inputs[0].detach().float())
+            k = id(mod)
+            lo[k] = a if k not in lo else torch.minimum(lo[k], a)
+            hi[k] = b if k not in hi else torch.maximum(hi[k], b)
+
+        for m in fqs:
+            m.disable_fake_quant()
+            m.disable_observer()
+        handles = [m.register_forward_pre_hook(hook) for m in acts]
+        try:
+            with torch.no_grad():
+                for w in windows:
+                    if w.centre == centres[name]:
+                        gm(w.frames, w.exposures)
+        finally:
+            for h in handles:
+                h.remove()
+        for m in acts:
+            if id(m) not in lo:
+                continue
+            obs = m.activation_post_process
+            obs.min_val.resize_(()).copy_(lo[id(m)])
+            obs.max_val.resize_(()).copy_(hi[id(m)])
+            scale, zero_point = obs.calculate_qparams()
+            m.scale.resize_(scale.shape).copy_(scale)
+            m.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        for m in fqs:
+            m.enable_fake_quant()
 
 
 def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list) -> None:
@@ -161,6 +219,8 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     opt = torch.optim.Adam(shared.values(), lr=cfg.lr)
     loss_fn = HDRLoss(vgg_weight=0.0, white=cfg.white)
     start, losses = load_state(state_dir, graphs, shared, opt)
+    if start == 0:  # a resumed state carries its calibrated ranges
+        calibrate_ranges(graphs, centres, windows)
     names = list(graphs)
     by_centre = {c: [w for w in windows if w.centre == c] for c in set(centres.values())}
     for c, ws in by_centre.items():
