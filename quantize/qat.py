@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate, cosine to 1e-7 "
                    "(default 1e-5)")
     p.add_argument("--distill", type=float, default=1.0,
-                   help="weight of the mu-law L1 to the fp32 model's output, added to the "
-                        "ground-truth L1; 0 trains on ground truth alone (default 1)")
+                   help="share of the mu-law L1 taken against the fp32 model's output "
+                        "instead of the ground truth: 0 = ground truth only, 1 = "
+                        "distillation only (default 1: at 128x128, s15_short it kept QAT "
+                        "0.2 dB closer to fp32 than ground truth did)")
     p.add_argument("--train-clips", type=int, default=4,
                    help="synthetic training clips (2 windows each) for QAT and for PTQ "
                         "calibration (default 4)")
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        if args.distill < 0:
-            raise ValueError(f"--distill must be >= 0, got {args.distill}")
+        if not 0 <= args.distill <= 1:
+            raise ValueError(f"--distill must be in [0, 1], got {args.distill}")
         if args.threads:
             torch.set_num_threads(args.threads)
         started = time.time()
