@@ -21,19 +21,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from dealthdr.profile import COMPONENTS
+
 log = logging.getLogger(__name__)
 
-# Display rows -> (module attribute names of DeAltHDR); the same grouping as the profiler's
-# dealthdr.profile.COMPONENTS, with the merge shown on its own.
-ROWS = {
-    "encoders": ("encoder_short", "encoder_long"),
-    "flow (SpyNet)": ("spynet",),
-    "FGMA": ("fgma",),
-    "router": ("middle_router", "routers"),
-    "middle": ("middle",),
-    "decoder": ("decoder", "ups", "skips", "align_proj", "head"),
-    "merge": ("merge",),
-}
+# Display rows -> (module attribute names of DeAltHDR): the profiler's components, with the
+# merge shown on its own.
+ROWS = {**COMPONENTS, "merge": ("merge",)}
 ATTENTION = "FGMA attention"                 # sub-rows of FGMA
 FGMA_REST = "FGMA warp + mask + selection"
 

@@ -42,7 +42,7 @@ def markdown(report: dict) -> str:
         for g, r in sens["groups"].items():
             v = "NaN/Inf output" if r["non_finite"] else f"{r['psnr_mu_vs_fp32']:.1f}"
             lines.append(f"| {g} | {v} |")
-    lines += ["", f"Kept float: sampling coordinates, indices and mask statistics always; "
+    lines += ["", "Kept float: sampling coordinates, indices and mask statistics always; "
               "groups " + "; ".join(f"{c} centre: {', '.join(g)}" for c, g in
                                     report["float_groups"].items()) + ".", ""]
     return "\n".join(lines)

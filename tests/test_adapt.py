@@ -1,12 +1,8 @@
 """`dealthdr adapt` (Algorithm 1): frame selection, the EMA teacher, losses, exact resume."""
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +12,8 @@ from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint, state_dict_
 from dealthdr.data.sequence import open_sequence
 from dealthdr.train.adapt import AdaptConfig, Adapter, ema_update, plan_step, subset_window
 from tests.clipfactory import write_translation_clip
+from tests.subproc import read_log, run_dealthdr
 
-ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--steps", "6", "--patch", "32", "--ckpt-every", "2", "--threads", "1",
         "--lr", "1e-4", "--ema-decay", "0.9"]
 
@@ -64,7 +60,7 @@ def test_adapt_steps_finite_and_teacher_moves(clip, tmp_path):
     adapter = Adapter(cfg, open_sequence(clip), tmp_path / "run")
     init, _ = load_checkpoint("default")
     record = adapter.run()
-    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [0, 1, 2]
     assert all(np.isfinite([r["loss"], r["l_time"], r["l_ema"]]).all() for r in log)
     assert log[0]["l_ema"] < 1e-6 < log[2]["l_ema"]  # teacher = student only at the start
@@ -83,16 +79,11 @@ def test_adapt_steps_finite_and_teacher_moves(clip, tmp_path):
 
 
 def _adapt(clip, out, *extra, wait=True):
-    cmd = [sys.executable, "-m", "dealthdr", "adapt", "--input", str(clip), "--out", str(out),
-           *ARGS, *extra]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_dealthdr("adapt", "--input", clip, out, ARGS, *extra, wait=wait)
 
 
 def _log(out):
-    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    return read_log(out)
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(clip, tmp_path):

@@ -15,6 +15,7 @@ from dealthdr.train.dataset import ParityBatchSampler, WindowDataset
 from dealthdr.train.loop import TrainConfig, sample_s
 from dealthdr.train.losses import HDRLoss, VGG16Features, mu_law
 from tests.clipfactory import write_dataset
+from tests.subproc import read_log, run_dealthdr
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--steps", "8", "--spynet-steps", "3", "--batch", "2", "--patch", "32",
@@ -27,16 +28,11 @@ def clips(tmp_path_factory):
 
 
 def _train(clips, out, *extra, wait=True):
-    cmd = [sys.executable, "-m", "dealthdr", "train", "--data", str(clips), "--out", str(out),
-           *ARGS, *extra]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_dealthdr("train", "--data", clips, out, ARGS, *extra, wait=wait)
 
 
 def _log(out):
-    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    return read_log(out)
 
 
 def test_dataset_windows_and_flow_pairs(clips):

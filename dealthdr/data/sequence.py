@@ -241,16 +241,20 @@ def _open_images(path: Path, files: list[Path]) -> Sequence:
         i = next(j for j, d in enumerate(depths) if d != depths[0])
         raise ValueError(f"mixed bit depths: {names[0]} is {depths[0]}-bit, {names[i]} is "
                          f"{depths[i]}-bit")
-    exposures, source = None, "metadata"
-    if all(e is not None for e in metadata):
-        exposures = np.array(metadata, dtype=np.float64)
-    else:
-        exposures, source = read_sidecar(path, names), SIDECAR
-    if exposures is None:
-        raise _missing_exposures(path, names)
+    exposures, source = _exposures(path, names, metadata)
     return Sequence("images", path, names, exposures, sizes[0][1], sizes[0][0],
                     lambda i: read_ldr(files[i]), None,
                     {"bit_depth": depths[0], "exposure_source": source})
+
+
+def _exposures(path: Path, names: list[str], metadata: list) -> tuple[np.ndarray, str]:
+    """Every file's own exposure metadata, else the sidecar; (exposures, where from)."""
+    if all(e is not None for e in metadata):
+        return np.array(metadata, dtype=np.float64), "metadata"
+    exposures = read_sidecar(path, names)
+    if exposures is None:
+        raise _missing_exposures(path, names)
+    return exposures, SIDECAR
 
 
 def _same_size(names: list[str], sizes: list[tuple[int, int]]) -> None:
@@ -267,13 +271,7 @@ def _open_raw(path: Path, files: list[Path]) -> Sequence:
     heads = [raw_header(p) for p in files]
     _same_size(names, [(h.width, h.height) for h in heads])
     metadata = [h.exposure for h in heads]
-    exposures, source = None, "metadata"
-    if all(e is not None for e in metadata):
-        exposures = np.array(metadata, dtype=np.float64)
-    else:
-        exposures, source = read_sidecar(path, names), SIDECAR
-    if exposures is None:
-        raise _missing_exposures(path, names)
+    exposures, source = _exposures(path, names, metadata)
     info = {"exposure_source": source, "exposure_time_s": [h.exposure_time for h in heads],
             "iso": [h.iso for h in heads], "cfa": heads[0].cfa}
     return Sequence("raw", path, names, exposures, heads[0].height, heads[0].width,
