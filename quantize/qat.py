@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PTQ activation observer: minmax, the range QAT's fake quantizers "
                         "start from (so the gap measures what training buys), or histogram "
                         "(upstream's clipping search, ~2.5 min per graph) (default minmax)")
+    p.add_argument("--onnx-max-drop", type=float, default=None, metavar="DB",
+                   help="onnx backend: NNCF accuracy control, reverting quantizers until "
+                        "PSNR-mu on the calibration windows is within DB of fp32 (default: "
+                        "plain nncf.quantize)")
     p.add_argument("--no-latency", action="store_true",
                    help="skip the host latency comparison (it lowers one extra fp32 .pte)")
     p.add_argument("--no-sensitivity", action="store_true",
@@ -127,8 +131,11 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     graphs, policies = prepare_graphs(model, buckets, args.size, backend, float_for)
     cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill)
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
+    settings = {"backend": backend, "size": list(args.size), "float_groups": float_for,
+                "buckets": {b.name: list(b.budget) for b in buckets},
+                "checkpoint_sha256": ctx["checkpoint_sha256"], "train_clips": args.train_clips}
     record = train(graphs, {b.name: b.centre for b in buckets}, ctx["train_windows"], cfg,
-                   ctx["state"] / backend, teachers)
+                   ctx["state"] / backend, teachers, settings)
     converted = {}
     for name, gm in graphs.items():
         move_exported_model_to_eval(gm)
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if args.onnx_max_drop is not None and args.onnx_max_drop <= 0:
+            raise ValueError(f"--onnx-max-drop must be > 0 dB, got {args.onnx_max_drop}")
         if not 0 <= args.distill <= 1:
             raise ValueError(f"--distill must be in [0, 1], got {args.distill}")
         if args.threads:
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         with staging_dir(args.out, args.force) as stage:
             model, info, calibration, buckets, windows = prepare(args)
             ctx = {"model": model, "buckets": buckets, "windows": windows, "state": state,
+                   "checkpoint_sha256": info["checkpoint_sha256"],
                    "train_windows": make_windows("train", *args.size, clips=args.train_clips,
                                                  seed=2, progress=True),
                    "programs": export_graphs(model, buckets, args.size)}

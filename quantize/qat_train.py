@@ -157,7 +157,8 @@ def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
             m.enable_fake_quant()
 
 
-def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list) -> None:
+def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list,
+               settings: dict | None = None) -> None:
     from safetensors.torch import save
 
     from dealthdr.train.state import save_optimizer
@@ -170,13 +171,15 @@ def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses:
     atomic_write_bytes(folder / f"step_{step:06d}.safetensors", save(tensors))
     save_optimizer(opt, folder / f"step_{step:06d}_optim")
     atomic_write_bytes(folder / "latest.json",
-                       json.dumps({"step": step, "losses": losses}).encode())
+                       json.dumps({"step": step, "losses": losses,
+                                   "settings": settings}).encode())
     for old in sorted(folder.glob("step_??????.safetensors"))[:-2]:
         for p in folder.glob(old.stem + "*"):
             p.unlink(missing_ok=True)
 
 
-def load_state(folder: Path, graphs: dict, shared: dict, opt) -> tuple[int, list]:
+def load_state(folder: Path, graphs: dict, shared: dict, opt,
+               settings: dict | None = None) -> tuple[int, list]:
     """Resume from `folder`; returns (step, losses), (0, []) when there is nothing to resume."""
     from safetensors.torch import load_file
 
@@ -186,6 +189,9 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt) -> tuple[int, list
     if not pointer.exists():
         return 0, []
     doc = json.loads(pointer.read_text())
+    if doc.get("settings") != settings:
+        raise ValueError(f"{folder} holds QAT state of other settings ({doc.get('settings')}); "
+                         f"this run has {settings}: delete it or pass another --state")
     step = doc["step"]
     tensors = load_file(str(folder / f"step_{step:06d}.safetensors"))
     with torch.no_grad():
@@ -202,10 +208,15 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt) -> tuple[int, list
 
 
 def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: list,
-          cfg: QATConfig, state_dir: Path, teachers: dict | None = None) -> dict:
+          cfg: QATConfig, state_dir: Path, teachers: dict | None = None,
+          settings: dict | None = None) -> dict:
     """Fine-tune the tied graphs in place. `windows` are training windows at the graphs'
     shape; a graph trains on windows with its centre exposure. `teachers` ({name: fp32
-    callable}) are the distillation targets when `cfg.distill` > 0. Returns a training record."""
+    callable}) are the distillation targets when `cfg.distill` > 0; `settings` (JSON) is what
+    else defines the graphs (backend, float islands, buckets, size, checkpoint): a state saved
+    under other settings is refused, not loaded into graphs it does not fit. Returns a
+    training record."""
+    settings = json.loads(json.dumps({"config": asdict(cfg), **(settings or {})}))
     from torchao.quantization.pt2e import move_exported_model_to_train
     from tqdm import tqdm
 
@@ -217,7 +228,7 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
         move_exported_model_to_train(gm)
     opt = torch.optim.Adam(shared.values(), lr=cfg.lr)
     loss_fn = HDRLoss(vgg_weight=0.0, white=cfg.white)
-    start, losses = load_state(state_dir, graphs, shared, opt)
+    start, losses = load_state(state_dir, graphs, shared, opt, settings)
     if start == 0:  # a resumed state carries its calibrated ranges
         calibrate_ranges(graphs, centres, windows)
     names = list(graphs)
@@ -260,7 +271,7 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
         losses.append(round(float(loss), 6))
         bar.set_postfix(loss=f"{loss.item():.4f}", graph=name)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save_state(state_dir, graphs, shared, opt, step + 1, losses)
+            save_state(state_dir, graphs, shared, opt, step + 1, losses, settings)
     return {"config": asdict(cfg), "graphs": names, "losses": losses,
             "first_loss": losses[0] if losses else None,
             "last_loss_mean10": sum(losses[-10:]) / max(1, len(losses[-10:]))}

@@ -124,7 +124,8 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
 
     # a kill after step 2's checkpoint: the pointer still names step 2 (step 3 never landed)
     pointer = tmp_path / "a" / "latest.json"
-    pointer.write_text(json.dumps({"step": 2, "losses": ref["losses"][:2]}))
+    doc = json.loads(pointer.read_text())
+    pointer.write_text(json.dumps({**doc, "step": 2, "losses": ref["losses"][:2]}))
     resumed = graphs()  # a fresh process: new graphs, state from disk
     rec = train(resumed, centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
                 tmp_path / "a", teachers)
@@ -139,6 +140,9 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     with pytest.raises(ValueError, match="share"):
         train(graphs(), centres, windows, QATConfig(steps=3, distill=1.5), tmp_path / "f",
               teachers)
+    with pytest.raises(ValueError, match="other settings"):   # never loaded into other graphs
+        train(graphs(), centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
+              tmp_path / "a", teachers, settings={"float_groups": ["merge"]})
     with pytest.raises(ValueError, match="one step per graph"):
         train(graphs(), centres, windows, QATConfig(steps=1), tmp_path / "c", teachers)
     with pytest.raises(ValueError, match="teacher"):
