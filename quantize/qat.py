@@ -17,7 +17,7 @@ held-out windows beside QAT; QAT's activation ranges start from the PTQ baseline
 the same windows). Float islands: sampling coordinates, indices and the attention mask's
 statistics always; whole blocks via --float-groups (default: the weight-free exposure merge,
 whose int8 output is NaN, and the linear-HDR input/output arithmetic) and per centre exposure
-(--float-groups-short, default head and routers; see quantize/README.md). Writes
+(--float-groups-short, default head, routers and decoder; see quantize/README.md). Writes
 quantize_report.json, quantize_report.md and manifest.json into --out.
 
     python quantize/qat.py
@@ -73,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"block groups kept float in every graph, comma-separated, from "
                         f"{list(group_names())}; io = input linearisation and output "
                         "composition (default merge,io: int8 gives NaN / 15 dB)")
-    p.add_argument("--float-groups-short", type=groups, default=["head", "router"],
+    p.add_argument("--float-groups-short", type=groups,
+                   default=["head", "router", "decoder", "decoder_l1"],
                    help="more groups kept float in the short-centre graphs, whose output "
-                        "leans on the head's residual over a noisy short frame (default "
-                        "head,router; measured in quantize/README.md)")
+                        "leans on the decoder's residual over a noisy short frame (default "
+                        "head,router,decoder,decoder_l1; measured in quantize/README.md)")
     p.add_argument("--float-groups-long", type=groups, default=[],
                    help="more groups kept float in the long-centre graphs (default none: "
                         "fully int8 they are within 0.1 dB of fp32)")

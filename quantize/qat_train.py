@@ -216,13 +216,25 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     else defines the graphs (backend, float islands, buckets, size, checkpoint): a state saved
     under other settings is refused, not loaded into graphs it does not fit. Returns a
     training record."""
-    settings = json.loads(json.dumps({"config": asdict(cfg), **(settings or {})}))
     from torchao.quantization.pt2e import move_exported_model_to_train
     from tqdm import tqdm
 
     from dealthdr.train.loop import cosine_lr
     from dealthdr.train.losses import HDRLoss
 
+    settings = json.loads(json.dumps({"config": asdict(cfg), **(settings or {})}))
+    names = list(graphs)
+    if not 0 <= cfg.distill <= 1:
+        raise ValueError(f"distill is a share of the loss in [0, 1], got {cfg.distill}")
+    if cfg.distill > 0 and set(teachers or ()) != set(names):
+        raise ValueError("distillation needs an fp32 teacher for every graph")
+    if cfg.steps < len(names):
+        raise ValueError(f"QAT needs at least one step per graph: {cfg.steps} steps for "
+                         f"{len(names)} graphs")
+    by_centre = {c: [w for w in windows if w.centre == c] for c in set(centres.values())}
+    for c, ws in by_centre.items():
+        if not ws:
+            raise ValueError(f"no training windows with a {c}-exposure centre")
     shared = tie_parameters(graphs)
     for gm in graphs.values():
         move_exported_model_to_train(gm)
@@ -231,18 +243,6 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     start, losses = load_state(state_dir, graphs, shared, opt, settings)
     if start == 0:  # a resumed state carries its calibrated ranges
         calibrate_ranges(graphs, centres, windows)
-    names = list(graphs)
-    by_centre = {c: [w for w in windows if w.centre == c] for c in set(centres.values())}
-    for c, ws in by_centre.items():
-        if not ws:
-            raise ValueError(f"no training windows with a {c}-exposure centre")
-    if not 0 <= cfg.distill <= 1:
-        raise ValueError(f"distill is a share of the loss in [0, 1], got {cfg.distill}")
-    if cfg.distill > 0 and set(teachers or ()) != set(names):
-        raise ValueError("distillation needs an fp32 teacher for every graph")
-    if cfg.steps < len(names):
-        raise ValueError(f"QAT needs at least one step per graph: {cfg.steps} steps for "
-                         f"{len(names)} graphs")
     # every graph observes on its first round, whatever the freeze point
     freeze = max(len(names), math.ceil(cfg.freeze_observers_at * cfg.steps))
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="QAT")
