@@ -183,6 +183,7 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "int8.qat-state"]
 
 
+@pytest.mark.slow   # ~2-4 min of coremltools conversion; CI (.ci/run) deselects slow tests
 def test_qat_cli_coreml_package_is_w8a8_with_fp32_warp(tmp_path):
     """The Core ML leg (flow-only bucket, the smallest graph): quantize/dequantize ops in the
     package (W8A8, not fp16), resample kept fp32, numeric parity recorded as pending."""
