@@ -140,9 +140,14 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
 def test_worker_peak_memory_sees_native_allocations():
     from device_bench.worker import peak_memory, start_memory_watch
 
+    import mmap
+
     watch = start_memory_watch()
-    block = np.ones(64 * 2 ** 20 // 8)   # 64 MB touched, then freed before the reading
-    del block
+    # 64 MB of fresh anonymous pages, touched, then unmapped before the reading. A heap
+    # allocation may reuse memory that earlier tests left resident (seen in the full suite).
+    block = mmap.mmap(-1, 64 * 2 ** 20)
+    np.frombuffer(block, dtype=np.uint8)[:] = 1
+    block.close()
     assert peak_memory(watch)["peak_mem_mb"] > 50
 
 
