@@ -19,7 +19,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import torch
 
 
 def _s_or_mix(text: str) -> float:
@@ -75,15 +74,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import apply_threads
     from .checkpoint import resolve_checkpoint
     from .data.sequence import open_sequence
     from .reconstruct_cli import frame_range
     from .train.adapt import AdaptConfig, Adapter
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.white < 0 or args.lr <= 0 or args.lr_min < 0:
         raise ValueError("--white and --lr-min must be >= 0, --lr > 0")
     if not resolve_checkpoint(args.init).is_file():

@@ -33,6 +33,17 @@ def parse_s_list(text: str) -> list[float]:
     return values
 
 
+def apply_threads(threads: int | None) -> None:
+    """--threads of a subcommand: torch intra-op threads, None leaves torch's default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError("--threads must be >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import adapt_cli
     from . import evaluate_cli

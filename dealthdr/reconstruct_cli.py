@@ -13,7 +13,6 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
 
 
 def parse_sensitivity(text: str) -> float:
@@ -103,14 +102,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import apply_threads
     from .checkpoint import load_checkpoint
     from .data.sequence import open_sequence
     from .reconstruct import reconstruct
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.tile < 0 or args.overlap < 0:
         raise ValueError("--tile and --overlap must be >= 0")
     model, _ = load_checkpoint(args.checkpoint)  # fail on a bad checkpoint before reading data
