@@ -25,7 +25,6 @@ def skip_targets() -> set:
     from executorch.exir.operator.util import _QUANT_PRIMITIVES
     from executorch.exir.passes.constant_prop_pass import get_default_skip_targets_no_quant
     from executorch.exir.passes.replace_aten_with_edge_pass import aten_to_edge
-    import torch
 
     out = set(get_default_skip_targets_no_quant())
     for op in _QUANT_PRIMITIVES:
