@@ -79,7 +79,13 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed inferences after the load; the first is also checked for shape "
                         "and finiteness (default 2)")
-    p.add_argument("--repeat", type=int, default=10, help="timed inferences (default 10)")
+    p.add_argument("--repeat", type=int, default=10,
+                   help="timed inferences per pass (default 10)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="measure every job this many times, interleaved: pass 1 runs the jobs "
+                        "in order, pass 2 in reverse, ... (a slow drift of the machine then "
+                        "lands on every artifact alike); the record pools all passes' samples "
+                        "and keeps each pass's median (default 1)")
     p.add_argument("--trim", type=float, default=0.1,
                    help="share of fastest and of slowest samples dropped before the statistics "
                         "(default 0.1)")
@@ -134,7 +140,8 @@ def build_record(job, result: dict, host: dict, gflops, components: dict, trim: 
         "threads_effective": result.get("threads_effective"),
         "gflops_components": {k: round(v, 4) for k, v in components.items()},
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **job.extra}
+        "passes": result.get("passes", 1),
+        "pass_medians_ms": result.get("pass_medians_ms"), **job.extra}
 
 
 def run_job(job, warmup: int, repeat: int, timeout: float) -> dict:
@@ -162,39 +169,81 @@ def run_job(job, warmup: int, repeat: int, timeout: float) -> dict:
     return result
 
 
+def merge_passes(results: list[dict]) -> dict:
+    """One worker result from several passes of the same job: samples pooled, the load time's
+    median, the peak memory's maximum, and each pass's median kept."""
+    from device_bench.stats import percentile
+
+    first = results[0]
+    return {**first, "samples_ms": [v for r in results for v in r["samples_ms"]],
+            "load_ms": percentile([r["load_ms"] for r in results], 50),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in results),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+            "passes": len(results),
+            "pass_medians_ms": [round(percentile(r["samples_ms"], 50), 3) for r in results]}
+
+
+def interleaved(todo: list, passes: int) -> list[tuple[int, object]]:
+    """(pass, job) in the order they run: forward, backward, forward, ..."""
+    return [(p, j) for p in range(passes) for j in (todo if p % 2 == 0 else todo[::-1])]
+
+
 def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, trim: float,
-                timeout: float) -> tuple[list[dict], list[str]]:
-    """Run the jobs not yet in `out`; returns (all records, failures)."""
+                timeout: float, passes: int = 1) -> tuple[list[dict], list[str]]:
+    """Run the jobs not yet in `out`, `passes` times interleaved; returns (all records,
+    failures). Finished passes of unfinished jobs wait in `<out>.partial.json`, so a resumed
+    run only measures what is missing."""
     from tqdm import tqdm
 
+    from dealthdr.checkpoint import atomic_write_bytes
     from device_bench import schema
     from device_bench.jobs import FlopCache
 
     records = schema.read_records(out) if out.is_file() else []
     host = host_fields(device)
     done = {schema.key(r) for r in records}
+    partial_path = out.with_name(out.name + ".partial.json")
+    partial = json.loads(partial_path.read_text()) if partial_path.is_file() else {}
 
     def job_key(j):
         return (device, j.runtime, j.backend, j.precision, j.variant, j.s, j.centre,
                 tuple(j.bucket_k), j.size_text, j.threads, j.sha256)
+
+    def save_partial():
+        if partial:
+            atomic_write_bytes(partial_path, json.dumps(partial).encode())
+        elif partial_path.exists():
+            partial_path.unlink()
     todo = [j for j in jobs if job_key(j) not in done]
     if len(todo) < len(jobs):
         log.info("%s holds %d of the %d measurements; running the other %d", out,
                  len(jobs) - len(todo), len(jobs), len(todo))
-    flops, failures = FlopCache(), []
-    for job in tqdm(todo, desc="device_bench run", unit="job"):
+    flops, failures, failed = FlopCache(), [], set()
+    for p, job in tqdm(interleaved(todo, passes), desc="device_bench run", unit="job"):
+        k = json.dumps(job_key(job))
+        have = partial.get(k, [])
+        if k in failed or len(have) > p:
+            continue
         try:
-            result = run_job(job, warmup, repeat, timeout)
+            while len(have) <= p:      # a resumed job may lack an earlier pass too
+                have.append(run_job(job, warmup, repeat, timeout))
         except RuntimeError as err:
             log.error("%s", err)
             failures.append(str(err).splitlines()[0])
+            failed.add(k)
+            continue
+        partial[k] = have
+        if len(have) < passes:
+            save_partial()
             continue
         gflops, comps = flops(job)
-        rec = build_record(job, result, host, gflops, comps, trim)
+        rec = build_record(job, merge_passes(have), host, gflops, comps, trim)
         if schema.key(rec) != job_key(job):  # the worker reports its runtime's own name
             raise RuntimeError(f"{job.label}: record key {schema.key(rec)} != job key")
         records.append(schema.validate(rec, job.label))
         schema.write_records(out, records)
+        del partial[k]
+        save_partial()
         log.info("%s: %.4g ms median (p10 %.4g, p90 %.4g), load %.4g ms, +%.0f MB", job.label,
                  rec["latency_ms_median"], rec["latency_ms_p10"], rec["latency_ms_p90"],
                  rec["load_ms"], rec["peak_mem_mb"])
@@ -209,9 +258,9 @@ def run(args: argparse.Namespace) -> int:
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
         raise ValueError(f"--runtimes: {bad or 'nothing given'}; choose from {list(RUNTIMES)}")
-    if args.warmup < 1 or args.repeat < 1:
-        raise ValueError("--warmup and --repeat must be >= 1 (the first warm-up inference "
-                         "checks the output)")
+    if args.warmup < 1 or args.repeat < 1 or args.passes < 1:
+        raise ValueError("--warmup, --repeat and --passes must be >= 1 (the first warm-up "
+                         "inference checks the output)")
     if not 0 <= args.trim < 0.5:
         raise ValueError(f"--trim must be in [0, 0.5), got {args.trim}")
     centres = ("short", "long") if args.centre == "both" else (args.centre,)
@@ -221,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to measure: no artifact of the manifests matches --sizes / "
                          "--s / --centre / --runtimes on this host")
     records, failures = measure_all(jobs, args.out, args.device, args.warmup, args.repeat,
-                                    args.trim, args.timeout)
+                                    args.trim, args.timeout, args.passes)
     mine = [r for r in records if r["device"] == args.device]
     report = summary.summarise(mine)
     summary.write_json(args.out.with_suffix(".summary.json"), report)

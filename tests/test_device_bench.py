@@ -137,6 +137,44 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
     assert len(schema.read_records(out)) == 3
 
 
+def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch):
+    """--passes 2: forward then reverse order, one record per job pooling both passes, and a
+    run killed between passes resumes with only the missing pass."""
+    from device_bench import run as run_mod
+
+    root, _ = artifacts
+    out = tmp_path / "host.jsonl"
+    calls, fail = [], {"on": None}
+
+    def fake(job, warmup, repeat, timeout):
+        calls.append(job.runtime)
+        if len(calls) == fail["on"]:
+            raise KeyboardInterrupt                    # the run is killed here
+        base = {"torch": 30.0, "onnxruntime": 20.0, "executorch": 10.0}[job.runtime]
+        n = sum(c == job.runtime for c in calls)
+        return {"runtime": job.runtime, "runtime_version": "x", "load_ms": 5.0 * n,
+                "samples_ms": [base * n] * repeat, "peak_mem_mb": float(n),
+                "peak_rss_mb": 100.0, "peak_mem_method": "test", "threads_effective": 1}
+    monkeypatch.setattr(run_mod, "run_job", fake)
+    argv = ["-q", "run", "--artifacts", str(root / "et"), str(root / "onnx"), "--sizes", "32x32",
+            "--threads", "1", "--repeat", "3", "--passes", "2", "--out", str(out)]
+    fail["on"] = 5                                     # pass 2, second job
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    first, partial = calls[:3], out.with_name(out.name + ".partial.json")
+    assert calls[3] == first[2]                        # pass 2 starts where pass 1 ended
+    assert len(schema.read_records(out)) == 1 and partial.is_file()
+    fail["on"], calls[:] = None, []
+    assert main(argv) == 0
+    assert calls == first[:2][::-1]                    # only the missing passes ran
+    recs = {r["runtime"]: r for r in schema.read_records(out)}
+    assert len(recs) == 3 and not partial.exists()
+    ex = recs["executorch"]
+    assert ex["passes"] == 2 and ex["pass_medians_ms"] == [10.0, 20.0]
+    assert len(ex["samples_ms"]) == 6 and ex["latency_ms_median"] == 15.0
+    assert ex["peak_mem_mb"] == 2.0 and ex["load_ms"] == 7.5
+
+
 def test_worker_peak_memory_sees_native_allocations():
     from device_bench.worker import peak_memory, start_memory_watch
 
