@@ -125,6 +125,7 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     from export.buckets import BucketGraph
     from quantize.measure import quality
     from quantize.qat_train import QATConfig, prepare_graphs, train
+    from quantize.quantizers import check_attention_kept
     from quantize.sensitivity import ptq
 
     model, buckets, programs = ctx["model"], ctx["buckets"], ctx["programs"]
@@ -141,6 +142,7 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     for name, gm in graphs.items():
         move_exported_model_to_eval(gm)
         converted[name] = convert_pt2e(gm)
+        check_attention_kept(converted[name])
     section = {"qat": record, "buckets": {},
                "float_islands": {n: p.describe() for n, p in policies.items()}}
     for b in buckets:

@@ -68,6 +68,27 @@ def _with_activation_observer(config, observer: str):
                                output_activation=swap(config.output_activation))
 
 
+def check_attention_kept(model: fx.GraphModule) -> None:
+    """Raise if an FGMA top-k selection no longer feeds the output of a converted graph.
+
+    A graph pass that copies a tensor which is then written in place loses the write, and with
+    it the attention branch (measured once: the model's in-place scatter, since made out of
+    place). The int8 model still runs and scores like the flow-only bucket, so nothing else
+    would notice."""
+    out = next(n for n in model.graph.nodes if n.op == "output")
+    seen, todo = set(), [out]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    lost = [n.name for n in model.graph.nodes
+            if n.target == torch.ops.aten.topk.default and n not in seen]
+    if lost:
+        raise RuntimeError(f"quantization cut the attention branch off the output: {lost} no "
+                           "longer feed it (an in-place write into a copied tensor?)")
+
+
 def strip_annotations(model: fx.GraphModule, policy: FloatPolicy) -> int:
     """Remove the annotation of every node the policy keeps float. Returns how many."""
     n = 0

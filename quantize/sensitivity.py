@@ -21,7 +21,7 @@ def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str
     """Post-training int8 of one exported bucket program; returns the converted module."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from quantize.quantizers import make_quantizer
+    from quantize.quantizers import check_attention_kept, make_quantizer
 
     gm = program.module()
     prepared = prepare_pt2e(gm, make_quantizer(backend, FloatPolicy(gm, **policy_kw),
@@ -30,7 +30,9 @@ def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str
         for w in calibration:
             if w.centre == centre:
                 prepared(w.frames, w.exposures)
-    return convert_pt2e(prepared)
+    converted = convert_pt2e(prepared)
+    check_attention_kept(converted)
+    return converted
 
 
 def block_sensitivity(program, reference, backend: str, calibration: list, windows: list,

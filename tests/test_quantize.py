@@ -86,6 +86,23 @@ def test_prepared_graph_quantizes_the_weights_of_int8_blocks_only(program):
         assert observed[g] and not any(observed[g]), g              # kept float
 
 
+def test_int8_graph_keeps_the_attention_branch(program, windows):
+    """The s15 graph's top-k selections still feed the output after convert_pt2e (with the
+    model's former in-place scatter, the quantize/dequantize pair pt2e put after the zero map
+    dropped the write: no top-k fed the output, and lowering removed the branch)."""
+    from quantize.quantizers import check_attention_kept
+    from quantize.sensitivity import ptq
+
+    assert any(n.target == torch.ops.aten.topk.default for n in program.graph.nodes)
+    assert not [n for n in program.graph.nodes if getattr(n.target, "_schema", None) is not None
+                and n.target._schema.is_mutable and "detach_" not in str(n.target)]
+    model = ptq(program, "xnnpack", {"float_groups": ("merge", "io")}, windows, "minmax",
+                "short")
+    check_attention_kept(model)            # ptq() checks it too; here it must not raise
+    topk = [n for n in model.graph.nodes if n.target == torch.ops.aten.topk.default]
+    assert len(topk) == 3
+
+
 def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
     """Without the integer-scalar fix the prepared graph does not run (int64 * float), and
     without the float islands its output is NaN (merge) or far off."""

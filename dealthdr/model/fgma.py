@@ -227,9 +227,14 @@ def _zeros(like: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _scatter(out: torch.Tensor, n: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
              values: torch.Tensor) -> torch.Tensor:
-    """out[n, :, y, x] = values (Q, C), in place on a freshly allocated `out` (an out-of-place
-    index_put would copy the whole map, a cost that does not shrink with R). Positions are
-    unique in both policies, so the write order does not matter."""
+    """`out` with out[n, :, y, x] = values (Q, C). Positions are unique in both policies, so the
+    write order does not matter.
+
+    Out of place: an in-place write into a view of `out` is invisible to graph passes that
+    insert a copy of `out` (pt2e put a quantize/dequantize pair after it, the write landed in
+    the dropped original, and every int8 graph silently lost its attention branch: measured).
+    Exported graphs are functional anyway (functionalisation lowers the in-place form to this
+    same out-of-place index_put), so only eager mode pays one copy of the map."""
     # int64 indices: ONNX ScatterND takes no other type (the bucket policy computes int32).
-    out.permute(0, 2, 3, 1).index_put_((n.long(), y.long(), x.long()), values)
-    return out
+    nhwc = out.permute(0, 2, 3, 1).index_put((n.long(), y.long(), x.long()), values)
+    return nhwc.permute(0, 3, 1, 2)
