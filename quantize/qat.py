@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of the ground truth: 0 = ground truth only, 1 = "
                         "distillation only (default 1: at 128x128, s15_short it kept QAT "
                         "0.2 dB closer to fp32 than ground truth did)")
+    p.add_argument("--tie", choices=("centre", "all"), default="centre",
+                   help="centre: short- and long-centre graphs fine-tune separate weights (each "
+                        "centre is its own method in the artifacts); all: one set for every "
+                        "graph (default centre: tied across centres, the long graphs' int8 "
+                        "decoder training cost the float-decoder short graphs 0.7-0.9 dB)")
     p.add_argument("--train-clips", type=int, default=4,
                    help="synthetic training clips (2 windows each) for QAT and for PTQ "
                         "calibration (default 4)")
@@ -131,7 +136,7 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     model, buckets, programs = ctx["model"], ctx["buckets"], ctx["programs"]
     float_for = float_groups_by_centre(args)
     graphs, policies = prepare_graphs(model, buckets, args.size, backend, float_for)
-    cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill)
+    cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill, tie=args.tie)
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
     settings = {"backend": backend, "size": list(args.size), "float_groups": float_for,
                 "buckets": {b.name: list(b.budget) for b in buckets},

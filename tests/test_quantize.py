@@ -116,6 +116,22 @@ def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
     assert 25 < fig["psnr_mu_db"] < 80, fig   # int8 differs, but not by garbage
 
 
+def test_tie_parameters_within_a_centre_only():
+    from quantize.qat_train import tie_parameters
+
+    graphs = {n: torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+              for n in ("s0_short", "s15_short", "s15_long")}
+    centres = {"s0_short": "short", "s15_short": "short", "s15_long": "long"}
+    shared = tie_parameters(graphs, centres)
+    w = {n: dict(g.named_parameters())["0.weight"] for n, g in graphs.items()}
+    assert w["s0_short"] is w["s15_short"] and w["s15_long"] is not w["s0_short"]
+    assert sorted(shared) == ["long:0.bias", "long:0.weight", "short:0.bias", "short:0.weight"]
+    everything = tie_parameters(graphs)
+    assert sorted(everything) == ["0.bias", "0.weight"]
+    assert all(dict(g.named_parameters())["0.weight"] is everything["0.weight"]
+               for g in graphs.values())
+
+
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     from quantize.qat_train import QATConfig, prepare_graphs, train
 
