@@ -86,11 +86,16 @@ def tie_parameters(graphs: dict[str, fx.GraphModule],
     for name, gm in graphs.items():
         for pname, p in list(gm.named_parameters()):
             if sets is not None:
-                pname_key = f"{sets[name]}:{pname}"
-                if pname_key in shared:
-                    _set_param(gm, pname, shared[pname_key])
-                else:
-                    shared[pname_key] = p
+                key = f"{sets[name]}:{pname}"
+                if key in shared:
+                    _set_param(gm, pname, shared[key])
+                    continue
+                if any(q is p or q.data_ptr() == p.data_ptr() for q in shared.values()):
+                    # graphs exported from one module share its storage: a set of its own
+                    # needs its own copy (else one tensor twice in the optimizer)
+                    p = torch.nn.Parameter(p.detach().clone())
+                    _set_param(gm, pname, p)
+                shared[key] = p
                 continue
             if pname in shared:
                 if shared[pname].shape != p.shape:

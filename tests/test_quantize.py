@@ -119,13 +119,22 @@ def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
 def test_tie_parameters_within_a_centre_only():
     from quantize.qat_train import tie_parameters
 
-    graphs = {n: torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(3, 3)))
-              for n in ("s0_short", "s15_short", "s15_long")}
+    base = torch.nn.Linear(3, 3)
+
+    def graph():     # its own modules, the source's parameters: what torch.export gives
+        net = torch.nn.Sequential(torch.nn.Linear(3, 3))
+        net[0].weight, net[0].bias = base.weight, base.bias
+        return torch.fx.symbolic_trace(net)
+    graphs = {n: graph() for n in ("s0_short", "s15_short", "s15_long")}
     centres = {"s0_short": "short", "s15_short": "short", "s15_long": "long"}
     shared = tie_parameters(graphs, centres)
     w = {n: dict(g.named_parameters())["0.weight"] for n, g in graphs.items()}
     assert w["s0_short"] is w["s15_short"] and w["s15_long"] is not w["s0_short"]
     assert sorted(shared) == ["long:0.bias", "long:0.weight", "short:0.bias", "short:0.weight"]
+    assert w["s15_long"].data_ptr() != w["s0_short"].data_ptr()      # own storage per set
+    assert torch.equal(w["s15_long"], w["s0_short"])                  # same start
+    from safetensors.torch import save
+    save({k: v.detach() for k, v in shared.items()})                 # no shared tensors
     everything = tie_parameters(graphs)
     assert sorted(everything) == ["0.bias", "0.weight"]
     assert all(dict(g.named_parameters())["0.weight"] is everything["0.weight"]
