@@ -85,24 +85,18 @@ def tie_parameters(graphs: dict[str, fx.GraphModule],
     shared: dict[str, torch.nn.Parameter] = {}
     for name, gm in graphs.items():
         for pname, p in list(gm.named_parameters()):
-            if sets is not None:
-                key = f"{sets[name]}:{pname}"
-                if key in shared:
-                    _set_param(gm, pname, shared[key])
-                    continue
-                if any(q is p or q.data_ptr() == p.data_ptr() for q in shared.values()):
-                    # graphs exported from one module share its storage: a set of its own
-                    # needs its own copy (else one tensor twice in the optimizer)
-                    p = torch.nn.Parameter(p.detach().clone())
-                    _set_param(gm, pname, p)
-                shared[key] = p
-                continue
-            if pname in shared:
-                if shared[pname].shape != p.shape:
+            key = pname if sets is None else f"{sets[name]}:{pname}"
+            if key in shared:
+                if shared[key].shape != p.shape:
                     raise ValueError(f"parameter {pname} differs in shape between graphs")
-                _set_param(gm, pname, shared[pname])
-            else:
-                shared[pname] = p
+                _set_param(gm, pname, shared[key])
+                continue
+            if any(q.data_ptr() == p.data_ptr() for q in shared.values()):
+                # graphs exported from one module share its storage: a set of its own needs
+                # its own copy (else one tensor twice in the optimizer)
+                p = torch.nn.Parameter(p.detach().clone())
+                _set_param(gm, pname, p)
+            shared[key] = p
     return shared
 
 
