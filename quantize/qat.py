@@ -2,7 +2,8 @@
 
 For every backend: export each (s, centre) bucket at the deployment shape, prepare it with the
 backend's pt2e quantizer (`prepare_qat_pt2e`), fine-tune all graphs together with the paper's
-mu-law L1 on synthetic windows (one shared set of weights, round-robin over the buckets), then
+mu-law L1 on synthetic windows (one set of weights per centre exposure, shared by that centre's
+s-buckets, round-robin over the buckets; `--tie all`: one set for every graph), then
 `convert_pt2e` and lower through `export/` (one path to artifacts):
 
   xnnpack  int8 .pte per s (methods forward_short / forward_long), run and gated here in the
