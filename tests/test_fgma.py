@@ -123,3 +123,30 @@ def test_query_chunking_does_not_change_the_result():
         fgma.query_chunk = 7
         chunked, _ = fgma(*args, s=math.inf)
     assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+def test_exported_branch_moves_rows_only():
+    """The bucket graph gathers and scatters whole rows (index_select, one int32 scatter of the
+    slot map): advanced indexing and multi-index index_put are what ExecuTorch's portable
+    kernels run element by element (62 vs 2.9 ms for one query gather, measured)."""
+    class Branch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fgma = FGMA(8, 3)
+
+        def forward(self, cur, nbs, f_tn, f_nt, img):
+            return self.fgma(cur, nbs, f_tn, f_nt, img, s=20.0, budget=40)
+
+    args = _inputs(per=2)
+    with torch.no_grad():
+        eager = Branch().eval()
+        ep = torch.export.export(eager, args)
+        ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        assert not {"aten.index.Tensor", "aten.index_put.default", "aten.index_put_.default"} & ops
+        assert "aten.scatter.src" in ops and "aten.index_select.default" in ops
+        out, mask = ep.module()(*args)
+        ref_out, ref_mask = eager(*args)
+    assert torch.equal(out, ref_out) and torch.equal(mask, ref_mask)
+    assert 0 < int(mask.sum()) <= 40 * 2
+    # zero wherever no query ran: the zero row of the slot map
+    assert torch.all(out[:, 9:][mask.expand(-1, 8, -1, -1) == 0] == 0)
