@@ -19,7 +19,6 @@ import argparse
 import logging
 import math
 import platform
-import shutil
 import sys
 import tempfile
 import time

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from dealthdr import create_model
 from dealthdr.checkpoint import load_checkpoint, save_checkpoint, state_dict_equal
