@@ -188,6 +188,23 @@ def interleaved(todo: list, passes: int) -> list[tuple[int, object]]:
     return [(p, j) for p in range(passes) for j in (todo if p % 2 == 0 else todo[::-1])]
 
 
+def read_partial(path: Path) -> dict:
+    """The finished passes of a killed run; {} when there are none. A file that is not what
+    save_partial writes is refused by name, not guessed at: deleting it only costs a re-run of
+    those passes, which the message says."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable resume state ({err}); delete it to re-measure "
+                         "the unfinished jobs from their first pass") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
+        raise ValueError(f"{path}: not a resume state (a JSON object of pass lists); delete "
+                         "it to re-measure the unfinished jobs from their first pass")
+    return doc
+
+
 def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, trim: float,
                 timeout: float, passes: int = 1) -> tuple[list[dict], list[str]]:
     """Run the jobs not yet in `out`, `passes` times interleaved; returns (all records,
@@ -203,7 +220,7 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
     host = host_fields(device)
     done = {schema.key(r) for r in records}
     partial_path = out.with_name(out.name + ".partial.json")
-    partial = json.loads(partial_path.read_text()) if partial_path.is_file() else {}
+    partial = read_partial(partial_path)
 
     def job_key(j):
         return (device, j.runtime, j.backend, j.precision, j.variant, j.s, j.centre,

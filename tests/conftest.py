@@ -1,12 +1,22 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+# Under pytest-xdist (.ci/run uses -n 2) each worker owns one core: two OpenMP threads per
+# worker on a 2-core machine spin-wait on each other (measured 15x slower in test_evaluate).
+# The environment variable reaches the CLI subprocesses some tests start, too.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+THREADS = 1 if _WORKER else 2
+if _WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 

@@ -137,7 +137,7 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
     assert len(schema.read_records(out)) == 3
 
 
-def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch):
+def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch, capsys):
     """--passes 2: forward then reverse order, one record per job pooling both passes, and a
     run killed between passes resumes with only the missing pass."""
     from device_bench import run as run_mod
@@ -173,6 +173,14 @@ def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch):
     assert ex["passes"] == 2 and ex["pass_medians_ms"] == [10.0, 20.0]
     assert len(ex["samples_ms"]) == 6 and ex["latency_ms_median"] == 15.0
     assert ex["peak_mem_mb"] == 2.0 and ex["load_ms"] == 7.5
+
+    # a resume state cut off mid-write (or edited by hand) is refused by name; out is kept
+    before = out.read_bytes()
+    for junk in ('{"job": [{"samples', '[1, 2]'):
+        partial.write_text(junk)
+        assert main(argv) == 2
+        assert out.read_bytes() == before and partial.read_text() == junk
+    assert capsys.readouterr().err.count("delete it to re-measure") == 2
 
 
 def test_worker_peak_memory_sees_native_allocations():
