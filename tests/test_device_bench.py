@@ -197,6 +197,44 @@ def test_worker_peak_memory_sees_native_allocations():
     assert peak_memory(watch)["peak_mem_mb"] > 50
 
 
+class WithPortableSum(Stand):
+    """A sum over frames and channels, which XNNPACK does not take: one portable kernel."""
+
+    def forward(self, frames, exposures):
+        return super().forward(frames, exposures) * frames.sum(dim=(1, 2)).unsqueeze(1)
+
+
+def test_profile_pte_splits_execute_into_delegate_portable_and_runtime(tmp_path, capsys):
+    from export.to_executorch import lower
+
+    ex = (torch.rand(1, 5, 3, *SIZE), torch.tensor([[1.0, 8, 1, 8, 1]]))
+    prog = torch.export.export(WithPortableSum().eval(), ex, strict=False)
+    pte = tmp_path / "m.pte"
+    pte.write_bytes(lower({"forward_short": prog, "forward_long": prog}, "xnnpack")[0].buffer)
+    out = tmp_path / "p.json"
+    assert main(["-q", "profile-pte", str(pte), "--method", "forward_long", "--repeat", "2",
+                 "--etdump", str(tmp_path / "t.etdp"), "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["method"] == "forward_long" and rec["size"] == "32x32" and rec["runs"] == 2
+    parts = rec["delegate_calls_ms"] + rec["portable_ops_ms"] + rec["runtime_other_ms"]
+    assert rec["execute_ms"] > 0 and parts == pytest.approx(rec["execute_ms"], abs=2e-3)
+    portable = {r["op"]: r["calls_per_run"] for r in rec["portable_ops"]}
+    assert portable["sum.IntList_out"] == 1 and "convolution.out" not in portable
+    assert rec["portable_calls_per_run"] == sum(portable.values())
+    assert rec["delegate_calls_per_run"] >= 1
+    assert any(r["op"].startswith("Convolution") for r in rec["delegated_ops"])
+    assert not any("#" in r["op"] for r in rec["delegated_ops"])    # instances pooled
+    assert (tmp_path / "t.etdp").stat().st_size > 0
+
+    (tmp_path / "bad.pte").write_bytes(b"not a program" * 10)
+    for argv, msg in (([str(pte), "--method", "forward"], "no method 'forward'"),
+                      ([str(tmp_path / "bad.pte")], "not a loadable ExecuTorch program"),
+                      ([str(tmp_path / "none.pte")], "no such .pte")):
+        assert main(["-q", "profile-pte", *argv, "--out", str(tmp_path / "x.json")]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 # ---------------------------------------------------------------- ingest
 
 @pytest.mark.parametrize("mutate, field", [

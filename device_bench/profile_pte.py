@@ -1,0 +1,193 @@
+"""`python -m device_bench profile-pte`: where an ExecuTorch program's time goes, op by op.
+
+    python -m device_bench profile-pte exports/executorch/dealthdr_tiny_s15_256x256.pte \\
+        --method forward_short --threads 1 --repeat 3
+
+Loads the .pte with ETDump event tracing, runs the method `--warmup` + `--repeat` times on
+random frames with the method's centre exposure pattern (a bucket graph's cost does not depend
+on content: K is fixed), and reads the trace with `executorch.devtools.Inspector`. Per timed
+run it splits Method::execute into XNNPACK delegate calls, portable (non-delegated) kernels and
+the runtime's own glue, and ranks the portable kernels and the delegate's internal operators by
+time (medians over the timed runs). The portable ops are the ones to move into the delegate:
+this is how FGMA's element-wise gathers and scatters were found (export/README.md).
+Traced times run a little slower than `device_bench run`'s untraced ones; compare shares, not
+absolute figures, across the two.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_SUFFIX = re.compile(r"\s+#\d+$")         # XNNPACK numbers its operator instances: "... #12"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile-pte", help="per-op time of one ExecuTorch program (ETDump)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pte", type=Path, help="the .pte to profile (an export/ or quantize/ artifact)")
+    p.add_argument("--method", default=None,
+                   help="method to run, forward_short or forward_long (default: the first of "
+                        "the program's methods)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="ExecuTorch threadpool size (default 1, as device_bench run's default "
+                        "acceptance runs)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs (default 3)")
+    p.add_argument("--top", type=int, default=12, help="rows of each table logged (default 12)")
+    p.add_argument("--etdump", type=Path, default=None,
+                   help="also keep the raw trace here, for executorch.devtools.Inspector "
+                        "(default: not kept)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON output (default device_bench/results/profile_<pte stem>_<method>"
+                        ".json)")
+    p.set_defaults(run=run)
+
+
+def _load(path: Path, method: str | None):
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such .pte")
+    try:
+        module = _load_for_executorch(str(path), enable_etdump=True)
+        names = list(module.method_names())
+    except RuntimeError as err:
+        raise ValueError(f"{path}: not a loadable ExecuTorch program ({err})") from None
+    method = method or sorted(names)[0]
+    if method not in names:
+        raise ValueError(f"{path}: no method {method!r}; it has {sorted(names)}")
+    meta = module.method_meta(method)
+    shape = tuple(meta.input_tensor_meta(0).sizes())
+    if meta.num_inputs() != 2 or len(shape) != 5:
+        raise ValueError(f"{path}:{method}: not a DeAltHDR bucket graph (inputs: frames "
+                         f"(1, 5, 3, H, W) and exposures (1, 5); got {meta.num_inputs()} "
+                         f"inputs, frames {shape})")
+    return module, method, shape
+
+
+def _centre(method: str) -> str:
+    centre = method.rsplit("_", 1)[-1]
+    if centre not in ("short", "long"):
+        raise ValueError(f"method {method!r}: expected forward_short or forward_long, whose "
+                         "name gives the centre exposure of the inputs")
+    return centre
+
+
+def aggregate(events, warmup: int) -> dict:
+    """Medians over the timed runs (each event's raw times list one entry per run)."""
+    def med(values):
+        return round(statistics.median(values), 3) if values else 0.0
+
+    runs = None
+    total = defaultdict(list)        # bucket -> per-run ms
+    per_op = {"portable": defaultdict(lambda: defaultdict(float)),
+              "delegated": defaultdict(lambda: defaultdict(float))}
+    calls = {"portable": defaultdict(int), "delegated": defaultdict(int)}
+    for e in events:
+        raw = list(e.perf_data.raw) if e.perf_data is not None else []
+        timed = raw[warmup:]
+        if e.name == "Method::execute":
+            runs = len(timed)
+            total["execute"] = timed
+            continue
+        if e.is_delegated_op:
+            kind, name = "delegated", _SUFFIX.sub("", e.name)
+        elif e.name.startswith("native_call_"):
+            kind, name = "portable", e.name.removeprefix("native_call_")
+        else:
+            key = {"DELEGATE_CALL": "delegate", "OPERATOR_CALL": "operator"}.get(e.name)
+            if key:
+                total[key] = [a + b for a, b in zip(total[key], timed)] if total[key] else timed
+            continue
+        calls[kind][name] += 1
+        for i, t in enumerate(timed):
+            per_op[kind][name][i] += t
+    if not runs:
+        raise ValueError("the trace holds no timed Method::execute: raise --repeat")
+
+    def table(kind):
+        rows = [{"op": op, "calls_per_run": calls[kind][op], "ms": med(list(by_run.values()))}
+                for op, by_run in per_op[kind].items()]
+        return sorted(rows, key=lambda r: -r["ms"])
+
+    execute = med(total["execute"])
+    delegate, operator = med(total["delegate"]), med(total["operator"])
+    portable = table("portable")
+    return {"runs": runs, "execute_ms": execute, "delegate_calls_ms": delegate,
+            "portable_ops_ms": operator, "runtime_other_ms": round(execute - delegate - operator, 3),
+            "delegate_calls_per_run": sum(e.name == "DELEGATE_CALL" for e in events),
+            "portable_calls_per_run": sum(r["calls_per_run"] for r in portable),
+            "portable_ops": portable, "delegated_ops": table("delegated")}
+
+
+def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: int,
+            keep: Path | None = None) -> dict:
+    import importlib.metadata
+
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                             _unsafe_reset_threadpool)
+
+    from device_bench.worker import make_inputs
+
+    if threads < 1 or warmup < 0 or repeat < 1:
+        raise ValueError("--threads and --repeat must be >= 1, --warmup >= 0")
+    _unsafe_reset_threadpool(threads)
+    module, method, shape = _load(path, method)
+    frames, exposures = (torch.from_numpy(a) for a in make_inputs(_centre(method), shape[-2:]))
+    started = time.perf_counter()
+    for _ in range(warmup + repeat):
+        module.run_method(method, (frames, exposures))
+    log.info("%s:%s: %d runs in %.1f s", path.name, method, warmup + repeat,
+             time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.etdp"
+        module.write_etdump_result_to_file(str(trace))
+        blocks = Inspector(etdump_path=str(trace)).event_blocks
+        if keep is not None:
+            from dealthdr.checkpoint import atomic_write_bytes
+            atomic_write_bytes(keep, trace.read_bytes())
+    events = [e for b in blocks if b.name == "Execute" for e in b.events]
+    return {"artifact": path.name, "sha256": _sha256(path), "method": method,
+            "size": f"{shape[-2]}x{shape[-1]}", "threads": threads,
+            "threads_effective": int(_threadpool_get_thread_count()), "warmup": warmup,
+            "executorch": importlib.metadata.version("executorch"), "torch": torch.__version__,
+            **aggregate(events, warmup)}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(args: argparse.Namespace) -> int:
+    from dealthdr.checkpoint import atomic_write_bytes
+    from device_bench.run import host_fields
+
+    rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,
+                                            args.repeat, args.etdump)}
+    out = args.out or Path("device_bench/results") / f"profile_{args.pte.stem}_{rec['method']}.json"
+    atomic_write_bytes(out, json.dumps(rec, indent=2).encode())
+    log.info("execute %.1f ms = delegate calls %.1f (%d) + portable ops %.1f (%d) + runtime %.1f",
+             rec["execute_ms"], rec["delegate_calls_ms"], rec["delegate_calls_per_run"],
+             rec["portable_ops_ms"], rec["portable_calls_per_run"], rec["runtime_other_ms"])
+    for kind in ("portable_ops", "delegated_ops"):
+        for r in rec[kind][:args.top]:
+            log.info("  %-9s %-40s %4d calls %9.2f ms", kind.split("_")[0], r["op"],
+                     r["calls_per_run"], r["ms"])
+    log.info("wrote %s", out)
+    return 0
