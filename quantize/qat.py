@@ -10,8 +10,8 @@ s-buckets, round-robin over the buckets; `--tie all`: one set for every graph), 
            ExecuTorch runtime against the converted torch graph
   coreml   one W8A8 multifunction .mlpackage (iOS18) or one per bucket (iOS17); structure
            validated on Linux, numeric gate pending macOS
-  onnx     NNCF post-training QDQ of the exported ONNX model, run in onnxruntime (QAT column:
-           the XNNPACK-QAT weights, NNCF-quantized)
+  onnx     NNCF post-training QDQ of the exported ONNX model, run in onnxruntime (no QAT
+           column: NNCF's torch QAT routes do not export, see quantize/README.md)
 
 A PTQ baseline (same calibration windows, same float islands) and the fp32 model are scored on
 held-out windows beside QAT; QAT's activation ranges start from the PTQ baseline's (min/max over
@@ -19,7 +19,8 @@ the same windows). Float islands: sampling coordinates, indices and the attentio
 statistics always; whole blocks via --float-groups (default: the weight-free exposure merge,
 whose int8 output is NaN, and the linear-HDR input/output arithmetic) and per centre exposure
 (--float-groups-short, default head, routers and decoder; see quantize/README.md). Writes
-quantize_report.json, quantize_report.md and manifest.json into --out.
+quantize_report.json, quantize_report.md and manifest.json into --out. A killed run resumes:
+QAT from its last checkpoint, and the sweep and every finished backend from <state>/finished.
 
     python quantize/qat.py
 """
@@ -102,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deployment-target", choices=("iOS17", "iOS18"), default="iOS18",
                    help="Core ML: iOS18 multifunction package or iOS17 one per bucket")
     p.add_argument("--state", type=Path, default=None,
-                   help="QAT state folder to resume from (default: <out>.qat-state)")
+                   help="resume folder: QAT checkpoints per backend and, under finished/, "
+                        "every finished stage (sweep, backends) a rerun with the same settings "
+                        "reuses (default: <out>.qat-state)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     return p
 
@@ -120,6 +123,19 @@ def export_graphs(model, buckets, size) -> dict:
 
     return {b.name: torch.export.export(BucketGraph(model.eval(), b), example_inputs(b, size),
                                         strict=False) for b in buckets}
+
+
+def run_stage(backend: str, ctx: dict, args, stage: Path, info: dict):
+    """One backend, start to finish: (report section, artifact records), files in `stage`."""
+    from quantize import artifacts as arts
+
+    if backend == "onnx":
+        from quantize.onnx_nncf import run_onnx
+        return run_onnx(ctx, args, stage, info)
+    section, converted = run_backend(backend, ctx, args)
+    recs, extra = arts.write_artifacts(backend, converted, ctx, args, stage, info)
+    section.update(extra)
+    return section, recs
 
 
 def run_backend(backend: str, ctx: dict, args) -> dict:
@@ -180,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         from export.artifacts import prepare, staging_dir, write_manifest
         from quantize import artifacts as arts
         from quantize.report import write_report
+        from quantize.resume import Finished, fingerprint, new_files
 
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -201,20 +218,22 @@ def main(argv: list[str] | None = None) -> int:
             report = {"backends": {}, "size": list(args.size),
                       "float_groups": float_groups_by_centre(args),
                       "ptq_observer": args.ptq_observer}
+            finished = Finished(state, fingerprint(args, info["checkpoint_sha256"]))
             if not args.no_sensitivity:
-                report["sensitivity"] = arts.sensitivity(ctx, args)
+                report["sensitivity"] = finished.load("sensitivity", stage)
+                if report["sensitivity"] is None:
+                    report["sensitivity"] = arts.sensitivity(ctx, args)
+                    finished.save("sensitivity", stage, [], report["sensitivity"])
             records, notes = [], []
-            for backend in [b for b in args.backend if b != "onnx"]:
-                section, converted = run_backend(backend, ctx, args)
-                recs, extra = arts.write_artifacts(backend, converted, ctx, args, stage, info)
-                section.update(extra)
-                records += recs
-                report["backends"][backend] = section
-            if "onnx" in args.backend:
-                from quantize.onnx_nncf import run_onnx
-                section, recs = run_onnx(ctx, args, stage, info)
-                report["backends"]["onnx"] = section
-                records += recs
+            for backend in args.backend:
+                done = finished.load(backend, stage)
+                if done is None:
+                    before = {p.name for p in stage.iterdir()}
+                    section, recs = run_stage(backend, ctx, args, stage, info)
+                    done = {"section": section, "records": recs}
+                    finished.save(backend, stage, new_files(stage, before), done)
+                report["backends"][backend] = done["section"]
+                records += done["records"]
             if "coreml" in args.backend:
                 notes.append("Core ML W8A8: numeric parity pending (Core ML predicts only on "
                              "macOS); structure validated on Linux")

@@ -192,18 +192,63 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
               tmp_path / "a", teachers, settings={"float_groups": ["merge"]})
 
 
-def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path):
+def test_finished_stages_are_reused_only_with_the_same_settings(tmp_path):
+    from quantize.qat import build_parser
+    from quantize.resume import Finished, fingerprint
+
+    parse = build_parser().parse_args
+    key = fingerprint(parse([]), "abc")
+    assert key == fingerprint(parse(["--out", "x", "--threads", "1", "--backend", "coreml"]),
+                              "abc")                       # where and how fast: same result
+    assert key != fingerprint(parse(["--lr", "2e-5"]), "abc")
+    assert key != fingerprint(parse([]), "another checkpoint")
+    stage, again = tmp_path / "stage", tmp_path / "again"
+    stage.mkdir(), again.mkdir()
+    (stage / "a.pte").write_bytes(b"int8")
+    (stage / "b.mlpackage").mkdir()
+    (stage / "b.mlpackage" / "w.bin").write_bytes(b"w")
+    Finished(tmp_path / "state", key).save("xnnpack", stage, ["a.pte", "b.mlpackage"],
+                                           {"section": {"x": 1.5}})
+    assert Finished(tmp_path / "state", "other").load("xnnpack", again) is None
+    assert not list(again.iterdir())
+    assert Finished(tmp_path / "state", key).load("coreml", again) is None
+    assert Finished(tmp_path / "state", key).load("xnnpack", again) == {"section": {"x": 1.5}}
+    assert (again / "a.pte").read_bytes() == b"int8"
+    assert (again / "b.mlpackage" / "w.bin").read_bytes() == b"w"
+    (tmp_path / "state" / "finished" / "xnnpack" / "a.pte").unlink()   # damaged: redo it
+    assert Finished(tmp_path / "state", key).load("xnnpack", tmp_path) is None
+
+
+def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     """The XNNPACK and ONNX legs end to end: an int8 .pte that loads and runs in the ExecuTorch
-    runtime, NNCF's QDQ model gated in onnxruntime, the report, nothing left behind."""
+    runtime, NNCF's QDQ model gated in onnxruntime, the report, nothing left behind. The first
+    run is killed after both legs; the rerun reuses them instead of running them again."""
     from executorch.runtime import Runtime
 
+    import quantize.qat as qat
+    import quantize.report
     from quantize.qat import main
 
     out = tmp_path / "int8"
-    assert main(["--size", "64x64", "--s-buckets", "15", "--centre", "short", "--steps", "1",
-                 "--backend", "xnnpack,onnx", "--calib-clips", "1", "--train-clips", "1",
-                 "--parity-clips", "1", "--no-sensitivity", "--no-latency",
-                 "--out", str(out)]) == 0
+    argv = ["--size", "64x64", "--s-buckets", "15", "--centre", "short", "--steps", "1",
+            "--backend", "xnnpack,onnx", "--calib-clips", "1", "--train-clips", "1",
+            "--parity-clips", "1", "--no-sensitivity", "--no-latency", "--out", str(out)]
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(quantize.report, "write_report", killed)
+        with pytest.raises(KeyboardInterrupt):
+            main(argv)
+    assert not out.exists()
+    finished = tmp_path / "int8.qat-state" / "finished"
+    assert sorted(p.name for p in finished.iterdir()) == ["onnx", "xnnpack"]
+    first = {p.name: p.read_bytes() for d in finished.iterdir() for p in d.iterdir()
+             if p.suffix in (".pte", ".onnx")}
+    with monkeypatch.context() as m:
+        m.setattr(qat, "run_stage", killed)       # a leg that ran again would raise
+        assert main(argv) == 0
+    assert {n: (out / n).read_bytes() for n in first} == first
     report = json.loads((out / "quantize_report.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     (pte,) = [a for a in manifest["artifacts"] if a["backend"] == "executorch-xnnpack"]

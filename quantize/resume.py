@@ -1,0 +1,85 @@
+"""What a killed `qat.py` run finished, kept for the next run with the same settings.
+
+`qat.py` builds everything in a staging folder that only becomes `--out` when the whole run
+succeeds, so a kill during the Core ML leg (about an hour in on 2 cores) would otherwise throw
+away the finished sensitivity sweep and the finished XNNPACK leg with its gated .pte files.
+Each finished stage is copied into `<state>/finished/<stage>/` (its report section, artifact
+records and files, written to a temporary folder and renamed) and reused by a later run whose
+settings fingerprint matches; a changed flag that affects the result redoes the stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Flags that do not change any stage's result: where it is written, which stages run, threads.
+_NEUTRAL = ("out", "force", "state", "threads", "backend", "no_sensitivity")
+
+
+def fingerprint(args, checkpoint_sha256: str) -> str:
+    settings = {k: v for k, v in vars(args).items() if k not in _NEUTRAL}
+    settings["checkpoint_sha256"] = checkpoint_sha256
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Finished:
+    """Finished stages under `<state>/finished`, valid for one settings fingerprint."""
+
+    def __init__(self, state: Path, key: str) -> None:
+        self.root, self.key = state / "finished", key
+
+    def load(self, stage_name: str, stage: Path):
+        """The stage's saved result, its files copied into `stage`; None if not reusable."""
+        folder = self.root / stage_name
+        doc_path = folder / "result.json"
+        if not doc_path.is_file():
+            return None
+        try:
+            doc = json.loads(doc_path.read_text())
+            if doc["fingerprint"] != self.key:
+                log.info("%s: finished with other settings; running it again", folder)
+                return None
+            files = list(doc["files"])
+            result = doc["result"]
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("%s: unreadable (%s); running the stage again", doc_path, err)
+            return None
+        missing = [f for f in files if not (folder / f).exists()]
+        if missing:
+            log.warning("%s: %s missing; running the stage again", folder, missing)
+            return None
+        for f in files:
+            src, dst = folder / f, stage / f
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copy2(src, dst)
+        log.info("%s: reusing the finished %s stage (%d files)", folder, stage_name, len(files))
+        return result
+
+    def save(self, stage_name: str, stage: Path, files: list[str], result) -> None:
+        """Keep a finished stage: `files` (names in `stage`) and its JSON-able result."""
+        folder = self.root / stage_name
+        tmp = self.root / f".{stage_name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in files:
+            src = stage / f
+            if src.is_dir():
+                shutil.copytree(src, tmp / f)
+            else:
+                shutil.copy2(src, tmp / f)
+        (tmp / "result.json").write_text(json.dumps(
+            {"fingerprint": self.key, "files": files, "result": result}, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+
+def new_files(stage: Path, before: set[str]) -> list[str]:
+    return sorted(p.name for p in stage.iterdir() if p.name not in before)
