@@ -8,7 +8,8 @@ random frames with the method's centre exposure pattern (a bucket graph's cost d
 on content: K is fixed), and reads the trace with `executorch.devtools.Inspector`. Per timed
 run it splits Method::execute into XNNPACK delegate calls, portable (non-delegated) kernels and
 the runtime's own glue, and ranks the portable kernels and the delegate's internal operators by
-time (medians over the timed runs). The portable ops are the ones to move into the delegate:
+time (medians over the timed runs; each part is its own median, so they add up to
+execute's only approximately). The portable ops are the ones to move into the delegate:
 this is how FGMA's element-wise gathers and scatters were found (export/README.md).
 Traced times run a little slower than `device_bench run`'s untraced ones; compare shares, not
 absolute figures, across the two.
@@ -118,11 +119,12 @@ def aggregate(events, warmup: int) -> dict:
                 for op, by_run in per_op[kind].items()]
         return sorted(rows, key=lambda r: -r["ms"])
 
-    execute = med(total["execute"])
-    delegate, operator = med(total["delegate"]), med(total["operator"])
+    n = len(total["execute"])
+    delegate, operator = (total[k] or [0.0] * n for k in ("delegate", "operator"))
+    other = [e - d - o for e, d, o in zip(total["execute"], delegate, operator)]
     portable = table("portable")
-    return {"runs": runs, "execute_ms": execute, "delegate_calls_ms": delegate,
-            "portable_ops_ms": operator, "runtime_other_ms": round(execute - delegate - operator, 3),
+    return {"runs": runs, "execute_ms": med(total["execute"]), "delegate_calls_ms": med(delegate),
+            "portable_ops_ms": med(operator), "runtime_other_ms": med(other),
             "delegate_calls_per_run": sum(e.name == "DELEGATE_CALL" for e in events),
             "portable_calls_per_run": sum(r["calls_per_run"] for r in portable),
             "portable_ops": portable, "delegated_ops": table("delegated")}
