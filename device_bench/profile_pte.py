@@ -28,6 +28,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 _SUFFIX = re.compile(r"\s+#\d+$")         # XNNPACK numbers its operator instances: "... #12"
+# Events that span others: the whole run, one delegate call, one portable kernel with its glue.
+_TOTALS = {"Method::execute": "execute", "DELEGATE_CALL": "delegate", "OPERATOR_CALL": "operator"}
 
 
 def add_parser(sub) -> None:
@@ -87,45 +89,39 @@ def aggregate(events, warmup: int) -> dict:
     def med(values):
         return round(statistics.median(values), 3) if values else 0.0
 
-    runs = None
-    total = defaultdict(list)        # bucket -> per-run ms
-    per_op = {"portable": defaultdict(lambda: defaultdict(float)),
-              "delegated": defaultdict(lambda: defaultdict(float))}
-    calls = {"portable": defaultdict(int), "delegated": defaultdict(int)}
+    sums = defaultdict(lambda: defaultdict(float))     # (kind, name) -> run -> ms
+    calls = defaultdict(int)                           # (kind, name) -> instances per run
     for e in events:
-        raw = list(e.perf_data.raw) if e.perf_data is not None else []
-        timed = raw[warmup:]
-        if e.name == "Method::execute":
-            runs = len(timed)
-            total["execute"] = timed
-            continue
         if e.is_delegated_op:
-            kind, name = "delegated", _SUFFIX.sub("", e.name)
+            key = ("delegated", _SUFFIX.sub("", e.name))
         elif e.name.startswith("native_call_"):
-            kind, name = "portable", e.name.removeprefix("native_call_")
+            key = ("portable", e.name.removeprefix("native_call_"))
+        elif e.name in _TOTALS:
+            key = ("total", _TOTALS[e.name])
         else:
-            key = {"DELEGATE_CALL": "delegate", "OPERATOR_CALL": "operator"}.get(e.name)
-            if key:
-                total[key] = [a + b for a, b in zip(total[key], timed)] if total[key] else timed
             continue
-        calls[kind][name] += 1
+        calls[key] += 1
+        timed = list(e.perf_data.raw)[warmup:] if e.perf_data is not None else []
         for i, t in enumerate(timed):
-            per_op[kind][name][i] += t
-    if not runs:
+            sums[key][i] += t
+    n = len(sums[("total", "execute")])
+    if not n:
         raise ValueError("the trace holds no timed Method::execute: raise --repeat")
 
+    def per_run(key):
+        return [sums[key].get(i, 0.0) for i in range(n)]
+
     def table(kind):
-        rows = [{"op": op, "calls_per_run": calls[kind][op], "ms": med(list(by_run.values()))}
-                for op, by_run in per_op[kind].items()]
+        rows = [{"op": name, "calls_per_run": calls[(k, name)], "ms": med(per_run((k, name)))}
+                for k, name in list(sums) if k == kind]
         return sorted(rows, key=lambda r: -r["ms"])
 
-    n = len(total["execute"])
-    delegate, operator = (total[k] or [0.0] * n for k in ("delegate", "operator"))
-    other = [e - d - o for e, d, o in zip(total["execute"], delegate, operator)]
+    execute, delegate, operator = (per_run(("total", k)) for k in _TOTALS.values())
     portable = table("portable")
-    return {"runs": runs, "execute_ms": med(total["execute"]), "delegate_calls_ms": med(delegate),
-            "portable_ops_ms": med(operator), "runtime_other_ms": med(other),
-            "delegate_calls_per_run": sum(e.name == "DELEGATE_CALL" for e in events),
+    return {"runs": n, "execute_ms": med(execute), "delegate_calls_ms": med(delegate),
+            "portable_ops_ms": med(operator),
+            "runtime_other_ms": med([e - d - o for e, d, o in zip(execute, delegate, operator)]),
+            "delegate_calls_per_run": calls[("total", "delegate")],
             "portable_calls_per_run": sum(r["calls_per_run"] for r in portable),
             "portable_ops": portable, "delegated_ops": table("delegated")}
 
@@ -139,6 +135,7 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
     from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
                                                              _unsafe_reset_threadpool)
 
+    from calib.buckets import sha256_file
     from device_bench.worker import make_inputs
 
     if threads < 1 or warmup < 0 or repeat < 1:
@@ -159,21 +156,11 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
             from dealthdr.checkpoint import atomic_write_bytes
             atomic_write_bytes(keep, trace.read_bytes())
     events = [e for b in blocks if b.name == "Execute" for e in b.events]
-    return {"artifact": path.name, "sha256": _sha256(path), "method": method,
+    return {"artifact": path.name, "sha256": sha256_file(path), "method": method,
             "size": f"{shape[-2]}x{shape[-1]}", "threads": threads,
             "threads_effective": int(_threadpool_get_thread_count()), "warmup": warmup,
             "executorch": importlib.metadata.version("executorch"), "torch": torch.__version__,
             **aggregate(events, warmup)}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:

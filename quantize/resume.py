@@ -55,11 +55,7 @@ class Finished:
             log.warning("%s: %s missing; running the stage again", folder, missing)
             return None
         for f in files:
-            src, dst = folder / f, stage / f
-            if src.is_dir():
-                shutil.copytree(src, dst)
-            else:
-                shutil.copy2(src, dst)
+            _copy(folder / f, stage / f)
         log.info("%s: reusing the finished %s stage (%d files)", folder, stage_name, len(files))
         return result
 
@@ -70,15 +66,19 @@ class Finished:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for f in files:
-            src = stage / f
-            if src.is_dir():
-                shutil.copytree(src, tmp / f)
-            else:
-                shutil.copy2(src, tmp / f)
+            _copy(stage / f, tmp / f)
         (tmp / "result.json").write_text(json.dumps(
             {"fingerprint": self.key, "files": files, "result": result}, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """An artifact is a file (.pte, .onnx) or a folder (.mlpackage)."""
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def new_files(stage: Path, before: set[str]) -> list[str]:
