@@ -1,12 +1,13 @@
 """Attention-ratio buckets: for each sensitivity s, the attention budget K of a fixed-shape graph.
 
-FGMA's attention ratio R depends on the content, but phones want fixed shapes. For each s this
-runs the model (dynamic mask policy) on calibration windows, records R per decoder level and per
-(window, neighbour) item, and keeps a high quantile as the bucket's ratio budget: the exported
-graph attends to the top-K positions of the consistency difference D, with
-K = ceil(ratio * positions at that level). Content above the quantile overflows gracefully (the
-least inconsistent masked positions fall back to flow). s=0 needs no attention (K=0), s=inf no
-selection (K = all positions).
+FGMA computes attention in whole tiles (the variant's `attn_tile`), and how many tiles hold a
+masked position depends on the content, but phones want fixed shapes. For each s this runs the
+model (dynamic mask policy) on calibration windows, records the tile ratio (tiles with a masked
+position / tiles) per decoder level and per (window, neighbour) item, and keeps a high quantile
+as the bucket's ratio budget: the exported graph attends in the top-K tiles by max consistency
+difference D, with K = ceil(ratio * tiles at that level). Content above the quantile overflows
+gracefully (the least inconsistent tiles fall back to flow). s=0 needs no attention (K=0), s=inf
+no selection (K = all tiles).
 
     python calib/buckets.py --s 0,1,15,100 --out buckets.json
 """
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
-FORMAT = "dealthdr-buckets/1"
+FORMAT = "dealthdr-buckets/2"  # /1 counted positions, /2 counts tiles
 log = logging.getLogger("calib.buckets")
 
 
@@ -43,12 +44,16 @@ def sha256_file(path: str | Path) -> str:
 
 
 def item_ratios(model, window, s: float) -> list[np.ndarray]:
-    """Per decoder level (1, 2, 3): the executed attention ratio of each neighbour item."""
+    """Per decoder level (1, 2, 3): the tile ratio of each neighbour item (tiles holding an
+    executed attention position / tiles)."""
+    from dealthdr.model.fgma import tile_max
+
     seen: dict[int, np.ndarray] = {}
     hooks = []
     for i, fgma in enumerate(model.fgma):  # index 0 is level 3
-        def hook(_m, _inp, out, level=3 - i):
-            seen[level] = out[1].flatten(1).mean(1).double().numpy()
+        def hook(m, _inp, out, level=3 - i):
+            ran = tile_max(out[1], m.tile) > 0
+            seen[level] = ran.flatten(1).double().mean(1).numpy()
         hooks.append(fgma.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -99,7 +104,8 @@ def run_calibration(checkpoint: str, variant: str | None, s_values: list[float],
     path = resolve_checkpoint(checkpoint)
     model, _ = load_checkpoint(path, variant)
     windows = make_windows("train", *size, clips=clips, seed=seed, progress=progress)
-    return {"format": FORMAT, "variant": model.cfg.name, "checkpoint": str(path),
+    return {"format": FORMAT, "variant": model.cfg.name, "tile": model.cfg.attn_tile,
+            "checkpoint": str(path),
             "checkpoint_sha256": sha256_file(path), "quantile": quantile,
             "calibration": {"split": "train (bundled panoramas)", "windows": len(windows),
                             "size": list(size), "seed": seed},

@@ -148,7 +148,9 @@ def measure_latency(model: DeAltHDR, frames: torch.Tensor, exposures: torch.Tens
 def profile_model(model: DeAltHDR, frames: torch.Tensor, exposures: torch.Tensor,
                   s_values: list[float], repeats: int = 5, warmup: int = 1,
                   latency: bool = True) -> list[dict]:
-    """One record per s: {variant, size, s, attention_ratio, gmacs, gflops, params, latency_ms}."""
+    """One record per s: {variant, size, s, attention_ratio, tile_ratio, gmacs, gflops, params,
+    latency_ms}. The attention ratio R is the share of positions in M; FGMA computes attention
+    in whole tiles, so its cost follows the tile ratio (tiles holding a masked position)."""
     params = sum(p.numel() for p in model.parameters())
     size = f"{frames.shape[-2]}x{frames.shape[-1]}"
     records = []
@@ -156,6 +158,7 @@ def profile_model(model: DeAltHDR, frames: torch.Tensor, exposures: torch.Tensor
         flops, components, stats = count_flops(model, frames, exposures, s)
         rec = {"variant": model.cfg.name, "size": size, "s": s,
                "attention_ratio": round(stats.attention_ratio, 6),
+               "tile_ratio": round(stats.tile_ratio, 6),
                "gmacs": round(flops / 2e9, 3), "gflops": round(flops / 1e9, 3),
                "params": params,
                "components_gmacs": {k: round(v / 2e9, 3) for k, v in components.items()},

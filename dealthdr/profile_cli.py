@@ -53,12 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _table(records: list[dict]) -> str:
-    lines = [f"{'variant':8} {'s':>6} {'R':>6} {'GMACs':>8} {'GFLOPs':>8} {'params(M)':>9} "
-             f"{'latency ms':>11}"]
+    lines = [f"{'variant':8} {'s':>6} {'R':>6} {'tiles':>6} {'GMACs':>8} {'GFLOPs':>8} "
+             f"{'params(M)':>9} {'latency ms':>11}"]
     for r in records:
         lat = f"{r['latency_ms']:11.0f}" if "latency_ms" in r else f"{'-':>11}"
-        lines.append(f"{r['variant']:8} {r['s']:>6g} {r['attention_ratio']:6.3f} {r['gmacs']:8.2f} "
-                     f"{r['gflops']:8.2f} {r['params'] / 1e6:9.2f} {lat}")
+        lines.append(f"{r['variant']:8} {r['s']:>6g} {r['attention_ratio']:6.3f} "
+                     f"{r['tile_ratio']:6.3f} {r['gmacs']:8.2f} {r['gflops']:8.2f} "
+                     f"{r['params'] / 1e6:9.2f} {lat}")
     return "\n".join(lines)
 
 
@@ -68,10 +69,11 @@ def _summary(records: list[dict]) -> list[str]:
         rs = [r for r in records if r["variant"] == name]
         by_s = {r["s"]: r for r in rs}
         line = f"{name}: "
-        if len({r["attention_ratio"] for r in rs}) >= 2:
-            _, slope, resid = linear_fit([r["attention_ratio"] for r in rs],
+        if len({r["tile_ratio"] for r in rs}) >= 2:
+            _, slope, resid = linear_fit([r["tile_ratio"] for r in rs],
                                          [r["gflops"] for r in rs])
-            line += (f"GFLOPs = a + {slope:.2f} * R, max residual {100 * resid:.2f} % of mean; ")
+            line += (f"GFLOPs = a + {slope:.2f} * tile ratio, max residual {100 * resid:.2f} % "
+                     "of mean; ")
         if 0 in by_s and math.inf in by_s:
             ratio = by_s[math.inf]["gflops"] / by_s[0]["gflops"]
             line += f"GFLOPs(s=inf)/GFLOPs(s=0) = {ratio:.3f} (paper: 168/98 = {168 / 98:.3f})"

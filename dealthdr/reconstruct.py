@@ -14,9 +14,10 @@ exposure times (auto exposure) gives frames in one unit; with a fixed schedule t
 and, where a short frame is not clipped, its linearised value (ldr^2.2) equals the output.
 
 Tiles. Frames larger than --tile are processed as overlapping tiles whose outputs are blended
-with linear ramps across the overlaps. The network's channel attention and router pool over the
-whole (tile) image and its flow sees only the tile, so a tiled output differs slightly from an
-untiled one (measured in tests/test_reconstruct.py); the overlap hides the seams.
+with linear ramps across the overlaps (`dealthdr.tiling`), so memory stays bounded at any frame
+size. The network's channel attention and router pool over the whole (tile) image and its flow
+sees only the tile, so a tiled output differs slightly from an untiled one (measured in
+tests/test_reconstruct.py); the overlap hides the seams.
 
 Output (written to a staging folder next to DIR and renamed when complete, so an interrupted or
 failed run leaves no DIR behind):
@@ -45,6 +46,7 @@ from .data.io import read_hdr, write_exr
 from .data.sequence import Sequence
 from .evaluate import jsonable
 from .model import DeAltHDR
+from .tiling import run_tiled
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +69,6 @@ def window_indices(t: int, n: int, size: int = WINDOW) -> list[int]:
     return [reflect(i, n) for i in range(t - half, t + half + 1)]
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, tile - overlap))
-    return starts + [length - tile]
-
-
-def _ramp(length: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
-    w = np.ones(length, dtype=np.float32)
-    if overlap > 0:
-        edge = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
-        if rise:
-            w[:overlap] = np.minimum(w[:overlap], edge)
-        if fall:
-            w[-overlap:] = np.minimum(w[-overlap:], edge[::-1])
-    return w
-
-
 def infer(model: DeAltHDR, frames: np.ndarray, exposures: np.ndarray, s: float,
           tile: int = 0, overlap: int = 32, device: torch.device | str = "cpu") -> np.ndarray:
     """One window (5, H, W, 3) gamma LDR + (5,) exposures -> linear HDR (H, W, 3), float32,
@@ -95,18 +79,7 @@ def infer(model: DeAltHDR, frames: np.ndarray, exposures: np.ndarray, s: float,
     with torch.no_grad():
         if tile <= 0 or (h <= tile and w <= tile):
             return model(x, e, s=s)[0].permute(1, 2, 0).cpu().numpy()
-        acc = np.zeros((h, w, 3), dtype=np.float32)
-        weight = np.zeros((h, w, 1), dtype=np.float32)
-        th, tw = min(tile, h), min(tile, w)
-        for y in tile_starts(h, tile, overlap):
-            for x0 in tile_starts(w, tile, overlap):
-                out = model(x[..., y:y + th, x0:x0 + tw], e, s=s)[0].permute(1, 2, 0).cpu()
-                wy = _ramp(th, overlap, y > 0, y + th < h)
-                wx = _ramp(tw, overlap, x0 > 0, x0 + tw < w)
-                wt = (wy[:, None] * wx[None, :])[..., None]
-                acc[y:y + th, x0:x0 + tw] += out.numpy() * wt
-                weight[y:y + th, x0:x0 + tw] += wt
-        return acc / weight
+        return run_tiled(lambda f, ex: model(f, ex, s=s).cpu().numpy(), x, e, tile, overlap)
 
 
 def preview(hdr: np.ndarray) -> np.ndarray:

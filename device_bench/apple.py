@@ -98,6 +98,7 @@ def coreml_entries(items: list[Path], functions: list[str] | None) -> list[dict]
                         "variant": manifest["model"]["variant"], "precision": art["precision"],
                         "s": art["s"], "centre": art["centre"], "bucket_k": art["bucket_k"],
                         "ratio_budget": art["attention_ratio_budget"],
+                        "tile": art.get("tile", 1),
                         "size": tuple(art["input_shape"]["frames"][-2:]),
                         "sha256": art["sha256"]})
     if not out:
@@ -133,7 +134,7 @@ def apple_record(host: dict, entry: dict, compute_units: str, samples_ms: list[f
     rec = {**host, "runtime": "coreml", "runtime_version": runtime_version,
            "backend": f"coreml-{compute_units}", "precision": entry["precision"],
            "variant": entry["variant"], "s": entry["s"], "bucket_k": list(entry["bucket_k"]),
-           "attention_ratio": round(attention_ratio(entry["bucket_k"], size), 6),
+           "attention_ratio": round(attention_ratio(entry["bucket_k"], size, entry["tile"]), 6),
            "size": f"{size[0]}x{size[1]}", "threads": None,
            "latency_ms_median": round(st["latency_ms_median"], 3),
            "latency_ms_p10": round(st["latency_ms_p10"], 3),
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
 
     def gflops(e):
         job = Job("coreml", "", e["precision"], e["variant"], e["s"], e["centre"],
-                  e["bucket_k"], e["ratio_budget"], e["size"], 1, e["sha256"])
+                  e["bucket_k"], e["ratio_budget"], e["size"], 1, e["sha256"], tile=e["tile"])
         total = flops(job)[0]
         return None if total is None else round(total, 4)
 

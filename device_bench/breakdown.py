@@ -144,7 +144,8 @@ def _model_and_buckets(checkpoint: str, calibration: dict, s_values, size, centr
     from export.buckets import make_buckets
 
     model, _ = load_checkpoint(checkpoint)
-    return model.eval(), make_buckets(calibration, [float(s) for s in s_values], size, centres)
+    return model.eval(), make_buckets(calibration, [float(s) for s in s_values], size, centres,
+                                      model.cfg.attn_tile)
 
 
 def measure_for_jobs(jobs: list, threads: int) -> dict:

@@ -1,11 +1,11 @@
-"""Time FGMA's attention branch alone against the attention ratio R.
+"""Time FGMA's attention branch alone against the ratio R of tiles it attends in.
 
-The claim under test: FGMA's cost follows s. For one decoder level at a given input size, the
-branch (query selection, key table, windowed attention, scatter) is timed at exactly controlled
-ratios R (a random R-share of positions masked per neighbour), and t(R) - t(0) is compared with
-R * (t(1) - t(0)). The fixed overheads, paid whatever R is, are timed on their own: the
-forward-backward mask (Eq. 4-6), dynamic selection (nonzero), bucket selection (top-K) at each K,
-and the channels-last key table.
+The claim under test: FGMA's cost follows s. FGMA computes attention in whole tiles, so for one
+decoder level at a given input size the branch (tile selection, tables, windowed attention,
+scatter) is timed at exactly controlled ratios R (a random R-share of the tiles masked per
+neighbour), and t(R) - t(0) is compared with R * (t(1) - t(0)). The fixed overheads, paid
+whatever R is, are timed on their own: the forward-backward mask (Eq. 4-6), dynamic selection
+(nonzero over tiles), bucket selection (top-K tiles) at each K, and the key halo table.
 
     python device_bench/fgma_scaling.py                       # default variant, level 1, 256x256
     python device_bench/fgma_scaling.py --level 2 --ratios 0,0.25,0.5,1 --out my.json
@@ -25,8 +25,8 @@ from dealthdr.checkpoint import atomic_write_bytes
 from dealthdr.cli import parse_size
 from dealthdr.model import get_config
 from dealthdr.sysinfo import machine_record
-from dealthdr.model.fgma import FGMA, attention_mask, consistency_difference, select_bucket, \
-    select_dynamic
+from dealthdr.model.fgma import (FGMA, attention_mask, consistency_difference, select_bucket,
+                                  select_dynamic, tile_grid)
 
 
 log = logging.getLogger("fgma_scaling")
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="network input size HxW; the level works at size / 2^(level-1)")
     p.add_argument("--neighbours", type=int, default=4, help="neighbours aligned (paper: 4)")
     p.add_argument("--ratios", default="0,0.1,0.5,1",
-                   help="attention ratios R to time, comma-separated (default: 0,0.1,0.5,1)")
+                   help="tile ratios R to time, comma-separated (default: 0,0.1,0.5,1)")
     p.add_argument("--repeats", type=int, default=7,
                    help="timed rounds; each round times every R once, interleaved, and the "
                         "median over rounds is reported (default: 7)")
@@ -71,26 +71,28 @@ def run(args: argparse.Namespace) -> dict:
     h, w = args.size[0] >> (args.level - 1), args.size[1] >> (args.level - 1)
     num = args.neighbours
     torch.manual_seed(0)
-    fgma = FGMA(c, cfg.attn_window).eval()
+    tile = cfg.attn_tile
+    fgma = FGMA(c, cfg.attn_window, tile).eval()
     current = torch.randn(num, c, h, w)
     warped = torch.randn(num, c, h, w)
     image = torch.rand(num, 3, h, w)
     flow = torch.randn(num, 2, h, w)
     d = torch.rand(num, 1, h, w)
+    a, b = tile_grid(h, w, tile)
     masks = {}
-    for r in ratios:  # exactly round(R * H * W) masked positions per neighbour
-        k = round(r * h * w)
-        order = torch.rand(num, h * w).argsort(dim=1)
-        m = torch.zeros(num, h * w)
+    for r in ratios:  # exactly round(R * tiles) whole tiles masked per neighbour
+        k = round(r * a * b)
+        order = torch.rand(num, a * b).argsort(dim=1)
+        m = torch.zeros(num, a * b)
         m.scatter_(1, order[:, :k], 1.0)
-        masks[r] = m.view(num, 1, h, w)
+        m = m.view(num, 1, a, b).repeat_interleave(tile, 2).repeat_interleave(tile, 3)
+        masks[r] = m[..., :h, :w].contiguous()
 
     def branch(r):
-        n, y, x, valid = select_dynamic(masks[r])
-        fgma.attend(current, warped, n, y, x, valid)
+        fgma.attend(current, warped, masks[r], select_dynamic(masks[r], tile))
 
     times = {r: [] for r in ratios}
-    over = {"mask (Eq. 4-6)": [], "select dynamic (nonzero)": [], "key table": []}
+    over = {"mask (Eq. 4-6)": [], "select dynamic (nonzero)": [], "halo table": []}
     topk = {r: [] for r in ratios}
     with torch.no_grad():
         for i in range(args.warmup + args.repeats):
@@ -98,13 +100,13 @@ def run(args: argparse.Namespace) -> dict:
             for r in ratios:
                 rounds = times[r] if sink else []
                 _timed(lambda: branch(r), rounds)
-                _timed(lambda: select_bucket(d, masks[r], max(1, round(r * h * w))),
+                _timed(lambda: select_bucket(d, max(1, round(r * a * b)), tile),
                        topk[r] if sink else [])
             _timed(lambda: attention_mask(consistency_difference(image, flow, -flow), 15.0),
                    over["mask (Eq. 4-6)"] if sink else [])
-            _timed(lambda: select_dynamic(masks[1.0]),
+            _timed(lambda: select_dynamic(masks[1.0], tile),
                    over["select dynamic (nonzero)"] if sink else [])
-            _timed(lambda: fgma.key_table(warped), over["key table"] if sink else [])
+            _timed(lambda: fgma.halo_table(warped), over["halo table"] if sink else [])
     med = {r: statistics.median(v) for r, v in times.items()}
     span = med[1.0] - med[0.0]
     rows = []
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         predicted = r * span
         measured = med[r] - med[0.0]
         dev = (measured / predicted - 1) if predicted > 0 else 0.0
-        rows.append({"R": r, "queries": round(r * h * w) * num, "t_ms_median": med[r],
+        rows.append({"R": r, "tiles": round(r * a * b) * num, "t_ms_median": med[r],
                      "t_ms_p10": sorted(times[r])[len(times[r]) // 10],
                      "t_ms_p90": sorted(times[r])[-1 - len(times[r]) // 10],
                      "increment_ms": measured, "linear_prediction_ms": predicted,
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "fgma_attention_branch_scaling",
         "variant": cfg.name, "level": args.level, "channels": c, "window": cfg.attn_window,
+        "tile": tile,
         "level_size": f"{h}x{w}", "input_size": f"{args.size[0]}x{args.size[1]}",
         "neighbours": num, "repeats": args.repeats, "rows": rows,
         "fixed_overhead_ms": {k: statistics.median(v) for k, v in over.items()},

@@ -40,6 +40,8 @@ class Job:
     checkpoint: str | None = None
     manifest: str | None = None
     extra: dict = field(default_factory=dict)
+    tile: int = 1                # FGMA tile side K counts in; 1 (positions) where a manifest
+                                 # gives none
 
     @property
     def size_text(self) -> str:
@@ -57,12 +59,13 @@ class Job:
         return d
 
 
-def attention_ratio(bucket_k, size: tuple[int, int]) -> float:
-    """Share of decoder positions the bucket graph attends: sum K / sum positions (levels 1-3,
-    per neighbour; the same K holds for every neighbour)."""
-    from export.buckets import level_positions
+def attention_ratio(bucket_k, size: tuple[int, int], tile: int) -> float:
+    """Share of decoder positions the bucket graph computes attention for: sum K / sum tiles
+    of `tile` x `tile` positions (levels 1-3, per neighbour; the same K holds for every
+    neighbour)."""
+    from dealthdr.model.network import level_tiles
 
-    return sum(bucket_k) / sum(level_positions(size))
+    return sum(bucket_k) / sum(level_tiles(size, tile))
 
 
 def manifest_paths(items: list[Path]) -> list[Path]:
@@ -109,6 +112,8 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
              centres: tuple[str, ...] = ("short", "long"), checkpoint: str | None = None,
              verify: bool = True) -> list[Job]:
     """Jobs for every artifact of the manifests (and eager for every bucket) that matches."""
+    from dealthdr.model import get_config
+
     from calib.buckets import sha256_file
     from export.buckets import make_buckets
 
@@ -150,18 +155,19 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
                     rt[0], rt[1], art["precision"], variant, art["s"], art["centre"],
                     list(art["bucket_k"]), list(art["attention_ratio_budget"]), size, t,
                     art["sha256"], path=str(path), method=art.get("method"),
-                    manifest=str(mpath), extra=extra))
+                    manifest=str(mpath), extra=extra, tile=art.get("tile", 1)))
     eager_jobs = []
     if "torch" in runtimes:
         digests = {c: sha256_file(c) for c in set(eager_buckets.values())}
         for (variant, s, centre, ratio), ckpt in eager_buckets.items():
             cal = {"buckets": [{"s": s, "ratio": list(ratio)}]}
             for size in sizes:
-                b = make_buckets(cal, [float(s)], size, (centre,))[0]
+                b = make_buckets(cal, [float(s)], size, (centre,),
+                                 get_config(variant).attn_tile)[0]
                 for t in threads:
                     eager_jobs.append(Job("torch", "eager-cpu", "fp32", variant, s, centre,
                                           list(b.budget), list(ratio), size, t, digests[ckpt],
-                                          checkpoint=ckpt))
+                                          checkpoint=ckpt, tile=b.tile))
     jobs = eager_jobs + artifact_jobs
     order = {r: i for i, r in enumerate(RUNTIMES)}
     jobs.sort(key=lambda j: (j.size, j.threads, float(j.s), j.centre, order[j.runtime],
@@ -189,7 +195,8 @@ class FlopCache:
             if job.variant not in VARIANTS:
                 return None, {}
             model = self._models.setdefault(job.variant, create_model(job.variant).eval())
-            b = Bucket(float(job.s), job.centre, tuple(job.ratio_budget), tuple(job.bucket_k))
+            b = Bucket(float(job.s), job.centre, tuple(job.ratio_budget), tuple(job.bucket_k),
+                       job.tile)
             frames, exposures = example_inputs(b, job.size)
             with torch.no_grad():
                 total, comps, _ = count_flops(model, frames, exposures, b.s,

@@ -122,8 +122,8 @@ def build_record(job, result: dict, host: dict, gflops, components: dict, trim: 
     return {
         **host, "runtime": result["runtime"], "runtime_version": result["runtime_version"],
         "backend": job.backend, "precision": job.precision, "variant": job.variant, "s": job.s,
-        "bucket_k": job.bucket_k, "attention_ratio": round(attention_ratio(job.bucket_k,
-                                                                           job.size), 6),
+        "bucket_k": job.bucket_k, "attention_ratio": round(attention_ratio(job.bucket_k, job.size,
+                                                                           job.tile), 6),
         "size": job.size_text, "threads": job.threads,
         "latency_ms_median": round(st["latency_ms_median"], 3),
         "latency_ms_p10": round(st["latency_ms_p10"], 3),

@@ -83,7 +83,7 @@ def load_eager(job: dict):
     def load():
         model, _ = load_checkpoint(job["checkpoint"], job["variant"])
         bucket = Bucket(float(job["s"]), job["centre"], tuple(job["ratio_budget"]),
-                        tuple(job["bucket_k"]))
+                        tuple(job["bucket_k"]), job["tile"])
         graph = BucketGraph(model.eval(), bucket).eval()
 
         def run(frames, exposures):

@@ -147,7 +147,8 @@ def prepare(args: argparse.Namespace):
         calibration = run_calibration(str(path), None, args.s_buckets, args.size,
                                       args.calib_clips, args.quantile)
     centres = ("short", "long") if args.centre == "both" else (args.centre,)
-    buckets = make_buckets(calibration, args.s_buckets, args.size, centres)
+    buckets = make_buckets(calibration, args.s_buckets, args.size, centres,
+                           model.cfg.attn_tile)
     windows = make_windows("heldout", *args.size, clips=args.parity_clips, seed=1,
                            progress=True)
     return model, info, calibration, buckets, windows

@@ -1,4 +1,5 @@
-"""What one exported graph is: a sensitivity s, a centre exposure and an attention budget K.
+"""What one exported graph is: a sensitivity s, a centre exposure and an attention budget K
+(FGMA tiles per neighbour at each decoder level).
 
 A window's graph depends on which of its frames are long (each encoder runs once on its own
 frames, so the batch split is structural): a phone running an alternating stream needs one graph
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from dealthdr.model import DeAltHDR
-from dealthdr.model.network import PAD_MULTIPLE
+from dealthdr.model.network import level_tiles
 
 from calib.windows import pattern
 
@@ -25,8 +26,9 @@ NUM_FRAMES = 5
 class Bucket:
     s: float
     centre: str                                  # "short" or "long"
-    ratio: tuple[float, float, float]            # attention-ratio budget per level (1, 2, 3)
-    budget: tuple[int, int, int]                 # K per level and neighbour
+    ratio: tuple[float, float, float]            # tile-ratio budget per level (1, 2, 3)
+    budget: tuple[int, int, int]                 # K tiles per level and neighbour
+    tile: int                                    # FGMA tile side (the variant's attn_tile)
 
     @property
     def s_key(self) -> str:
@@ -39,33 +41,31 @@ class Bucket:
 
     def record(self) -> dict:
         return {"s": self.s_key, "centre": self.centre, "bucket_k": list(self.budget),
-                "attention_ratio_budget": list(self.ratio)}
-
-
-def level_positions(size: tuple[int, int]) -> tuple[int, int, int]:
-    """Positions per neighbour at decoder levels 1, 2, 3 for an input size (after padding)."""
-    h = math.ceil(size[0] / PAD_MULTIPLE) * PAD_MULTIPLE
-    w = math.ceil(size[1] / PAD_MULTIPLE) * PAD_MULTIPLE
-    return tuple((h >> lv) * (w >> lv) for lv in range(3))
+                "tile": self.tile, "attention_ratio_budget": list(self.ratio)}
 
 
 def make_buckets(calibration: dict, s_values: list[float], size: tuple[int, int],
-                 centres: tuple[str, ...]) -> list[Bucket]:
-    """Buckets for every (s, centre), with K from the calibrated ratio at this size."""
+                 centres: tuple[str, ...], tile: int) -> list[Bucket]:
+    """Buckets for every (s, centre), with K from the calibrated tile ratio at this size."""
     from calib.buckets import s_key
+
+    if calibration.get("tile", tile) != tile:
+        raise ValueError(f"the bucket calibration counts {calibration['tile']}x"
+                         f"{calibration['tile']} tiles but the model runs FGMA in {tile}x{tile} "
+                         "tiles; recalibrate with this checkpoint")
 
     by_s = {b["s"]: b for b in calibration["buckets"]}
     missing = [s_key(s) for s in s_values if s_key(s) not in by_s]
     if missing:
         raise ValueError(f"the bucket calibration has no entry for s={missing} "
                          f"(it has {sorted(by_s)}); recalibrate with these s")
-    positions = level_positions(size)
+    tiles = level_tiles(size, tile)
     out = []
     for s in s_values:
         ratio = tuple(float(r) for r in by_s[s_key(s)]["ratio"])
-        budget = tuple(0 if s == 0 else n if math.isinf(s) else max(1, math.ceil(r * n))
-                       for r, n in zip(ratio, positions))
-        out.extend(Bucket(s, c, ratio, budget) for c in centres)
+        budget = tuple(0 if s == 0 else n if math.isinf(s) else min(n, max(1, math.ceil(r * n)))
+                       for r, n in zip(ratio, tiles))
+        out.extend(Bucket(s, c, ratio, budget, tile) for c in centres)
     return out
 
 

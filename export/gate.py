@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from dealthdr.metrics import psnr_mu
+from dealthdr.model.network import level_tiles
 
 from calib.buckets import item_ratios
 from calib.windows import Window
-from export.buckets import Bucket, BucketGraph, level_positions
+from export.buckets import Bucket, BucketGraph
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def fits_bucket(model, window: Window, bucket: Bucket) -> bool:
     if bucket.s == 0 or math.isinf(bucket.s):
         return True
     size = tuple(window.frames.shape[-2:])
-    for ratios, n, k in zip(item_ratios(model, window, bucket.s), level_positions(size),
+    for ratios, n, k in zip(item_ratios(model, window, bucket.s), level_tiles(size, bucket.tile),
                             bucket.budget):
         if np.round(ratios * n).max() > k:
             return False

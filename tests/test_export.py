@@ -8,7 +8,8 @@ import torch
 
 from calib.windows import make_windows, pattern
 from export.artifacts import digest, staging_dir
-from export.buckets import BucketGraph, level_positions, make_buckets
+from dealthdr.model.network import level_tiles
+from export.buckets import BucketGraph, make_buckets
 from export.gate import GateFailed, run_gate
 from tests.conftest import untrained_tiny
 
@@ -35,16 +36,18 @@ def test_pattern_alternates_around_the_centre():
 
 
 def test_make_buckets_budgets():
-    n1, n2, n3 = level_positions(SIZE)
-    assert (n1, n2, n3) == (64 * 64, 32 * 32, 16 * 16)
-    bs = make_buckets(CAL, [0.0, 15.0, math.inf], SIZE, ("short", "long"))
+    n1, n2, n3 = level_tiles(SIZE, 8)
+    assert (n1, n2, n3) == (8 * 8, 4 * 4, 2 * 2)
+    bs = make_buckets(CAL, [0.0, 15.0, math.inf], SIZE, ("short", "long"), 8)
     assert [b.name for b in bs] == ["s0_short", "s0_long", "s15_short", "s15_long",
                                    "sinf_short", "sinf_long"]
     assert bs[0].budget == (0, 0, 0)
     assert bs[2].budget == (math.ceil(0.5 * n1), math.ceil(0.25 * n2), math.ceil(0.1 * n3))
     assert bs[4].budget == (n1, n2, n3)
     with pytest.raises(ValueError, match="no entry for s"):
-        make_buckets(CAL, [1.0], SIZE, ("short",))
+        make_buckets(CAL, [1.0], SIZE, ("short",), 8)
+    with pytest.raises(ValueError, match="recalibrate"):
+        make_buckets({**CAL, "tile": 4}, [15.0], SIZE, ("short",), 8)
 
 
 def test_windows_have_both_centres_and_match_their_pattern(windows):
@@ -75,7 +78,7 @@ def test_staging_dir_is_atomic(tmp_path):
 
 
 def test_gate_passes_the_model_itself_and_fails_a_wrong_artifact(tiny, windows):
-    bucket = make_buckets(CAL, [15.0], SIZE, ("short",))[0]
+    bucket = make_buckets(CAL, [15.0], SIZE, ("short",), 8)[0]
     graph = BucketGraph(tiny, bucket)
     with torch.no_grad():
         ok = run_gate(lambda f, e: graph(f, e), tiny, bucket, windows, "fp32", "eager")
@@ -88,7 +91,7 @@ def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
     pytest.importorskip("onnxruntime")
     from export.to_onnx import export_onnx, onnx_runner
 
-    bucket = make_buckets(CAL, [15.0], SIZE, ("long",))[0]
+    bucket = make_buckets(CAL, [15.0], SIZE, ("long",), 8)[0]
     path = tmp_path / "m.onnx"
     export_onnx(tiny, bucket, SIZE, path)
     res = run_gate(onnx_runner(path), tiny, bucket, windows, "fp32", "onnxruntime")
@@ -101,7 +104,7 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
     from export.buckets import export_program
     from export.to_executorch import lower, pte_runner
 
-    b = make_buckets(CAL, [15.0], SIZE, ("short", "long"))
+    b = make_buckets(CAL, [15.0], SIZE, ("short", "long"), 8)
     progs = {f"forward_{x.centre}": export_program(tiny, x, SIZE) for x in b}
     exec_prog, cov = lower(progs, "xnnpack")
     path = tmp_path / "m.pte"
@@ -158,7 +161,7 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     pytest.importorskip("coremltools")
     from export.to_coreml import convert, save_multifunction, validate_package
 
-    bs = make_buckets(CAL, [0.0, 15.0], SIZE, ("short",))
+    bs = make_buckets(CAL, [0.0, 15.0], SIZE, ("short",), 8)
     parts = []
     for b in bs:
         ml = convert(tiny, b, SIZE, "fp16", "iOS18", "all")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dealthdr.model.fgma import FGMA, attention_mask, select_bucket, select_dynamic
+from dealthdr.model.fgma import FGMA, attention_mask, select_bucket, select_dynamic, tile_max
 from tests.conftest import textured
 
 
@@ -34,27 +34,32 @@ def test_mask_empty_at_zero_full_at_inf_monotone_in_s():
         attention_mask(d, -1)
 
 
-def test_dynamic_equals_bucket_when_mask_fits():
-    fgma = FGMA(8, 5).eval()
-    args = _inputs()
+def test_dynamic_equals_bucket_when_masked_tiles_fit():
+    fgma = FGMA(8, 5, tile=4).eval()
+    args = _inputs(h=12, w=14)                                  # 3 x 4 tiles, ragged edge
     with torch.no_grad():
-        dyn, m_dyn = fgma(*args, s=15.0)
-        count = int(m_dyn.flatten(1).sum(1).max())
-        assert 0 < count < 12 * 14
-        for k in (count, count + 7, 12 * 14):
-            buck, m_b = fgma(*args, s=15.0, budget=k)
+        dyn, m_dyn = fgma(*args, s=2.0)
+        tiles = int((tile_max(m_dyn, 4).flatten(1) > 0).sum(1).max())
+        assert 0 < tiles < 12
+        for k in (tiles, tiles + 1, 12):
+            buck, m_b = fgma(*args, s=2.0, budget=k)
             assert torch.equal(m_dyn, m_b)
             assert torch.allclose(dyn, buck, atol=1e-6)
+        # one tile too few: the least inconsistent masked tile falls back to flow
+        short, m_s = fgma(*args, s=2.0, budget=tiles - 1)
+        assert m_s.sum() < m_dyn.sum() and (m_s <= m_dyn).all()
 
 
-def test_bucket_overflow_keeps_most_inconsistent_positions():
+def test_bucket_overflow_keeps_most_inconsistent_tiles():
     d = torch.rand(3, 1, 6, 7)
-    mask = attention_mask(d, 100.0)
-    n, y, x, valid = select_bucket(d, mask, 5)
-    assert n.numel() == 15
+    ids = select_bucket(d, 2, tile=2)                           # 3 x 4 tiles per item
+    assert ids.dtype == torch.int32 and ids.numel() == 6
+    score = tile_max(d, 2).flatten(1)
     for item in range(3):
-        picked = d[item, 0, y[n == item], x[n == item]]
-        assert picked.min() >= d[item].flatten().topk(5).values.min()
+        mine = ids[(ids >= item * 12) & (ids < (item + 1) * 12)].long() - item * 12
+        assert mine.numel() == 2
+        assert score[item, mine].min() >= score[item].topk(2).values.min()
+    assert select_bucket(d, 12, tile=2) is None                 # every tile: no selection
 
 
 def test_attention_uses_the_neighbour_and_not_at_s0():
@@ -105,48 +110,65 @@ def test_sparse_attention_equals_dense_reference():
         assert torch.allclose(out[:, 9:], ref, atol=1e-5)
 
 
-def test_selection_policies_agree_on_positions():
-    d = torch.rand(2, 1, 5, 5)
-    mask = attention_mask(d, 1.2)
-    n, y, x, v = select_dynamic(mask)
-    nb, yb, xb, vb = select_bucket(d, mask, 25)
-    dyn = {(int(a), int(b), int(c)) for a, b, c in zip(n, y, x)}
-    buck = {(int(a), int(b), int(c)) for a, b, c, ok in zip(nb, yb, xb, vb) if ok}
-    assert dyn == buck
+def test_selection_policies_agree_on_tiles():
+    d = torch.rand(2, 1, 10, 10) * 0.4                          # 3 x 3 tiles of 4 per item
+    d[0, 0, 1, 1], d[0, 0, 5, 9], d[1, 0, 9, 0] = 0.9, 0.8, 0.7
+    mask = attention_mask(d, 1.2)                               # s D > 0.5: the three spikes
+    assert select_dynamic(mask, 4).tolist() == [0, 5, 9 + 6]
+    assert sorted(select_bucket(d, 2, 4).tolist())[:2] == [0, 5]
+    assert 9 + 6 in select_bucket(d, 1, 4).tolist()
 
 
-def test_query_chunking_does_not_change_the_result():
-    fgma = FGMA(8, 3).eval()
+def test_tile_chunking_does_not_change_the_result():
+    fgma = FGMA(8, 3, tile=4).eval()
     args = _inputs(per=3)
     with torch.no_grad():
         whole, _ = fgma(*args, s=math.inf)
-        fgma.query_chunk = 7
+        fgma.tile_chunk = 1
         chunked, _ = fgma(*args, s=math.inf)
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
-def test_exported_branch_moves_rows_only():
-    """The bucket graph gathers and scatters whole rows (index_select, one int32 scatter of the
-    slot map): advanced indexing and multi-index index_put are what ExecuTorch's portable
-    kernels run element by element (62 vs 2.9 ms for one query gather, measured)."""
-    class Branch(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fgma = FGMA(8, 3)
+def test_window_must_fit_the_tile_halo():
+    with pytest.raises(ValueError, match="tile"):
+        FGMA(8, 7, tile=4)
+    with pytest.raises(ValueError, match="odd"):
+        FGMA(8, 4, tile=8)
 
-        def forward(self, cur, nbs, f_tn, f_nt, img):
-            return self.fgma(cur, nbs, f_tn, f_nt, img, s=20.0, budget=40)
 
-    args = _inputs(per=2)
+class _Branch(torch.nn.Module):
+    def __init__(self, s, budget):
+        super().__init__()
+        self.fgma, self.s, self.budget = FGMA(8, 3, tile=4), s, budget
+
+    def forward(self, cur, nbs, f_tn, f_nt, img):
+        return self.fgma(cur, nbs, f_tn, f_nt, img, s=self.s, budget=self.budget)
+
+
+def _exported_ops(branch, args):
     with torch.no_grad():
-        eager = Branch().eval()
-        ep = torch.export.export(eager, args)
-        ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-        assert not {"aten.index.Tensor", "aten.index_put.default", "aten.index_put_.default"} & ops
-        assert "aten.scatter.src" in ops and "aten.index_select.default" in ops
+        ep = torch.export.export(branch.eval(), args)
         out, mask = ep.module()(*args)
-        ref_out, ref_mask = eager(*args)
-    assert torch.equal(out, ref_out) and torch.equal(mask, ref_mask)
-    assert 0 < int(mask.sum()) <= 40 * 2
+        ref_out, ref_mask = branch(*args)
+    assert torch.allclose(out, ref_out, atol=1e-6) and torch.equal(mask, ref_mask)
+    return {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}, out, mask
+
+
+def test_exported_bucket_moves_whole_tiles():
+    """The bucket graph gathers whole tiles (index_select of rows: a tile's queries, its key
+    halo) and places them back with one int32 scatter of a tile slot map; per-position gathers
+    and multi-index index_put are what ExecuTorch's portable kernels run element by element."""
+    args = _inputs(per=2)
+    ops, out, mask = _exported_ops(_Branch(20.0, 3), args)       # 3 of 12 tiles per item
+    assert not {"aten.index.Tensor", "aten.index_put.default", "aten.index_put_.default"} & ops
+    assert "aten.scatter.src" in ops and "aten.index_select.default" in ops
+    assert 0 < int(mask.sum()) <= 3 * 16 * 2
     # zero wherever no query ran: the zero row of the slot map
     assert torch.all(out[:, 9:][mask.expand(-1, 8, -1, -1) == 0] == 0)
+
+
+def test_exported_full_bucket_is_dense():
+    """s=inf (and any K that covers every tile) selects nothing: static slices only."""
+    ops, _, mask = _exported_ops(_Branch(math.inf, None), _inputs(per=2))
+    assert mask.all()
+    assert not {"aten.index_select.default", "aten.scatter.src", "aten.topk.default"} & ops

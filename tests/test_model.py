@@ -102,7 +102,7 @@ def test_dynamic_and_bucket_agree_in_the_full_model(tiny):
     frames, exposures, _ = make_clip(32, 32)
     with torch.no_grad():
         dyn, stats = tiny.forward_with_stats(frames, exposures, s=15.0)
-        full = bucket_budget(1.0, (32, 32))
+        full = bucket_budget(1.0, (32, 32), tiny.cfg.attn_tile)
         buck = tiny(frames, exposures, s=15.0, budget=full)
         assert torch.allclose(dyn, buck, atol=1e-5)
         small = tiny(frames, exposures, s=15.0, budget=(1, 1, 1))
@@ -112,7 +112,7 @@ def test_dynamic_and_bucket_agree_in_the_full_model(tiny):
 
 def test_torch_export_with_bucket_policy(tiny):
     frames, exposures, _ = make_clip(32, 32)
-    budget = bucket_budget(0.25, (32, 32))
+    budget = bucket_budget(0.25, (32, 32), tiny.cfg.attn_tile)
 
     class Wrapped(torch.nn.Module):
         def __init__(self, model):

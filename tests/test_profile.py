@@ -24,20 +24,21 @@ def test_ops_torch_counts_as_zero_are_counted():
     assert extra.get_total_flops() >= 8 * x.numel()
 
 
-def test_flops_grow_linearly_with_attention_ratio():
+def test_flops_grow_linearly_with_the_tile_ratio():
     model = create_model("tiny").eval()
     frames, exposures, _ = make_clip(64, 64)
     rs, fl = [], []
     for s in (0.5, 5.0, 30.0, math.inf):
         total, comps, stats = count_flops(model, frames, exposures, s)
-        rs.append(stats.attention_ratio)
+        rs.append(stats.tile_ratio)
         fl.append(total)
+        assert stats.tile_ratio >= stats.attention_ratio  # a tile runs where one position is
         assert comps["encoders"] > 0 and comps["flow (SpyNet)"] > 0 and comps["FGMA"] > 0
     assert len(set(rs)) >= 3
     _, slope, resid = linear_fit(rs, fl)
     assert slope > 0 and resid < 0.02
     zero, _, st0 = count_flops(model, frames, exposures, 0.0)
-    assert st0.attention_ratio == 0 and zero < min(fl)
+    assert st0.attention_ratio == 0 and st0.tile_ratio == 0 and zero < min(fl)
 
 
 def _cli(*args):

@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from calib.windows import make_windows
-from export.buckets import Bucket, BucketGraph, example_inputs, level_positions
+from dealthdr.model.network import level_tiles
+from export.buckets import Bucket, BucketGraph, example_inputs
 from tests.conftest import untrained_tiny
 
 SIZE = (64, 64)
 
 
 def bucket(s: float, centre: str = "short") -> Bucket:
-    n = level_positions(SIZE)
+    n = level_tiles(SIZE, 8)
     ratio = (0.5, 0.25, 0.1) if s > 0 else (0, 0, 0)
     return Bucket(s, centre, ratio, tuple(max(1, int(r * k)) if s > 0 else 0
-                                          for r, k in zip(ratio, n)))
+                                          for r, k in zip(ratio, n)), 8)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ class DeAltHDRConfig:
         num_frames: input window, centre frame plus neighbours (paper: 5).
         attn_window: side of the square window of the flow-warped neighbour feature each FGMA
             query attends to. Cost per query grows with its square.
+        attn_tile: side of the square tiles FGMA selects and computes attention in (whole
+            tiles keep the attention dense work for every runtime); an execution setting, the
+            weights do not depend on it. 2 * (attn_window // 2) must not exceed it.
         flow_scale: SpyNet runs on frames downsampled by this factor; the flow is upsampled to
             every decoder level. 1 is the release's full-resolution flow (70 % of its FLOPs).
         spynet_width: channel multiplier of the SpyNet level modules; 1.0 is the BasicSR layout
@@ -44,6 +47,7 @@ class DeAltHDRConfig:
     ffn_expansion: float = 2.5
     num_frames: int = 5
     attn_window: int = 7
+    attn_tile: int = 8
     flow_scale: int = 4
     spynet_width: float = 1.0
     spynet_levels: int = 6
@@ -56,6 +60,9 @@ class DeAltHDRConfig:
             raise ValueError(f"num_frames must be odd and >= 3, got {self.num_frames}")
         if self.attn_window % 2 == 0:
             raise ValueError(f"attn_window must be odd, got {self.attn_window}")
+        if 2 * (self.attn_window // 2) > self.attn_tile:
+            raise ValueError(f"attn_tile must be >= 2 * (attn_window // 2), got tile "
+                             f"{self.attn_tile} for window {self.attn_window}")
         if self.flow_scale < 1:
             raise ValueError(f"flow_scale must be >= 1, got {self.flow_scale}")
 

@@ -1,4 +1,4 @@
-"""Flow-Guided Masked Attention (FGMA, paper §3.3, Eq. 4-8) with attention that is sparse in fact.
+"""Flow-Guided Masked Attention (FGMA, paper §3.3, Eq. 4-8), sparse by tiles, dense inside them.
 
 Per neighbour n of the current frame t, at one decoder level:
   D = |warp(warp(L_t, O_{n->t}), O_{t->n}) - L_t|           (Eq. 4-5, forward-backward check)
@@ -7,24 +7,33 @@ Per neighbour n of the current frame t, at one decoder level:
   F_att at masked positions = softmax(q k^T / sqrt(d)) v       (Eq. 7-8)
   out = Concat(F_flow, M, F_att)
 
-Attention is computed only for the selected query positions: each query attends to a w x w
-window of the neighbour feature around its flow-guided position (the window is taken from
-F_flow, so a query looks where the flow points and searches +-w/2 around it). Gathering only the
-window keeps the cost per query fixed, so the cost of the branch is proportional to the number
-of queries, i.e. to the attention ratio R.
+Each query attends to a w x w window of the flow-warped neighbour feature around its own
+position. Attention runs on whole tiles of t x t positions: a tile is selected when it holds a
+masked position, and masked positions inside selected tiles get the attention result while the
+others are zeroed, so the output is exactly Eq. 7-8 at M. Every key the queries of a tile can
+see lies in its halo, the tile grown by r = w // 2 on each side (g = t + 2r). A halo table holds
+each tile's halo as one contiguous row, so a selected tile's keys arrive with one row gather (and
+with none when every tile is taken), and the attention of its t*t queries is dense work:
+  query row y sees halo rows y .. y + w - 1, a contiguous slice of w * g keys; one batched
+  matmul gives the row's t queries their scores there, a constant band bias keeps each query's
+  w columns, and a softmax and a second matmul give the values.
+That is w * g scores per query where w^2 are needed (2.4x for w=5, t=8), in exchange for ops
+every delegate runs well (matmul, softmax, static slices) instead of per-pixel gathers. Cost is
+a fixed amount per selected tile, so the branch is linear in the number of selected tiles.
 
 Key and value projections are folded into the query side, exactly:
   q . (W_k f + b_k) = (W_k^T q) . f + q . b_k, and the last term is constant over a query's
   window, so softmax ignores it; sum_j a_j (W_v f_j + b_v) = W_v (sum_j a_j f_j) + b_v because
-  the weights sum to 1. Per query that is 3 C^2 + 2 w^2 C MACs and nothing per pixel, instead of
-  projecting every key of every window (2 w^2 C^2).
+  the weights sum to 1. So keys and values are the warped features themselves.
 
-Two mask policies select the queries, sharing everything else:
-  `budget=None` (dynamic): exactly the masked positions; data-dependent count, for training and
-    evaluation.
-  `budget=K` (bucket): the K positions with the largest D (top-K), fixed shapes, for export.
-    Selected positions outside M are computed but zeroed, so the output equals the dynamic one
-    whenever |M| <= K; when |M| > K the least inconsistent masked positions fall back to flow.
+Two mask policies select the tiles, sharing everything else:
+  `budget=None` (dynamic): every tile with a masked position; data-dependent count, for training
+    and evaluation.
+  `budget=K` (bucket): the K tiles per neighbour with the largest max D (top-K on a max-pool),
+    fixed shapes, for export. A tile holds a masked position exactly when s * max D > 0.5, so
+    the output equals the dynamic one whenever at most K tiles hold masked positions; when more
+    do, the least inconsistent tiles fall back to flow. K = all tiles (s=inf) selects nothing:
+    exported graphs then take every tile by static slices, with no gather or scatter at all.
 """
 from __future__ import annotations
 
@@ -74,34 +83,37 @@ def attention_mask(d: torch.Tensor, s: float) -> torch.Tensor:
     return (d * s > 0.5).to(d.dtype)
 
 
-def select_dynamic(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                torch.Tensor]:
-    """Indices (n, y, x) of every masked position, and their validity (all ones)."""
-    n, _, y, x = torch.nonzero(mask > 0, as_tuple=True)
-    return n, y, x, torch.ones_like(n, dtype=mask.dtype)
+def tile_grid(h: int, w: int, tile: int) -> tuple[int, int]:
+    """Tiles along each axis of an h x w map (the map is zero-padded to whole tiles)."""
+    return -(-h // tile), -(-w // tile)
 
 
-def select_bucket(d: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """The k most inconsistent positions of every item (top-k on D), fixed shapes.
+def tile_max(x: torch.Tensor, tile: int) -> torch.Tensor:
+    """(N, 1, H, W) -> (N, 1, a, b): the maximum over each tile (zero padding at the far edges)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % tile, (-w) % tile
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return F.max_pool2d(x, tile, stride=tile)  # an explicit stride: coremltools needs it
 
-    Validity is the mask at the selected positions: an unmasked pick is computed but zeroed.
-    """
-    num, _, h, w = d.shape
-    k = min(k, h * w)
-    if k == h * w:  # everything is selected: no sort needed (s=inf buckets)
-        pos = torch.arange(h * w, device=d.device).expand(num, -1)
-    else:
-        pos = torch.topk(d.flatten(1), k, dim=1, sorted=False).indices
-    valid = torch.gather(mask.flatten(1), 1, pos)
-    # item index per pick, computed from `pos` (an expanded arange is folded into a stored
-    # (num, k) constant: 32 MB per Core ML function at 1080p). Not `pos * 0`: pt2e quantizers
-    # lift the scalar 0 into a float constant, and an int64 * float product breaks the graph.
-    items = torch.arange(num, device=d.device, dtype=torch.int32).view(num, 1)
-    n = torch.zeros_like(pos, dtype=torch.int32) + items
-    # Explicit int32: coremltools lowers // and % through fp32, and its gather/scatter refuse
-    # float indices (int32 covers 1080p: 4 x 1088 x 1928 < 2^31).
-    y, x = (pos // w).to(torch.int32), (pos % w).to(torch.int32)
-    return n.reshape(-1), y.reshape(-1), x.reshape(-1), valid.reshape(-1)
+
+def select_dynamic(mask: torch.Tensor, tile: int) -> torch.Tensor:
+    """Flat ids (n * a * b + i * b + j) of every tile holding a masked position."""
+    return torch.nonzero(tile_max(mask, tile).flatten() > 0).flatten()
+
+
+def select_bucket(d: torch.Tensor, k: int, tile: int) -> torch.Tensor | None:
+    """Flat ids of the k tiles per item with the largest max D, fixed shapes; None when k
+    covers every tile (the graph then takes all tiles in order, with no selection)."""
+    score = tile_max(d, tile).flatten(1)                               # (N, a*b)
+    per = score.shape[1]
+    if k >= per:
+        return None
+    pos = torch.topk(score, k, dim=1, sorted=False).indices
+    # Item offsets as an (N, 1) column added by broadcasting: a (N, k) index table would be
+    # folded into a stored constant. int32 because coremltools refuses float indices.
+    first = torch.arange(score.shape[0], device=d.device).view(-1, 1) * per
+    return (pos + first).reshape(-1).to(torch.int32)
 
 
 class FGMA(nn.Module):
@@ -109,117 +121,128 @@ class FGMA(nn.Module):
 
     Args:
         channels: feature channels C at this level (also the attention dimension d).
-        window: side of the square neighbour window each query attends to (odd).
-        query_chunk: queries processed at once in eager mode (bounds peak memory; no effect
-            on the result). Exported graphs process all K queries of a bucket at once.
+        window: side w of the square neighbour window each query attends to (odd).
+        tile: side t of the square tiles attention is selected and computed in; 2 * (w // 2)
+            must not exceed it (a tile's halo then lies in a 2x2 block of tiles).
+        tile_chunk: tiles processed at once in eager mode (bounds peak memory; no effect on
+            the result). Exported graphs process all K tiles of a bucket at once.
     """
 
-    def __init__(self, channels: int, window: int, query_chunk: int = 16384) -> None:
+    def __init__(self, channels: int, window: int, tile: int = 8, tile_chunk: int = 512,
+                 ) -> None:
         super().__init__()
+        if window % 2 == 0 or 2 * (window // 2) > tile:
+            raise ValueError(f"window must be odd and 2 * (window // 2) <= tile, got window "
+                             f"{window}, tile {tile}")
         self.channels = channels
         self.window = window
-        self.query_chunk = query_chunk
+        self.tile = tile
+        self.tile_chunk = tile_chunk
         self.proj_q = nn.Linear(channels, channels)
         self.proj_k = nn.Linear(channels, channels)
         self.proj_v = nn.Linear(channels, channels)
         self.register_buffer("mean_kernel", torch.full((1, 3, 1, 1), 1.0 / 3), persistent=False)
+        self.register_buffer("band", _band_bias(tile, window), persistent=False)
 
     @property
     def out_channels(self) -> int:
         return 2 * self.channels + 1
 
-    def window_offsets(self, row: int) -> list[int]:
-        """Flat offsets of a window's w*w keys from its top-left corner, in a map of `row` width."""
-        return [ky * row + kx for ky in range(self.window) for kx in range(self.window)]
+    @property
+    def halo(self) -> int:
+        return self.tile + 2 * (self.window // 2)
 
-    def key_table(self, warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded channels-last copy of the warped neighbour features, one key per row, and an
-        additive bias that masks the padding. Gathering rows of C contiguous floats is ~2.3x
-        faster on CPU than gathering strided channels from NCHW. This copy, the query rows and the
-        two output maps are the branch's O(H*W) steps, a fixed overhead paid once per call
-        whatever the number of queries."""
-        num, c, h, w = warped.shape
-        r = self.window // 2
-        table = _rows(F.pad(warped, (r, r, r, r)))
-        border = F.pad(_zeros(warped, 1), (r, r, r, r), value=_NEG).reshape(-1)
-        return table, border
-
-    def attend(self, current: torch.Tensor, warped: torch.Tensor, n: torch.Tensor,
-               y: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windowed cross-attention at the selected positions, and the executed mask.
+    def attend(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
+               ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windowed cross-attention in the selected tiles, and the executed mask.
 
         current: (N, C, H, W) query features (one copy per neighbour); warped: (N, C, H, W)
-        flow-warped neighbour features; n, y, x, valid: (Q,) selection. Returns F_att
-        (N, C, H, W), zero where no query ran, and the executed mask (N, 1, H, W): `valid` at
-        the selected positions. Beyond the key table and the two maps, every step is O(Q),
-        with O(Q * (C + w*w)) floats alive (see `_attend_chunk`). Eager mode also processes
-        queries in chunks of `query_chunk`; exported graphs take all K of a bucket at once.
-
-        Every gather and scatter is a row operation on a channels-last map (`index_select` of
-        C contiguous floats, one int32 scatter for the slot map): in the ExecuTorch portable
-        kernels, advanced indexing `current[n, :, y, x]` and a 3-index `index_put` walk every
-        element through generic index arithmetic. Measured at 256x256 (tiny, level 1, Q=52k,
-        C=16): query gather 62 -> 2.9 ms, the two scatters 64+ -> 4.1 ms.
+        flow-warped neighbour features; mask: (N, 1, H, W) M; ids: flat tile ids from
+        `select_dynamic` / `select_bucket`, or None for every tile. Returns F_att (N, C, H, W),
+        zero outside M and outside the selected tiles, and the executed mask (N, 1, H, W): M in
+        the selected tiles. The two tables are the branch's O(H*W) steps, paid once per call
+        whatever the number of tiles; everything else is O(selected tiles).
         """
         num, c, h, w = warped.shape
-        r = self.window // 2
-        total = n.numel()
-        if total == 0:
+        t = self.tile
+        a, b = tile_grid(h, w, t)
+        queries = _tiles(F.pad(torch.cat((current, mask), 1), (0, b * t - w, 0, a * t - h)), t)
+        halos = self.halo_table(warped)
+        step = num * a * b if is_tracing() else self.tile_chunk  # eager: bounded memory
+        if ids is None:  # every tile, in order: no gather, no scatter
+            packed = _cat([self._attend_tiles(q, k) for q, k in
+                           zip(_chunks(queries, step), _chunks(halos, step))])
+            return _untile(packed, num, a, b, h, w)
+        if ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
-        table, border = self.key_table(warped)
-        flat = (n * h + y) * w + x                                     # query's own position
-        corner = (n * (h + 2 * r) + y) * (w + 2 * r) + x              # window's top-left
-        offsets = self.window_offsets(w + 2 * r)
-        queries = _rows(current).index_select(0, flat)
-        step = total if is_tracing() else self.query_chunk
-        values = torch.cat([
-            self._attend_chunk(queries[i:i + step], table, border, corner[i:i + step], offsets)
-            for i in range(0, total, step)])
-        return self._place(warped, flat, values * valid.unsqueeze(1), valid)
+        packed = _cat([self._attend_tiles(queries.index_select(0, part),
+                                          halos.index_select(0, part))
+                       for part in _chunks(ids, step)])
+        return self._place(packed, ids, num, a, b, h, w)
 
-    @staticmethod
-    def _place(like: torch.Tensor, flat: torch.Tensor, values: torch.Tensor,
-               valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scatter (Q, C) rows and (Q,) validity into zero maps shaped like `like`, as a gather.
+    def halo_table(self, warped: torch.Tensor) -> torch.Tensor:
+        """(N * a * b, g * g, C + 1): per tile, every key its queries can see (the tile grown by
+        r on each side, g = t + 2r), channels last, with an additive bias channel that is 0
+        inside the image and minus infinity outside. Built from static slices of the padded
+        map (rows of tile i and the first 2r rows of tile i + 1, then the same for columns),
+        so a tile's keys move as one contiguous row."""
+        num, c, h, w = warped.shape
+        t, r, g = self.tile, self.window // 2, self.halo
+        a, b = tile_grid(h, w, t)
+        pad = (r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
+        fmap = torch.cat((F.pad(warped, pad), F.pad(_zeros(warped, 1), pad, value=_NEG)), 1)
+        fmap = fmap.permute(0, 2, 3, 1).reshape(num, (a + 1) * t, b + 1, t, c + 1)
+        cols = torch.cat((fmap[:, :, :b], fmap[:, :, 1:, :2 * r]), 3)   # (N, H', b, g, C+1)
+        rows = cols.reshape(num, a + 1, t, b * g * (c + 1))
+        rows = torch.cat((rows[:, :a], rows[:, 1:, :2 * r]), 2)          # (N, a, g, b g (C+1))
+        rows = rows.reshape(num * a, g, b, g * (c + 1)).permute(0, 2, 1, 3)  # 5-D at most
+        return rows.reshape(num * a * b, g * g, c + 1)
 
-        A slot map holds, per position, 1 + the index of the query placed there, or 0; both
-        maps are then one `index_select` from [zero row; rows]. That is one int32 scatter of
-        Q entries instead of two scatters of Q * C floats, and it is out of place: an in-place
+    def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
+        """Attention of every query of K tiles over its window.
+
+        queries: (K, t, t, C + 1) features and M; halos: (K, g * g, C + 1) keys and bias.
+        Query row y of a tile sees halo rows y .. y + w - 1, one contiguous slice of w * g
+        keys: one matmul per row gives its t queries' scores there (the border bias comes in
+        through the constant-1 query channel), and the constant band bias keeps each query's
+        w columns. Returns (K, t, t, C + 1): F_att * M and M.
+        """
+        t, c, g, w = self.tile, self.channels, self.halo, self.window
+        q, valid = queries[..., :c], queries[..., c:]
+        q = self.proj_q(q)                                              # Eq. 7, Proj_q
+        qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # W_k folded in
+        qk = torch.cat((qk, valid * 0.0 + 1.0), 3)                      # picks up the bias
+        k = qk.shape[0]
+        rows = []
+        for y in range(t):  # row by row: only one row's scores are alive at a time
+            # Slices, reshapes and bmm rather than integer indexing, `@` and `stack`: those
+            # export as select/expand/unsqueeze copies, which XNNPACK does not delegate.
+            keys = halos[:, y * g:(y + w) * g]                          # (K, w g, C+1)
+            scores = torch.bmm(qk[:, y:y + 1].reshape(k, t, c + 1), keys.transpose(1, 2))
+            attn = torch.softmax(scores + self.band, dim=-1)            # Eq. 8
+            rows.append(torch.bmm(attn, keys[..., :c]).reshape(k, 1, t, c))
+        mixed = torch.cat(rows, 1)                                      # (K, t, t, C)
+        values = self.proj_v(mixed)                                     # W_v folded out
+        return torch.cat((values * valid, valid), 3)
+
+    def _place(self, packed: torch.Tensor, ids: torch.Tensor, num: int, a: int, b: int,
+               h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scatter K tiles of (t, t, C + 1) into a zero tile map, as a gather.
+
+        A slot map holds, per tile, 1 + the index of the selected tile placed there, or 0;
+        the map is then one `index_select` from [zero row; rows]. That is one int32 scatter of
+        K entries instead of a scatter of K tiles of floats, and it is out of place: an in-place
         write into a view is invisible to graph passes that copy the target (pt2e put a
-        quantize/dequantize pair after the zero map, the write landed in the dropped original,
-        and every int8 graph silently lost its attention branch: measured). Positions are
-        unique in both policies, so no slot is written twice."""
-        num, c, h, w = like.shape
+        quantize/dequantize pair after a zero map, the write landed in the dropped original,
+        and int8 graphs lost their attention branch). Tile ids are unique in both policies."""
+        rows = packed.reshape(packed.shape[0], -1)
         # Everything derived from tensors, nothing from `zeros`/`arange` of static shape: an
         # exporter folds those into stored constants (see `_zeros`). Int64 scatter indices:
         # torch and ONNX ScatterElements take no other type.
-        empty = _zeros(like, 1).reshape(-1).to(torch.int32)
-        ids = torch.cumsum(flat * 0 + 1, 0, dtype=torch.int32)           # 1..Q
-        slot = empty.scatter(0, flat.long(), ids)
-        rows = torch.cat((values[:1] * 0.0, values)).index_select(0, slot)
-        executed = torch.cat((valid[:1] * 0.0, valid)).index_select(0, slot)
-        return (rows.reshape(num, h, w, c).permute(0, 3, 1, 2),
-                executed.reshape(num, 1, h, w))
-
-    def _attend_chunk(self, queries: torch.Tensor, table: torch.Tensor, border: torch.Tensor,
-                      corner: torch.Tensor, offsets: list[int]) -> torch.Tensor:
-        """Attention of Q queries over their windows, one window position at a time: peak
-        memory O(Q * (C + w*w)), where gathering whole windows at once is O(Q * w*w * C) (11 GB
-        for `tiny` at 1080p, R=0.83, in an exported graph, which cannot chunk Q). Each key row
-        is gathered twice (scores, then the weighted sum) so that only one position's keys are
-        alive at a time; measured on CPU, as fast as one whole-window gather."""
-        c = queries.shape[1]
-        q = self.proj_q(queries)                                        # (Q, C)  Eq. 7, Proj_q
-        qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # (Q, C)  W_k folded in
-        idx = [corner + o for o in offsets]
-        scores = torch.stack([(table.index_select(0, i) * qk).sum(1) + border.index_select(0, i)
-                              for i in idx], dim=1)                      # (Q, w*w)
-        attn = torch.softmax(scores, dim=-1)                            # Eq. 8
-        mixed = attn[:, :1] * table.index_select(0, idx[0])
-        for j in range(1, len(idx)):
-            mixed = mixed + attn[:, j:j + 1] * table.index_select(0, idx[j])
-        return self.proj_v(mixed)                                       # W_v folded out
+        empty = (rows[:1, :1] * 0).to(torch.int32).expand(num * a * b, 1).reshape(-1)
+        slot = empty.scatter(0, ids.long(), torch.cumsum(ids * 0 + 1, 0, dtype=torch.int32))
+        tiles = torch.cat((rows[:1] * 0.0, rows)).index_select(0, slot)
+        return _untile(tiles.reshape(-1, *packed.shape[1:]), num, a, b, h, w)
 
     def forward(self, current: torch.Tensor, neighbours: torch.Tensor,
                 flow_t_to_n: torch.Tensor, flow_n_to_t: torch.Tensor, image_t: torch.Tensor,
@@ -229,8 +252,8 @@ class FGMA(nn.Module):
         current: (B, C, H, W) decoder feature F_t^in. neighbours: (B*T', C, H, W) encoder
         features F_n^i, batch-major. flow_t_to_n / flow_n_to_t: (B*T', 2, H, W) at this level.
         image_t: (B, 3, H, W) guide image of frame t at this level. budget: None for the
-        dynamic policy, K for the bucket policy. Returns Concat(F_flow, M, F_att) as
-        (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W).
+        dynamic policy, K tiles per neighbour for the bucket policy. Returns
+        Concat(F_flow, M, F_att) as (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W).
         """
         per = neighbours.shape[0] // current.shape[0]
         current_rep = current.repeat_interleave(per, dim=0)
@@ -238,15 +261,56 @@ class FGMA(nn.Module):
         if s == 0 or budget == 0:
             mask = _zeros(warped, 1)
             return torch.cat((warped, mask, _zeros(warped, self.channels)), dim=1), mask
-        d = consistency_difference(image_t.repeat_interleave(per, dim=0), flow_t_to_n,
-                                   flow_n_to_t, self.mean_kernel)
-        mask = attention_mask(d, s)
-        if budget is None:
-            n, y, x, valid = select_dynamic(mask)
+        if math.isinf(s):  # M is everywhere: no D needed, every tile is taken
+            mask, ids = _zeros(warped, 1) + 1.0, None
         else:
-            n, y, x, valid = select_bucket(d, mask, budget)
-        attended, executed = self.attend(current_rep, warped, n, y, x, valid)
+            d = consistency_difference(image_t.repeat_interleave(per, dim=0), flow_t_to_n,
+                                       flow_n_to_t, self.mean_kernel)
+            mask = attention_mask(d, s)
+            ids = select_dynamic(mask, self.tile) if budget is None else \
+                select_bucket(d, budget, self.tile)
+        attended, executed = self.attend(current_rep, warped, mask, ids)
         return torch.cat((warped, executed, attended), dim=1), executed
+
+
+def _band_bias(tile: int, window: int) -> torch.Tensor:
+    """(t, w * g) additive bias: 0 where halo column c of strip dy is in query column j's window
+    (j <= c < j + w), minus infinity elsewhere."""
+    g = tile + 2 * (window // 2)
+    cols = torch.arange(g).view(1, g) - torch.arange(tile).view(tile, 1)
+    inside = (cols >= 0) & (cols < window)
+    return torch.where(inside, 0.0, _NEG).repeat(1, window)
+
+
+def _tiles(fmap: torch.Tensor, tile: int) -> torch.Tensor:
+    """(N, C, a t, b t) -> (N a b, t, t, C): tile-major, channels last (a tile's positions and
+    channels are one contiguous row, so a tile moves as one row operation). At most 5-D on the
+    way: Core ML takes no higher rank."""
+    num, c, h, w = fmap.shape
+    a, b = h // tile, w // tile
+    rows = fmap.permute(0, 2, 3, 1).reshape(num * a, tile, b, tile * c)
+    return rows.permute(0, 2, 1, 3).reshape(num * a * b, tile, tile, c)
+
+
+def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N a b, t, t, C + 1) -> F_att (N, C, h, w) and the executed mask (N, 1, h, w)."""
+    t, c1 = tiles.shape[1], tiles.shape[-1]
+    rows = tiles.reshape(num * a, b, t, t * c1).permute(0, 2, 1, 3)
+    fmap = rows.reshape(num, a * t, b * t, c1).permute(0, 3, 1, 2)
+    if a * t != h or b * t != w:  # a no-op slice would export as `alias` (Core ML refuses)
+        fmap = fmap[:, :, :h, :w]
+    return fmap[:, :-1], fmap[:, -1:]
+
+
+def _chunks(x: torch.Tensor, step: int) -> list[torch.Tensor]:
+    """`x` split along dim 0 into pieces of `step` rows; whole when it fits (an exported graph
+    takes every tile at once, and a full slice would export as `alias`)."""
+    return [x] if step >= x.shape[0] else list(x.split(step))
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _zeros(like: torch.Tensor, channels: int) -> torch.Tensor:
@@ -255,8 +319,3 @@ def _zeros(like: torch.Tensor, channels: int) -> torch.Tensor:
     function at 256x256 for the tiny variant), while `x * 0` costs one pass and no storage."""
     part = like if channels == like.shape[1] else like[:, :channels]  # a full slice exports
     return part * 0.0                                                  # as `alias` (rejected)
-
-
-def _rows(fmap: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N*H*W, C): one row of C contiguous floats per position."""
-    return fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])

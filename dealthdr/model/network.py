@@ -17,7 +17,7 @@ from torch import nn
 from .blocks import make_level
 from .config import DeAltHDRConfig
 from .encoder import Encoder
-from .fgma import FGMA
+from .fgma import FGMA, tile_grid, tile_max
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
                      long_pattern_from_exposures, prepare_inputs, relative_exposures)
 from .layers import Upsample
@@ -31,21 +31,34 @@ PAD_MULTIPLE = 8  # three pixel-unshuffle downsamplings
 @dataclass
 class ForwardStats:
     """What one forward did: per decoder level (1, 2, 3) the executed attention positions and
-    the positions available, summed over batch and neighbours."""
+    the positions available, summed over batch and neighbours, and the tiles attention ran in
+    (the branch's cost) and the tiles available."""
     attended: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+    tiles: list[int] = field(default_factory=list)
+    tiles_total: list[int] = field(default_factory=list)
 
     @property
     def attention_ratio(self) -> float:
         total = sum(self.positions)
         return sum(self.attended) / total if total else 0.0
 
+    @property
+    def tile_ratio(self) -> float:
+        total = sum(self.tiles_total)
+        return sum(self.tiles) / total if total else 0.0
 
-def bucket_budget(ratio: float, size: tuple[int, int]) -> tuple[int, int, int]:
-    """Per-level bucket sizes K (levels 1, 2, 3) for an attention ratio at an input size."""
+
+def level_tiles(size: tuple[int, int], tile: int) -> tuple[int, int, int]:
+    """FGMA tiles per neighbour at decoder levels 1, 2, 3 for an input size (after padding)."""
     h = math.ceil(size[0] / PAD_MULTIPLE) * PAD_MULTIPLE
     w = math.ceil(size[1] / PAD_MULTIPLE) * PAD_MULTIPLE
-    return tuple(math.ceil(ratio * (h >> lv) * (w >> lv)) for lv in range(3))
+    return tuple(math.prod(tile_grid(h >> lv, w >> lv, tile)) for lv in range(3))
+
+
+def bucket_budget(ratio: float, size: tuple[int, int], tile: int) -> tuple[int, int, int]:
+    """Per-level bucket sizes K (tiles per neighbour, levels 1, 2, 3) for a tile ratio."""
+    return tuple(math.ceil(ratio * n) for n in level_tiles(size, tile))
 
 
 class DeAltHDR(nn.Module):
@@ -76,7 +89,8 @@ class DeAltHDR(nn.Module):
         levels = (3, 2, 1)
         self.ups = nn.ModuleList([Upsample(dims[lv]) for lv in levels])
         self.skips = nn.ModuleList([nn.Conv2d(2 * dims[lv - 1], dims[lv - 1], 1) for lv in levels])
-        self.fgma = nn.ModuleList([FGMA(dims[lv - 1], cfg.attn_window) for lv in levels])
+        self.fgma = nn.ModuleList([FGMA(dims[lv - 1], cfg.attn_window, cfg.attn_tile)
+                                   for lv in levels])
         self.align_proj = nn.ModuleList([nn.Conv2d(2 * dims[lv - 1] + 1, dims[lv - 1], 1)
                                          for lv in levels])
         self.routers = nn.ModuleList([FrameHistoryRouter(dims[lv - 1], cfg.heads[lv - 1],
@@ -157,6 +171,10 @@ class DeAltHDR(nn.Module):
             if not is_tracing():
                 stats.attended.insert(0, int(executed.sum().item()))
                 stats.positions.insert(0, executed.numel())
+                ran, total = _tiles_run(executed, self.cfg.attn_tile, s,
+                                        None if budget is None else budget[level - 1])
+                stats.tiles.insert(0, ran)
+                stats.tiles_total.insert(0, total)
         head = self.head(cur)
         if not self.cfg.merge_base:
             return F.relu(x[:, centre, :3] + head), stats
@@ -190,6 +208,17 @@ class DeAltHDR(nn.Module):
         flow = self.spynet.estimate(ref, supp, self.cfg.flow_scale)
         half = flow.shape[0] // 2
         return flow[:half], flow[half:]
+
+
+def _tiles_run(executed: torch.Tensor, tile: int, s: float, k: int | None) -> tuple[int, int]:
+    """Tiles FGMA's attention ran in at one level, and the tiles there are (all neighbours)."""
+    per = math.prod(tile_grid(*executed.shape[-2:], tile))
+    total = executed.shape[0] * per
+    if s == 0 or k == 0:
+        return 0, total
+    if k is None:  # dynamic: every tile holding a masked position
+        return int((tile_max(executed, tile) > 0).sum()), total
+    return executed.shape[0] * min(k, per), total
 
 
 def _stack(x: torch.Tensor) -> torch.Tensor:
