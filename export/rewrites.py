@@ -1,5 +1,15 @@
 """Graph rewrites applied to an exported program before ExecuTorch lowering.
 
+Ops without an XNNPACK rule run as portable kernels between delegate calls; three of them are
+decomposed here into ops the delegate runs (or row gathers, the cheapest portable op):
+bilinear `grid_sample` (every warp: SpyNet's, FGMA's, the merge's; its portable kernel recomputes
+the sampling weights per channel, the largest portable cost of the fp32 programs) into four
+corner reads as row gathers of a channels-last map and a weighted sum; fractional `pow` (the
+gamma curves) into exp and log; `amax` over colour channels into elementwise maxima. They run on
+the ATen program after quantization, so the quantizer only ever sees the original ops (its
+policy keeps the sampling coordinates float) and the decompositions are float. Core ML converts
+from the unrewritten program (it has `resample`, `pow` and reductions).
+
 Model-level forms that keep ops inside the XNNPACK delegate live in the model itself (channel
 LayerNorm and the consistency difference's channel mean as constant 1x1 convs, the L2 norm's
 sum as a (2, 3) mean), so every backend gets them and they are unit-tested against the plain
@@ -33,7 +43,91 @@ def skip_targets() -> set:
     return out
 
 
+def grid_sample_by_gathers(inp, grid, interpolation_mode: int = 0, padding_mode: int = 0,
+                           align_corners: bool = False):
+    """`aten.grid_sampler` for bilinear, align_corners=True, zeros or border padding, as four
+    row gathers and a weighted sum; equal to it up to float rounding (tests/test_rewrites.py).
+
+    Zeros padding reads from the map padded by zeros (1 before, 2 after) with the coordinates
+    clamped to [-1, size]: a corner outside the map reads a zero, as grid_sample treats it.
+    Border padding clamps the coordinates to the map, as grid_sample does."""
+    import torch
+    import torch.nn.functional as F
+
+    if interpolation_mode != 0 or not align_corners or padding_mode not in (0, 1):
+        raise ValueError("grid_sample_by_gathers takes bilinear, align_corners=True, zeros or "
+                         f"border padding; got mode {interpolation_mode}, padding "
+                         f"{padding_mode}, align_corners {align_corners}")
+    num, c, h, w = inp.shape
+    gx, gy = grid[..., :1], grid[..., 1:]                         # slices: select is portable
+    px, py = (gx + 1) * ((w - 1) / 2), (gy + 1) * ((h - 1) / 2)   # (N, Ho, Wo, 1) pixels
+    if padding_mode == 1:                                         # border
+        px, py, src, off = px.clamp(0, w - 1), py.clamp(0, h - 1), inp, 0
+    else:                                                         # zeros
+        px, py, off = px.clamp(-1, w), py.clamp(-1, h), 1
+        src = F.pad(inp, (1, 2, 1, 2))
+    hp, wp = src.shape[-2:]
+    if num * hp * wp >= 2 ** 24:
+        raise ValueError(f"grid_sample_by_gathers: {num} x {hp} x {wp} positions exceed exact "
+                         "float32 row indices; export a smaller size (large frames run as tiles)")
+    x0, y0 = torch.floor(px), torch.floor(py)
+    wx, wy = (px - x0).reshape(-1, 1), (py - y0).reshape(-1, 1)
+    step_x = (x0 + 1).clamp(max=wp - 1 - off) - x0                # 1, or 0 at a border clamp
+    step_y = ((y0 + 1).clamp(max=hp - 1 - off) - y0) * wp
+    # Row indices in float (exact below 2^24), so the index arithmetic stays in the delegate
+    # and only the four conversions to integers run as portable kernels.
+    item = torch.arange(num, device=inp.device, dtype=px.dtype).view(num, 1, 1, 1) * hp
+    i00 = (item + y0 + off) * wp + x0 + off
+    rows = src.permute(0, 2, 3, 1).reshape(num * hp * wp, c)
+
+    def read(flat):
+        return rows.index_select(0, flat.reshape(-1).to(torch.int64))
+
+    out = (read(i00) * ((1 - wx) * (1 - wy)) + read(i00 + step_x) * (wx * (1 - wy))
+           + read(i00 + step_y) * ((1 - wx) * wy) + read(i00 + step_y + step_x) * (wx * wy))
+    return out.reshape(num, *grid.shape[1:3], c).permute(0, 3, 1, 2)
+
+
+def pow_by_exp_log(x, exponent):
+    """x ** e for a scalar e other than 2 as exp(e * log x): XNNPACK delegates exp, log and
+    square, not other powers. Equal for x >= 0 (0 ** e = exp(-inf) = 0 for e > 0) up to float
+    rounding; NaN for x < 0 like a fractional power."""
+    import torch
+
+    if exponent == 2:
+        return x * x
+    return torch.exp(torch.log(x) * exponent)
+
+
+def amax_by_maximum(x, dim, keepdim: bool = False):
+    """amax over one short axis (colour channels, frames) as a chain of elementwise maxima of
+    its slices: XNNPACK delegates `maximum`, not `amax`."""
+    import torch
+
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    if len(dims) != 1 or x.shape[dims[0]] > 16:
+        raise ValueError(f"amax_by_maximum takes one axis of at most 16 entries, got dims {dims} "
+                         f"of shape {tuple(x.shape)}")
+    axis = dims[0] % x.dim()
+    out = x.narrow(axis, 0, 1)
+    for i in range(1, x.shape[axis]):
+        out = torch.maximum(out, x.narrow(axis, i, 1))
+    return out if keepdim else out.squeeze(axis)
+
+
+def decompose_portable_ops(program):
+    """The ops above as their delegate-friendly forms, in an exported program."""
+    import torch
+
+    table = {torch.ops.aten.grid_sampler.default: grid_sample_by_gathers,
+             torch.ops.aten.grid_sampler_2d.default: grid_sample_by_gathers,
+             torch.ops.aten.pow.Tensor_Scalar: pow_by_exp_log,
+             torch.ops.aten.amax.default: amax_by_maximum}
+    return program.run_decompositions(table)
+
+
 def apply_rewrites(program):
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
+    program = decompose_portable_ops(program)
     return constant_prop_pass(program, custom_skip_targets=skip_targets())

@@ -83,7 +83,7 @@ def test_untrained_merge_head_outputs_the_fixed_merge():
     with torch.no_grad():
         out = model(frames, EXP, s=0)
         x = prepare_inputs(frames, EXP)
-        flow_t_n, _ = model._flows(x[:, :, 3:].clamp(0, 1), 2, [0, 1, 3, 4])
+        flow_t_n, _ = model._flows(x[:, :, 3:].clamp(0, 1), 2)
         ref = model.merge(x[:, :, :3], relative_exposures(EXP),
                           resize_flow(flow_t_n, x.shape[-2:]), 2)
     torch.testing.assert_close(out, ref.relu())

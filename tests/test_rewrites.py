@@ -1,4 +1,5 @@
 """Export rewrites on a quantized graph: constant propagation must keep int8 weights int8."""
+import pytest
 import torch
 from torch import nn
 
@@ -44,3 +45,59 @@ def test_constant_propagation_keeps_weight_dequantize_and_int8_storage():
     with torch.no_grad():
         ref = converted(x)
     assert torch.allclose(y, ref, atol=0.05 * ref.abs().max().item())
+
+
+def test_grid_sample_by_gathers_equals_grid_sample_inside_and_outside_the_map():
+    import torch.nn.functional as F
+
+    from export.rewrites import grid_sample_by_gathers
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 9, 13, generator=g)
+    # coordinates well outside [-1, 1] too, and exact pixel centres and edges
+    grid = torch.rand(3, 7, 11, 2, generator=g) * 3 - 1.5
+    grid[0, 0, :3] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, -1.0]])
+    for mode, code in (("zeros", 0), ("border", 1)):
+        ref = F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=True)
+        out = grid_sample_by_gathers(x, grid, 0, code, True)
+        assert torch.allclose(out, ref, atol=1e-5), mode
+    with pytest.raises(ValueError, match="bilinear"):
+        grid_sample_by_gathers(x, grid, 1, 0, True)
+
+
+def test_decomposed_warp_program_has_no_grid_sampler_and_the_same_output():
+    from dealthdr.model.spynet import flow_warp
+    from export.rewrites import decompose_portable_ops
+
+    class Warp(nn.Module):
+        def forward(self, x, flow):
+            return flow_warp(x, flow) + flow_warp(x[:, :3], flow, padding_mode="border").mean()
+
+    x, flow = torch.randn(2, 6, 16, 20), torch.randn(2, 2, 16, 20) * 4
+    program = torch.export.export(Warp(), (x, flow))
+    out = decompose_portable_ops(program)
+    assert not [n for n in out.graph.nodes if "grid_sampler" in str(n.target)]
+    assert any("index_select" in str(n.target) for n in out.graph.nodes)
+    assert torch.allclose(out.module()(x, flow), Warp()(x, flow), atol=1e-5)
+
+
+def test_pow_and_amax_decompositions_match():
+    from export.rewrites import amax_by_maximum, decompose_portable_ops, pow_by_exp_log
+
+    x = torch.rand(2, 5, 3, 6, 7)
+    x[0, 0, 0, 0, :3] = 0.0
+    assert torch.allclose(pow_by_exp_log(x, 2.2), x ** 2.2, atol=1e-6)
+    assert torch.equal(pow_by_exp_log(x, 2), x * x)
+    for dim, keep in ((2, False), (-3, True), (1, False)):
+        assert torch.equal(amax_by_maximum(x, [dim], keep), x.amax(dim=dim, keepdim=keep))
+    with pytest.raises(ValueError, match="one axis"):
+        amax_by_maximum(x, [1, 2])
+
+    class Gamma(nn.Module):
+        def forward(self, v):
+            return v.clamp(0, 1) ** 2.2 + v.amax(dim=2, keepdim=True) + v ** 2
+
+    out = decompose_portable_ops(torch.export.export(Gamma(), (x,)))
+    ops = {str(n.target) for n in out.graph.nodes}
+    assert "aten.amax.default" not in ops and "aten.pow.Tensor_Scalar" not in ops
+    assert torch.allclose(out.module()(x), Gamma()(x), atol=1e-5)

@@ -9,6 +9,19 @@ def is_tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
+def take(x: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """x[:, indices] as slices and a concat: indexing with a list exports as a portable `index`
+    op, slices and concat are delegated."""
+    if len(indices) == 1:
+        return x[:, indices[0]:indices[0] + 1]
+    return torch.cat([x[:, i:i + 1] for i in indices], dim=1)
+
+
+def neighbours(x: torch.Tensor, centre: int) -> torch.Tensor:
+    """x[:, every index but `centre`] along dim 1, in order."""
+    return take(x, [i for i in range(x.shape[1]) if i != centre])
+
+
 def check_frames(frames: torch.Tensor, exposures: torch.Tensor | None, num_frames: int) -> None:
     """Raise ValueError with a precise message for input the network cannot use."""
     if not torch.is_tensor(frames) or frames.dim() != 5:

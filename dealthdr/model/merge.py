@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import neighbours
 from .spynet import flow_warp
 
 # Well-exposedness: LDR values above SAT_LO lose weight linearly, at SAT_HI they have none
@@ -79,7 +80,6 @@ class ExposureMerge(nn.Module):
         neighbours in time order; delta: (B, T, H, W) learned log-weight corrections or None.
         Returns the merged linear image (B, 3, H, W)."""
         b, t, c, h, w = lin.shape
-        nbs = [i for i in range(t) if i != centre]
         gamma_inv = 1.0 / self.gamma
         r = rel.view(b, t, 1, 1, 1)
         ldr = (lin * r).clamp(0, 1).clamp_min(1e-8) ** gamma_inv
@@ -87,7 +87,8 @@ class ExposureMerge(nn.Module):
         r_c = r[:, centre]
 
         # One warp for every neighbour's linear and LDR image.
-        stacked = torch.cat((lin[:, nbs], ldr[:, nbs]), dim=2).reshape(b * (t - 1), 2 * c, h, w)
+        stacked = torch.cat((neighbours(lin, centre), neighbours(ldr, centre)), dim=2)
+        stacked = stacked.reshape(b * (t - 1), 2 * c, h, w)
         warped = flow_warp(stacked, flow_t_n, padding_mode="border")
         warped = warped.reshape(b, t - 1, 2 * c, h, w)
         lin_n, ldr_n = warped[:, :, :c], warped[:, :, c:]
@@ -101,14 +102,14 @@ class ExposureMerge(nn.Module):
         diff = (g_n - g_c.unsqueeze(1)).abs().amax(dim=2)
         consistency = torch.exp(-(diff / CONSISTENCY_SIGMA) ** 2)
 
-        r_n = r[:, nbs].view(b, t - 1, 1, 1)
+        r_n = neighbours(r, centre).view(b, t - 1, 1, 1)
         w_c = _well_exposed(ldr_c) * _noise_weight(r_c.view(b, 1, 1), x_c) + CENTRE_FLOOR
         w_n = (_well_exposed(ldr_n) * _noise_weight(r_n, x_c.unsqueeze(1))
                * consistency * inside)
         if delta is not None:
             d = DELTA_LIMIT * torch.tanh(delta / DELTA_LIMIT)
             w_c = w_c * torch.exp(d[:, centre])
-            w_n = w_n * torch.exp(d[:, nbs])
+            w_n = w_n * torch.exp(neighbours(d, centre))
         num = w_c.unsqueeze(1) * lin_c + (w_n.unsqueeze(2) * lin_n).sum(dim=1)
         den = w_c + w_n.sum(dim=1)
         return num / den.unsqueeze(1)

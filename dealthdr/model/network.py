@@ -19,7 +19,8 @@ from .config import DeAltHDRConfig
 from .encoder import Encoder
 from .fgma import FGMA, tile_grid, tile_max
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
-                     long_pattern_from_exposures, prepare_inputs, relative_exposures)
+                     long_pattern_from_exposures, neighbours, prepare_inputs, take,
+                     relative_exposures)
 from .layers import Upsample
 from .merge import ExposureMerge
 from .router import FrameHistoryRouter
@@ -148,12 +149,11 @@ class DeAltHDR(nn.Module):
                      ) -> tuple[torch.Tensor, ForwardStats]:
         b, t, _, h, w = x.shape
         centre = t // 2
-        nbs = [i for i in range(t) if i != centre]
         feats = self._encode(x, pattern)                    # 4 x (B, T, C, h, w)
         guide = x[:, :, 3:].clamp(0, 1)                     # exposure-normalised, gamma domain
-        flow_t_n, flow_n_t = self._flows(guide, centre, nbs)
+        flow_t_n, flow_n_t = self._flows(guide, centre)
 
-        cur = self.middle_router(feats[3][:, centre], _stack(feats[3][:, nbs]))
+        cur = self.middle_router(feats[3][:, centre], _stack(neighbours(feats[3], centre)))
         cur = self.middle(cur)
         stats = ForwardStats()
         guide_t = guide[:, centre]
@@ -163,7 +163,7 @@ class DeAltHDR(nn.Module):
             scale = 2 ** (level - 1)
             guide_l = F.avg_pool2d(guide_t, scale) if scale > 1 else guide_t
             aligned, executed = self.fgma[i](
-                cur, _stack(feats[level - 1][:, nbs]), resize_flow(flow_t_n, size),
+                cur, _stack(neighbours(feats[level - 1], centre)), resize_flow(flow_t_n, size),
                 resize_flow(flow_n_t, size), guide_l, s,
                 None if budget is None else budget[level - 1])
             cur = self.routers[i](cur, self.align_proj[i](aligned))
@@ -187,22 +187,22 @@ class DeAltHDR(nn.Module):
         b, t = x.shape[:2]
         short = [i for i in range(t) if not pattern[i]]
         long_ = [i for i in range(t) if pattern[i]]
-        fs = self.encoder_short(_stack(x[:, short]))
-        fl = self.encoder_long(_stack(x[:, long_]))
+        fs = self.encoder_short(_stack(take(x, short)))
+        fl = self.encoder_long(_stack(take(x, long_)))
         order = sorted(range(t), key=lambda i: (short + long_).index(i))
         out = []
         for a, c in zip(fs, fl):
             both = torch.cat((a.reshape(b, len(short), *a.shape[1:]),
                               c.reshape(b, len(long_), *c.shape[1:])), dim=1)
-            out.append(both[:, order])
+            out.append(take(both, order))
         return out
 
-    def _flows(self, guide: torch.Tensor, centre: int, nbs: list[int],
+    def _flows(self, guide: torch.Tensor, centre: int,
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both directions for every neighbour in one SpyNet call on 2*B*T' pairs.
         Returns O_{t->n} and O_{n->t}, each (B*T', 2, h', w') at SpyNet's working resolution."""
-        cur = guide[:, centre:centre + 1].expand(-1, len(nbs), -1, -1, -1)
-        nb = guide[:, nbs]
+        nb = neighbours(guide, centre)
+        cur = guide[:, centre:centre + 1].expand(-1, nb.shape[1], -1, -1, -1)
         ref = torch.cat((_stack(cur), _stack(nb)), dim=0)
         supp = torch.cat((_stack(nb), _stack(cur)), dim=0)
         flow = self.spynet.estimate(ref, supp, self.cfg.flow_scale)

@@ -85,7 +85,7 @@ def _distributed() -> tuple[int, int, torch.device]:
 def _flows(model: DeAltHDR, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """SpyNet's O_{t->n}, O_{n->t} for the 4 neighbours at the batch's resolution."""
     x = prepare_inputs(batch["frames"], batch["exposures"], model.cfg.gamma)
-    f_tn, f_nt = model._flows(x[:, :, 3:].clamp(0, 1), 2, [0, 1, 3, 4])
+    f_tn, f_nt = model._flows(x[:, :, 3:].clamp(0, 1), x.shape[1] // 2)
     size = batch["frames"].shape[-2:]
     return resize_flow(f_tn, size), resize_flow(f_nt, size)
 
