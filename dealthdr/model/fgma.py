@@ -11,9 +11,10 @@ Each query attends to a w x w window of the flow-warped neighbour feature around
 position. Attention runs on whole tiles of t x t positions: a tile is selected when it holds a
 masked position, and masked positions inside selected tiles get the attention result while the
 others are zeroed, so the output is exactly Eq. 7-8 at M. Every key the queries of a tile can
-see lies in its halo, the tile grown by r = w // 2 on each side (g = t + 2r). A halo table holds
-each tile's halo as one contiguous row, so a selected tile's keys arrive with one row gather (and
-with none when every tile is taken), and the attention of its t*t queries is dense work:
+see lies in its halo, the tile grown by r = w // 2 on each side (g = t + 2r), which is the corner
+of the 2x2 block of key tiles starting at the tile: a selected tile's keys arrive as four row
+gathers on a tiled layout (when every tile is taken, a halo table built from static slices is
+the keys, with no gather at all), and the attention of its t*t queries is dense work:
   query row y sees halo rows y .. y + w - 1, a contiguous slice of w * g keys; one batched
   matmul gives the row's t queries their scores there, a constant band bias keeps each query's
   w columns, and a softmax and a second matmul give the values.
@@ -167,31 +168,56 @@ class FGMA(nn.Module):
         t = self.tile
         a, b = tile_grid(h, w, t)
         queries = _tiles(F.pad(torch.cat((current, mask), 1), (0, b * t - w, 0, a * t - h)), t)
-        halos = self.halo_table(warped)
         step = num * a * b if is_tracing() else self.tile_chunk  # eager: bounded memory
-        if ids is None:  # every tile, in order: no gather, no scatter
+        if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
+            halos = self.halo_table(warped)
             packed = _cat([self._attend_tiles(q, k) for q, k in
                            zip(_chunks(queries, step), _chunks(halos, step))])
             return _untile(packed, num, a, b, h, w)
         if ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
+        # Selected tiles gather their halo as the 2x2 block of key tiles starting at the tile
+        # (t + 2r <= 2t): four row gathers from a table the size of the map, where a halo table
+        # would be 2.25x the map (for w=5, t=8) whatever the number of selected tiles.
+        keys = _tiles(self.key_map(warped), t)                          # (N (a+1) (b+1), ...)
+        keys = keys.reshape(keys.shape[0], -1)
+        block = ids + (ids // (a * b)) * (a + b + 1) + (ids % (a * b)) // b  # its grid row
         packed = _cat([self._attend_tiles(queries.index_select(0, part),
-                                          halos.index_select(0, part))
-                       for part in _chunks(ids, step)])
+                                          self._gather_halos(keys, rows, b))
+                       for part, rows in zip(_chunks(ids, step), _chunks(block, step))])
         return self._place(packed, ids, num, a, b, h, w)
+
+    def key_map(self, warped: torch.Tensor) -> torch.Tensor:
+        """(N, C + 1, (a + 1) t, (b + 1) t): the warped features and a bias channel (0 inside the
+        image, minus infinity outside), padded by r at the top-left and grown to whole tiles plus
+        one at the bottom-right, so that every tile's halo lies in the 2x2 block of tiles
+        starting at it."""
+        num, c, h, w = warped.shape
+        t, r = self.tile, self.window // 2
+        a, b = tile_grid(h, w, t)
+        pad = (r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
+        return torch.cat((F.pad(warped, pad), F.pad(_zeros(warped, 1), pad, value=_NEG)), 1)
+
+    def _gather_halos(self, keys: torch.Tensor, rows: torch.Tensor, b: int) -> torch.Tensor:
+        """(K, g * g, C + 1) halos of the tiles whose key blocks start at `rows` of the tiled key
+        table (one row per tile of the (a + 1) x (b + 1) key grid)."""
+        t, g, c1 = self.tile, self.halo, self.channels + 1
+        quad = [keys.index_select(0, rows + o).reshape(-1, t, t, c1) for o in (0, 1, b + 1, b + 2)]
+        block = torch.cat((torch.cat(quad[:2], 2), torch.cat(quad[2:], 2)), 1)  # (K, 2t, 2t, ..)
+        if g < 2 * t:  # a no-op slice would export as `alias` (Core ML refuses)
+            block = block[:, :g, :g]
+        return block.reshape(-1, g * g, c1)
 
     def halo_table(self, warped: torch.Tensor) -> torch.Tensor:
         """(N * a * b, g * g, C + 1): per tile, every key its queries can see (the tile grown by
         r on each side, g = t + 2r), channels last, with an additive bias channel that is 0
-        inside the image and minus infinity outside. Built from static slices of the padded
-        map (rows of tile i and the first 2r rows of tile i + 1, then the same for columns),
-        so a tile's keys move as one contiguous row."""
+        inside the image and minus infinity outside. Built from static slices of the key map
+        (rows of tile i and the first 2r rows of tile i + 1, then the same for columns); used
+        when every tile is taken, where it is exactly the keys."""
         num, c, h, w = warped.shape
         t, r, g = self.tile, self.window // 2, self.halo
         a, b = tile_grid(h, w, t)
-        pad = (r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
-        fmap = torch.cat((F.pad(warped, pad), F.pad(_zeros(warped, 1), pad, value=_NEG)), 1)
-        fmap = fmap.permute(0, 2, 3, 1).reshape(num, (a + 1) * t, b + 1, t, c + 1)
+        fmap = self.key_map(warped).permute(0, 2, 3, 1).reshape(num, (a + 1) * t, b + 1, t, c + 1)
         cols = torch.cat((fmap[:, :, :b], fmap[:, :, 1:, :2 * r]), 3)   # (N, H', b, g, C+1)
         rows = cols.reshape(num, a + 1, t, b * g * (c + 1))
         rows = torch.cat((rows[:, :a], rows[:, 1:, :2 * r]), 2)          # (N, a, g, b g (C+1))
