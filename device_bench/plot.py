@@ -168,7 +168,7 @@ def _latency(agg: dict, size: str, path: Path) -> None:
                 if p is pts[-1] or p["ratio"] > 0.05:
                     ax.annotate(f"s={p['s']}", (p["ratio"], p["ms"]), fontsize=7, color=c,
                                 textcoords="offset points", xytext=(5, -3))
-        ax.set(xlabel="attention ratio R of the bucket (share of decoder positions attended)",
+        ax.set(xlabel="attention ratio R of the bucket (share of FGMA tiles attended)",
                title=f"{size}, {'?' if t is None else t} thread(s)")
         ax.set_xlim(-0.03, 1.1)
         ax.set_ylim(bottom=0)

@@ -10,7 +10,7 @@ One record is one (device, runtime, precision, s-bucket, centre, size, threads) 
     variant                    the network variant (tiny, s, default) or, for a reference
                                record, the other model's name
     s, bucket_k                FGMA sensitivity ("0", "15", "inf") and K per decoder level
-    attention_ratio            share of decoder positions the graph attends: sum K / sum positions
+    attention_ratio            share of FGMA tiles the graph attends in: sum K / sum tiles
     size, threads              "HxW"; intra-op threads (null where the runtime has no such knob)
     latency_ms_median/p10/p90  trimmed statistics of the timed inferences (device_bench.stats)
     load_ms                    model load + first-time initialisation, timed apart
