@@ -181,7 +181,11 @@ class FGMA(nn.Module):
         # would be 2.25x the map (for w=5, t=8) whatever the number of selected tiles.
         keys = _tiles(self.key_map(warped), t)                          # (N (a+1) (b+1), ...)
         keys = keys.reshape(keys.shape[0], -1)
-        block = ids + (ids // (a * b)) * (a + b + 1) + (ids % (a * b)) // b  # its grid row
+        # Its key-grid row, computed in int64 and cast to int32: coremltools computes // and %
+        # in fp32 and refuses float gather indices; a cast between two int types survives
+        # export (int32 -> int32 would be dropped as a no-op).
+        flat = ids.long()
+        block = (flat + (flat // (a * b)) * (a + b + 1) + (flat % (a * b)) // b).to(torch.int32)
         packed = _cat([self._attend_tiles(queries.index_select(0, part),
                                           self._gather_halos(keys, rows, b))
                        for part, rows in zip(_chunks(ids, step), _chunks(block, step))])
