@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import framestats
 from .layers import LayerNorm2d
 
 
@@ -86,6 +87,11 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     """
     b, c, h, w = q.shape
     ck = k.shape[1]
+    record = framestats.active()
+    if record is not None:  # tiled inference: the frame's statistics, not the tile's
+        attn = framestats.attend(record, q.reshape(b * heads, c // heads, h * w),
+                                 k.reshape(b * heads, ck // heads, h * w), temperature)
+        return torch.bmm(attn, v.reshape(b * heads, ck // heads, h * w)).reshape(b, c, h, w)
     q = l2_normalize_hw(q.reshape(b, heads, c // heads, h * w))
     k = l2_normalize_hw(k.reshape(b, heads, ck // heads, h * w))
     # 3-D batched matmuls: a 4-D `@` exports as expand + view + bmm, and the expands run as

@@ -50,6 +50,11 @@ class ForwardStats:
         return sum(self.tiles) / total if total else 0.0
 
 
+def flow_grid(size: tuple[int, int], flow_scale: int) -> tuple[int, int]:
+    """The grid `window_flows` returns and `forward(flows=)` takes for a padded input size."""
+    return size[0] // flow_scale, size[1] // flow_scale
+
+
 def level_tiles(size: tuple[int, int], tile: int) -> tuple[int, int, int]:
     """FGMA tiles per neighbour at decoder levels 1, 2, 3 for an input size (after padding)."""
     h = math.ceil(size[0] / PAD_MULTIPLE) * PAD_MULTIPLE
@@ -111,12 +116,14 @@ class DeAltHDR(nn.Module):
 
     def forward(self, frames: torch.Tensor, exposures: torch.Tensor | None = None,
                 s: float = 15.0, budget: tuple[int, int, int] | None = None,
-                long_pattern: tuple[bool, ...] | None = None) -> torch.Tensor:
-        return self.forward_with_stats(frames, exposures, s, budget, long_pattern)[0]
+                long_pattern: tuple[bool, ...] | None = None,
+                flows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.forward_with_stats(frames, exposures, s, budget, long_pattern, flows)[0]
 
     def forward_with_stats(self, frames: torch.Tensor, exposures: torch.Tensor | None = None,
                            s: float = 15.0, budget: tuple[int, int, int] | None = None,
                            long_pattern: tuple[bool, ...] | None = None,
+                           flows: tuple[torch.Tensor, torch.Tensor] | None = None,
                            ) -> tuple[torch.Tensor, ForwardStats]:
         cfg = self.cfg
         if not is_tracing():
@@ -134,24 +141,49 @@ class DeAltHDR(nn.Module):
         b, t, _, h, w = frames.shape
         if exposures is None:
             exposures = exposures_from_pattern(long_pattern, cfg.exposure_ratio, b, frames.device)
-        x = prepare_inputs(frames, exposures, cfg.gamma)
-        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        if ph or pw:
-            x = F.pad(x.reshape(b, t * 6, h, w), (0, pw, 0, ph), mode="replicate")
-            x = x.reshape(b, t, 6, h + ph, w + pw)
-        out, stats = self._reconstruct(x, relative_exposures(exposures), long_pattern, s, budget)
+        x = self._padded_inputs(frames, exposures)
+        if flows is not None:
+            grid = flow_grid(x.shape[-2:], cfg.flow_scale)
+            if any(tuple(f.shape[-2:]) != grid for f in flows):
+                raise ValueError(f"flows must be on the {grid[0]}x{grid[1]} grid of this "
+                                 f"input, got {[tuple(f.shape[-2:]) for f in flows]}")
+        out, stats = self._reconstruct(x, relative_exposures(exposures), long_pattern, s, budget,
+                                       flows)
+        ph, pw = x.shape[-2] - h, x.shape[-1] - w
         if ph or pw:  # a no-op slice would export as `alias`, which coremltools rejects
             out = out[..., :h, :w]
         return out, stats
 
+    def window_flows(self, frames: torch.Tensor, exposures: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """O_{t->n} and O_{n->t} of a window, each (B*T', 2, H'/f, W'/f) on the padded frame's
+        grid at 1/flow_scale: crops of them are a tile's flows (`forward(..., flows=)`), so a
+        tiled run aligns with the whole frame's motion, not each tile's."""
+        if not is_tracing():
+            check_frames(frames, exposures, self.cfg.num_frames)
+        x = self._padded_inputs(frames, exposures)
+        flows = self._flows(x[:, :, 3:].clamp(0, 1), x.shape[1] // 2)
+        grid = flow_grid(x.shape[-2:], self.cfg.flow_scale)
+        return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
+
+    def _padded_inputs(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
+        b, t, _, h, w = frames.shape
+        x = prepare_inputs(frames, exposures, self.cfg.gamma)
+        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
+        if ph or pw:
+            x = F.pad(x.reshape(b, t * 6, h, w), (0, pw, 0, ph), mode="replicate")
+            x = x.reshape(b, t, 6, h + ph, w + pw)
+        return x
+
     def _reconstruct(self, x: torch.Tensor, rel: torch.Tensor, pattern: tuple[bool, ...],
                      s: float, budget: tuple[int, int, int] | None,
+                     flows: tuple[torch.Tensor, torch.Tensor] | None = None,
                      ) -> tuple[torch.Tensor, ForwardStats]:
         b, t, _, h, w = x.shape
         centre = t // 2
         feats = self._encode(x, pattern)                    # 4 x (B, T, C, h, w)
         guide = x[:, :, 3:].clamp(0, 1)                     # exposure-normalised, gamma domain
-        flow_t_n, flow_n_t = self._flows(guide, centre)
+        flow_t_n, flow_n_t = self._flows(guide, centre) if flows is None else flows
 
         cur = self.middle_router(feats[3][:, centre], _stack(neighbours(feats[3], centre)))
         cur = self.middle(cur)
