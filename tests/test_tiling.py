@@ -82,3 +82,21 @@ def test_frame_statistics_of_one_whole_tile_leave_the_forward_unchanged(net):
             given = net(frames, exposures, s=15.0)
     assert len(rec.partials) == len(again.partials) > 0
     assert torch.allclose(own, plain, atol=1e-5) and torch.allclose(given, plain, atol=1e-5)
+
+
+def test_window_flows_are_the_forward_flows_on_the_flow_grid(net):
+    """Frame-by-frame pooled guides (the lean whole-frame program) give the flows a plain
+    forward computes, resized to the padded frame's 1/flow_scale grid."""
+    from dealthdr.model.network import flow_grid
+    from dealthdr.model.spynet import resize_flow
+
+    exposures = torch.tensor([[1.0, 8, 1, 8, 1]])
+    for h, w in ((64, 128), (100, 170)):
+        frames = torch.rand(1, 5, 3, h, w)
+        with torch.no_grad():
+            got = net.window_flows(frames, exposures)
+            x = net._padded_inputs(frames, exposures)
+            ref = net._flows(x[:, :, 3:].clamp(0, 1), 2)
+        grid = flow_grid(x.shape[-2:], net.cfg.flow_scale)
+        assert all(g.shape[-2:] == grid for g in got)
+        assert all(torch.allclose(g, resize_flow(r, grid), atol=1e-6) for g, r in zip(got, ref))

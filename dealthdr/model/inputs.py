@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def is_tracing() -> bool:
@@ -92,3 +93,22 @@ def prepare_inputs(frames: torch.Tensor, exposures: torch.Tensor,
     rel = relative_exposures(exposures)
     linear = frames.clamp(0, 1) ** gamma / rel.view(*rel.shape, 1, 1, 1)
     return torch.cat((linear, linear.clamp_min(1e-8) ** (1.0 / gamma)), dim=2)
+
+
+def pooled_guide(frames: torch.Tensor, exposures: torch.Tensor, gamma: float, pad: tuple[int, int],
+                 scale: int) -> torch.Tensor:
+    """The flow guide of `prepare_inputs` (its clamped gamma half), edge-padded by `pad`
+    (bottom, right) and average-pooled by `scale`: (B, T, 3, (H+ph)/scale, (W+pw)/scale).
+
+    Frame by frame, so a whole-frame program keeps one frame's full-resolution intermediates
+    alive, not the window's 6-channel input (250 MB at 1080p); the same arithmetic, so equal to
+    pooling the guide of the padded `prepare_inputs` output."""
+    rel = relative_exposures(exposures)
+    out = []
+    for i in range(frames.shape[1]):
+        linear = frames[:, i].clamp(0, 1) ** gamma / rel[:, i].view(-1, 1, 1, 1)
+        guide = (linear.clamp_min(1e-8) ** (1.0 / gamma)).clamp(0, 1)
+        if pad[0] or pad[1]:
+            guide = F.pad(guide, (0, pad[1], 0, pad[0]), mode="replicate")
+        out.append(F.avg_pool2d(guide, scale) if scale > 1 else guide)
+    return torch.stack(out, dim=1)

@@ -19,7 +19,7 @@ from .config import DeAltHDRConfig
 from .encoder import Encoder
 from .fgma import FGMA, tile_grid, tile_max
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
-                     long_pattern_from_exposures, neighbours, prepare_inputs, take,
+                     long_pattern_from_exposures, neighbours, pooled_guide, prepare_inputs, take,
                      relative_exposures)
 from .layers import Upsample
 from .merge import ExposureMerge
@@ -161,9 +161,16 @@ class DeAltHDR(nn.Module):
         tiled run aligns with the whole frame's motion, not each tile's."""
         if not is_tracing():
             check_frames(frames, exposures, self.cfg.num_frames)
-        x = self._padded_inputs(frames, exposures)
-        flows = self._flows(x[:, :, 3:].clamp(0, 1), x.shape[1] // 2)
-        grid = flow_grid(x.shape[-2:], self.cfg.flow_scale)
+        h, w = frames.shape[-2:]
+        pad = ((-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE)
+        fs = self.cfg.flow_scale
+        grid = flow_grid((h + pad[0], w + pad[1]), fs)
+        if (h + pad[0]) % fs or (w + pad[1]) % fs:  # SpyNet then resamples, not pools
+            guide = self._padded_inputs(frames, exposures)[:, :, 3:].clamp(0, 1)
+            flows = self._flows(guide, frames.shape[1] // 2)
+        else:
+            guide = pooled_guide(frames, exposures, self.cfg.gamma, pad, fs)
+            flows = self._flows(guide, frames.shape[1] // 2, scale=1)
         return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
 
     def _padded_inputs(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
@@ -229,7 +236,7 @@ class DeAltHDR(nn.Module):
             out.append(take(both, order))
         return out
 
-    def _flows(self, guide: torch.Tensor, centre: int,
+    def _flows(self, guide: torch.Tensor, centre: int, scale: int | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both directions for every neighbour in one SpyNet call on 2*B*T' pairs.
         Returns O_{t->n} and O_{n->t}, each (B*T', 2, h', w') at SpyNet's working resolution."""
@@ -237,7 +244,7 @@ class DeAltHDR(nn.Module):
         cur = guide[:, centre:centre + 1].expand(-1, nb.shape[1], -1, -1, -1)
         ref = torch.cat((_stack(cur), _stack(nb)), dim=0)
         supp = torch.cat((_stack(nb), _stack(cur)), dim=0)
-        flow = self.spynet.estimate(ref, supp, self.cfg.flow_scale)
+        flow = self.spynet.estimate(ref, supp, self.cfg.flow_scale if scale is None else scale)
         half = flow.shape[0] // 2
         return flow[:half], flow[half:]
 
