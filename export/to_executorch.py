@@ -121,7 +121,44 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
     return serialize_from_bundled_program_to_flatbuffer(BundledProgram(exec_prog, suites))
 
 
+def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dict]:
+    """One tiled .pte per s (flows at the frame size, tiles at --size), gated; its records."""
+    from export.artifacts import artifact_record
+    from export.tiles import export_tiled, gate_tiled
+
+    frame, tile = tuple(args.tiled_frame), tuple(args.size)
+    if tile[0] != tile[1] or frame[0] < tile[0] or frame[1] < tile[1]:
+        raise ValueError(f"--tiled-frame {frame[0]}x{frame[1]} must be at least the square "
+                         f"--size {tile[0]}x{tile[1]}")
+    records = []
+    for group in by_s.values():
+        programs, sums_length = {}, 0
+        for b in group:
+            exported, sums_length = export_tiled(model, b, tile, frame)
+            programs.update(exported)
+        exec_prog, cov = lower(programs, "xnnpack")
+        path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+                       f"_xnnpack_tiled{frame[0]}x{frame[1]}.pte"
+        path.write_bytes(exec_prog.buffer)
+        arena = planned_bytes(exec_prog)
+        for b in group:
+            parity = gate_tiled(path, model, b, frame, tile[0], sums_length)
+            for kind, size in (("flows", frame), ("tile", tile)):
+                method = f"{kind}_{b.centre}"
+                records.append(artifact_record(
+                    path, stage, "executorch-xnnpack", "fp32", b, size, parity, method=method,
+                    tiled={"kind": kind, "frame": list(frame), "tile": list(tile),
+                           "sums_length": sums_length,
+                           "flow_scale": model.cfg.flow_scale},
+                    delegation=cov[method], planned_activation_bytes=arena[method]))
+        log.info("tiled s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
+                                                    for m, a in arena.items()})
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
+    from dealthdr.cli import parse_size
+
     from export.artifacts import add_common_flags, main_wrapper
 
     p = argparse.ArgumentParser(description=__doc__,
@@ -136,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rewrites", action="store_true",
                    help="lower the graph as exported, without the delegate-friendly rewrites "
                         "(to measure what they buy)")
+    p.add_argument("--tiled-frame", type=parse_size, default=None, metavar="HxW",
+                   help="also write <name>_tiled<H>x<W>.pte per s: a frame of HxW (e.g. "
+                        "1080x1920) as --size tiles, with the frame's flows and attention "
+                        "statistics (methods flows_<centre>, tile_<centre>; run by `python -m "
+                        "device_bench tiled`), gated against the tiled eager network "
+                        "(xnnpack only; default: none)")
     p.add_argument("--bundle", action="store_true",
                    help="also write <name>.bpte: a BundledProgram embedding held-out test "
                         "inputs and expected outputs for on-device verification")
@@ -148,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         from export.buckets import export_program
         from export.gate import pending_gate, run_gate
 
+        if args.tiled_frame is not None and args.backend != "xnnpack":
+            raise ValueError("--tiled-frame is implemented for --backend xnnpack only")
         if args.precision == "fp16" and args.backend == "xnnpack":
             raise ValueError("--precision fp16 is for --backend coreml; XNNPACK exports fp32 "
                              "(int8: python quantize/qat.py)")
@@ -185,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("s=%s: %s", s_key, {m: f"{c['flop_share']:.1%} FLOPs, "
                                              f"{c['op_share']:.1%} ops delegated"
                                              for m, c in cov.items()})
+            if args.tiled_frame is not None:
+                records.extend(tiled_programs(stage, model, info, by_s, args))
             if args.backend == "coreml":
                 notes.append("Core ML delegate: numeric parity pending (needs macOS/iOS)")
             write_manifest(stage, "export/to_executorch.py", args, info, calibration, records,

@@ -1,0 +1,156 @@
+"""Tiled programs: a large frame (e.g. 1920x1080) as fixed-shape tiles on a phone.
+
+A tile run alone differs from the whole frame in two places (`dealthdr.tiling`): its flows and
+its channel attention's statistics. The tiled export therefore has two methods per centre:
+
+- `flows_<centre>(frames, exposures) -> (O_t->n, O_n->t)` at the *frame* size: SpyNet once on
+  the whole window at 1/flow_scale (`DeAltHDR.window_flows`);
+- `tile_<centre>(frames, exposures, flow_t_n, flow_n_t, share, frame_sums, frame_wide)
+  -> (hdr, partial_sums)` at the *tile* size: the network on one tile with the crops of the
+  frame's flows; `share` is the tile's part of each position (blend weight over summed
+  weights); `frame_sums` are the frame's channel-attention sums packed in one vector
+  (`framestats.pack`), used when `frame_wide` = 1 and ignored at 0 (the first pass);
+  `partial_sums` is the tile's share of the sums for the next pass.
+
+`device_bench tiled` runs them with `dealthdr.tiling.run_tiled` (the eager `reconstruct --tile`
+uses the same code) and the export gate compares the tiled program with the tiled eager network
+on a held-out window of the frame size.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dealthdr.model import DeAltHDR
+from dealthdr.model.framestats import frame_statistics, pack, sum_shapes, unpack
+from dealthdr.tiling import Tile, TileRun, eager_tile_run, network_align, run_tiled
+
+from calib.windows import pattern
+from export.buckets import NUM_FRAMES, Bucket, example_inputs
+
+
+class FlowGraph(nn.Module):
+    def __init__(self, model: DeAltHDR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor, exposures: torch.Tensor):
+        return self.model.window_flows(frames, exposures)
+
+
+class TileGraph(nn.Module):
+    def __init__(self, model: DeAltHDR, bucket: Bucket, shapes: list) -> None:
+        super().__init__()
+        self.model = model
+        self.bucket = bucket
+        self.shapes = shapes
+        self.long_pattern = pattern(bucket.centre)
+
+    def forward(self, frames, exposures, flow_t_n, flow_n_t, share, frame_sums, frame_wide):
+        given = unpack(frame_sums, self.shapes)
+        with frame_statistics(share, given, frame_wide) as record:
+            out = self.model(frames, exposures, s=self.bucket.s, budget=self.bucket.budget,
+                             long_pattern=self.long_pattern, flows=(flow_t_n, flow_n_t))
+        return out, pack(record.partials)
+
+
+def statistics_shapes(model: DeAltHDR, bucket: Bucket, size: tuple[int, int]) -> list:
+    """Shapes of the channel-attention sums of one forward (independent of the size)."""
+    frames, exposures = example_inputs(bucket, size)
+    with torch.no_grad(), frame_statistics(torch.ones(1, 1, *size)) as record:
+        model.eval()(frames, exposures, s=0.0)
+    return sum_shapes(record.partials)
+
+
+def tile_inputs(model: DeAltHDR, bucket: Bucket, size: tuple[int, int], shapes: list):
+    frames, exposures = example_inputs(bucket, size)
+    fs = model.cfg.flow_scale
+    flow = torch.zeros(NUM_FRAMES - 1, 2, size[0] // fs, size[1] // fs)
+    n = sum(torch.Size(s).numel() for group in shapes for s in group)
+    return (frames, exposures, flow, flow.clone(), torch.ones(1, 1, *size), torch.zeros(n),
+            torch.zeros(1))
+
+
+def export_tiled(model: DeAltHDR, bucket: Bucket, tile: tuple[int, int],
+                 frame: tuple[int, int]) -> tuple[dict, int]:
+    """({flows_<centre>, tile_<centre>: ExportedProgram}, length of the packed sums)."""
+    align = network_align(model.cfg.flow_scale)
+    if tile[0] % align or tile[1] % align:
+        raise ValueError(f"tile size {tile} must be a multiple of {align}")
+    model = model.eval()
+    shapes = statistics_shapes(model, bucket, tile)
+    with torch.no_grad():
+        flows = torch.export.export(FlowGraph(model).eval(), example_inputs(bucket, frame),
+                                    strict=False)
+        tiles = torch.export.export(TileGraph(model, bucket, shapes).eval(),
+                                    tile_inputs(model, bucket, tile, shapes), strict=False)
+    inputs = tile_inputs(model, bucket, tile, shapes)
+    return {f"flows_{bucket.centre}": flows, f"tile_{bucket.centre}": tiles}, inputs[5].numel()
+
+
+def program_tile_run(method, sums_length: int) -> TileRun:
+    """A loaded `tile_<centre>` method as a TileRun; the first pass sends zeros, frame_wide 0."""
+    first, on, off = torch.zeros(sums_length), torch.ones(1), torch.zeros(1)
+
+    def run(t: Tile):
+        sums, wide = (first, off) if t.given is None else (pack(t.given), on)
+        out, partials = method.execute([t.frames, t.exposures, *t.flows, t.share.contiguous(),
+                                        sums, wide])
+        return out.numpy(), [(partials,)]
+    return run
+
+
+def tiled_through(run: TileRun, flows: tuple[torch.Tensor, torch.Tensor], frames, exposures,
+                  tile: int, overlap: int, flow_scale: int, passes: int):
+    """One window through a TileRun, flows given; the packed sums travel as one tensor."""
+    return run_tiled(run, frames, exposures, tile, overlap, flows=flows, flow_scale=flow_scale,
+                     passes=passes, align=network_align(flow_scale))
+
+
+def eager_tiled(model: DeAltHDR, s: float, frames, exposures, tile: int, overlap: int,
+                passes: int, budget: tuple[int, int, int] | None = None):
+    with torch.no_grad():
+        flows = model.window_flows(frames, exposures)
+    return tiled_through(eager_tile_run(model, s, budget), flows, frames, exposures, tile,
+                         overlap, model.cfg.flow_scale, passes)
+
+
+def run_program_tiled(path, centre: str, frames, exposures, tile: int, sums_length: int,
+                      flow_scale: int, overlap: int = 32, passes: int = 2):
+    """A window through a tiled .pte: its flows method once, then its tile method per tile.
+    The flows method is released before the tile method loads (one arena alive at a time)."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(str(path))
+    flows_method = program.load_method(f"flows_{centre}")
+    flows = tuple(t.clone() for t in flows_method.execute([frames, exposures]))
+    del flows_method
+    tile_method = program.load_method(f"tile_{centre}")
+    return tiled_through(program_tile_run(tile_method, sums_length), flows, frames, exposures,
+                         tile, overlap, flow_scale, passes)
+
+
+def gate_tiled(path, model: DeAltHDR, bucket: Bucket, frame: tuple[int, int], tile: int,
+               sums_length: int, overlap: int = 32, passes: int = 2) -> dict:
+    """Parity of a tiled program with the tiled eager network (same bucket, flows, passes) on
+    a held-out window of the frame size. Raises GateFailed below the fp32 threshold."""
+    from dealthdr.metrics import psnr_mu
+
+    from calib.windows import make_windows
+    from export.gate import THRESHOLD_DB, GateFailed
+
+    win = next(w for w in make_windows("heldout", *frame, clips=1, seed=1)
+               if w.centre == bucket.centre)
+    got = run_program_tiled(path, bucket.centre, win.frames, win.exposures, tile, sums_length,
+                            model.cfg.flow_scale, overlap, passes).hdr
+    ref = eager_tiled(model, bucket.s, win.frames, win.exposures, tile, overlap, passes,
+                      bucket.budget).hdr
+    p = psnr_mu(torch.from_numpy(got), torch.from_numpy(ref), peak=1.0)
+    result = {"psnr_mu_db": p, "max_abs": float(abs(got - ref).max()), "windows": 1,
+              "threshold_db": THRESHOLD_DB["fp32"], "passes": passes, "overlap": overlap,
+              "ran_on": "executorch runtime (XNNPACK + portable kernels), tiled",
+              "passed": p >= THRESHOLD_DB["fp32"]}
+    if not result["passed"]:
+        raise GateFailed(f"tiled {bucket.name}: parity {p:.2f} dB PSNR-mu < "
+                         f"{THRESHOLD_DB['fp32']:.0f} dB; nothing written")
+    return result
