@@ -1,12 +1,18 @@
 """`python -m device_bench tiled`: a large frame through a fixed-shape .pte, tile by tile.
 
-    python -m device_bench tiled exports/executorch/dealthdr_tiny_s15_xnnpack.pte \\
-        --method forward_short --size 1080x1920 --out runs/tiled_1080p_s15_short.json
+    python export/to_executorch.py --s-buckets 15 --tiled-frame 1080x1920
+    python -m device_bench tiled exports/executorch/dealthdr_tiny_s15_xnnpack_tiled1080x1920.pte \\
+        --centre short --out runs/tiled_1080p_s15_short.json
 
 A phone runs a 256x256 (or 512x512) program over a 1920x1080 window as overlapping tiles
-(`dealthdr.tiling`: the same blending `dealthdr reconstruct --tile` uses for the eager model), so
-memory stays that of one tile's program whatever the frame size. This measures it: a fresh
-worker process loads the program, runs every tile of one held-out window, blends them, and
+(`dealthdr.tiling`: the same code `dealthdr reconstruct --tile` uses for the eager model), so
+memory stays that of one tile's program whatever the frame size. A tiled program
+(`--tiled-frame`) first runs its `flows_<centre>` method on the whole frame at 1/4 resolution,
+then its `tile_<centre>` method on every tile for `--passes` passes, each after the first with
+the frame's channel-attention statistics; a plain bucket program (`forward_<centre>`) runs each
+tile alone (own flows and statistics: visible seams), for comparison.
+
+A fresh worker process loads the program, runs one held-out window, blends the tiles, and
 reports its peak RSS (the kernel's high-water mark, reset after imports, as `run` measures) and
 wall time; the parent then runs the eager model untiled on the same window (dynamic mask policy,
 same s) and records the seam quality as PSNR-mu and max |diff| of the tiled program's output
@@ -32,8 +38,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("tiled", help="a large frame through a fixed-shape .pte as blended tiles",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pte", type=Path, help="an exported .pte listed in the manifest.json beside it")
-    p.add_argument("--method", default="forward_short",
-                   help="the program's method, i.e. the centre exposure (default forward_short)")
+    p.add_argument("--centre", choices=("short", "long"), default="short",
+                   help="exposure of the window's centre frame: which methods run "
+                        "(default short)")
+    p.add_argument("--passes", type=int, default=2,
+                   help="passes over the tiles of a tiled program; from the second on, tiles "
+                        "attend with the frame's statistics (default 2; plain programs: 1)")
     p.add_argument("--size", type=parse_size, default=(1080, 1920),
                    help="frame size HxW to run, at least the program's size (default 1080x1920)")
     p.add_argument("--overlap", type=int, default=32,
@@ -66,7 +76,15 @@ def run(args: argparse.Namespace) -> int:
 
     from calib.buckets import sha256_file
 
-    manifest, art = _artifact(args.pte, args.method)
+    tiled = _is_tiled(args.pte)
+    method = f"tile_{args.centre}" if tiled else f"forward_{args.centre}"
+    manifest, art = _artifact(args.pte, method)
+    passes = args.passes if tiled else 1
+    if passes < 1:
+        raise ValueError(f"--passes must be >= 1, got {passes}")
+    if tiled and tuple(art["tiled"]["frame"]) != tuple(args.size):
+        raise ValueError(f"{args.pte.name} was exported for {art['tiled']['frame']} frames; "
+                         f"--size is {list(args.size)}")
     tile_h, tile_w = art["input_shape"]["frames"][-2:]
     if tile_h != tile_w or args.size[0] < tile_h or args.size[1] < tile_w:
         raise ValueError(f"--size {args.size[0]}x{args.size[1]} must be at least the program's "
@@ -75,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap must be in [0, {tile_h // 2}), got {args.overlap}")
     if sha256_file(args.pte) != art["sha256"]:
         raise ValueError(f"{args.pte}: sha256 differs from its manifest; re-export")
-    job = {"pte": str(args.pte), "method": args.method, "size": list(args.size),
+    job = {"pte": str(args.pte), "method": method, "size": list(args.size),
            "tile": tile_h, "overlap": args.overlap, "threads": args.threads,
-           "centre": art["centre"]}
+           "centre": art["centre"], "passes": passes,
+           "sums_length": art["tiled"]["sums_length"] if tiled else None,
+           "flow_scale": art["tiled"]["flow_scale"] if tiled else None}
     with tempfile.TemporaryDirectory() as tmp:
         spec, result, output = (Path(tmp) / n for n in ("job.json", "result.json", "out.npy"))
         job["output"] = str(output)
@@ -89,16 +109,26 @@ def run(args: argparse.Namespace) -> int:
         measured = json.loads(result.read_text())
         quality = _against_eager(args, art, output)
     record = {"benchmark": "tiled_pte", "artifact": args.pte.name, "sha256": art["sha256"],
-              "method": args.method, "variant": manifest["model"]["variant"], "s": art["s"],
+              "method": method, "passes": passes,
+              "mode": "frame flows and statistics" if tiled else "tiles alone",
+              "variant": manifest["model"]["variant"], "s": art["s"],
               "bucket_k": art["bucket_k"], "program_size": [tile_h, tile_w],
               "size": list(args.size), "overlap": args.overlap, "threads": args.threads,
               **measured, **quality, "machine": machine_record()}
     atomic_write_bytes(args.out, (json.dumps(jsonable(record), indent=2) + "\n").encode())
     log.info("%s %s at %dx%d: %d tiles, %.1f s, peak RSS %.0f MB, PSNR-mu vs untiled eager "
-             "%.2f dB; wrote %s", args.pte.name, args.method, *args.size, measured["tiles"],
+             "%.2f dB; wrote %s", args.pte.name, method, *args.size, measured["tiles"],
              measured["wall_s"], measured["peak_rss_mb"], quality["psnr_mu_vs_untiled_eager"],
              args.out)
     return 0
+
+
+def _is_tiled(pte: Path) -> bool:
+    manifest = pte.parent / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"{pte}: no manifest.json beside it (export with export/ or quantize/)")
+    return any(a["file"] == pte.name and "tiled" in a
+               for a in json.loads(manifest.read_text())["artifacts"])
 
 
 def _window(size: tuple[int, int], centre: str):
@@ -134,25 +164,32 @@ def _worker(job: dict) -> dict:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
-    from dealthdr.tiling import run_tiled, tile_starts
+    import torch
+
+    from dealthdr.tiling import run_tiled
 
     from device_bench.worker import peak_memory, start_memory_watch
+    from export.tiles import run_program_tiled
 
     _unsafe_reset_threadpool(job["threads"])
     win = _window(tuple(job["size"]), job["centre"])
     frames, exposures = win.frames.contiguous(), win.exposures.contiguous()
     watch = start_memory_watch()
     start = time.perf_counter()
-    method = Runtime.get().load_program(job["pte"]).load_method(job["method"])
-    hdr = run_tiled(lambda f, e: method.execute([f, e])[0], frames, exposures, job["tile"],
-                    job["overlap"])
+    if job["sums_length"] is None:
+        method = Runtime.get().load_program(job["pte"]).load_method(job["method"])
+        result = run_tiled(lambda t: (method.execute([t.frames, t.exposures])[0].numpy(), []),
+                           frames, exposures, job["tile"], job["overlap"])
+    else:
+        with torch.no_grad():
+            result = run_program_tiled(job["pte"], job["centre"], frames, exposures, job["tile"],
+                                       job["sums_length"], job["flow_scale"], job["overlap"],
+                                       job["passes"])
     wall = time.perf_counter() - start
     mem = peak_memory(watch)
-    np.save(job["output"], hdr)
-    h, w = job["size"]
-    tiles = len(tile_starts(h, job["tile"], job["overlap"])) * \
-        len(tile_starts(w, job["tile"], job["overlap"]))
-    return {"tiles": tiles, "wall_s": wall, "ms_per_tile": 1e3 * wall / tiles, **mem}
+    np.save(job["output"], result.hdr)
+    runs = result.tiles * job["passes"]
+    return {"tiles": result.tiles, "wall_s": wall, "ms_per_tile_run": 1e3 * wall / runs, **mem}
 
 
 if __name__ == "__main__":

@@ -424,4 +424,4 @@ def test_tiled_runs_a_program_over_a_larger_frame_and_records_memory_and_seams(a
     # the stand-in is not the network: the seam figure is measured, not judged, here
     assert np.isfinite(rec["max_abs_vs_untiled_eager"])
     assert main(["-q", "tiled", str(pte), "--size", "16x72", "--out", str(out)]) == 2
-    assert main(["-q", "tiled", str(pte), "--method", "forward_long", "--out", str(out)]) == 2
+    assert main(["-q", "tiled", str(pte), "--centre", "long", "--out", str(out)]) == 2
