@@ -50,7 +50,7 @@ class CentreLinear(torch.nn.Module):
         zeros = torch.zeros(4, 2, -(-h // 8) * 2, -(-w // 8) * 2)
         return zeros, zeros
 
-    def forward(self, frames, exposures, s=15.0, flows=None):
+    def forward(self, frames, exposures, s=15.0, budget=None, flows=None):
         rel = (exposures / exposures.min(dim=1, keepdim=True).values)[:, 2].view(-1, 1, 1, 1)
         return frames[:, 2] ** 2.2 / rel
 
