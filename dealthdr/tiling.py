@@ -101,7 +101,7 @@ def run_tiled(run: TileRun, frames: torch.Tensor, exposures: torch.Tensor, tile:
     if flows is not None and align % flow_scale:
         raise ValueError(f"align {align} must be a multiple of flow_scale {flow_scale}")
     h, w = frames.shape[-2:]
-    frames = _pad(frames, align)
+    frames = pad_frames(frames, align)
     hp, wp = frames.shape[-2:]
     th, tw = min(tile, hp), min(tile, wp)
     layout = [(y, x, _weight(y, x, th, tw, hp, wp, overlap))
@@ -134,7 +134,8 @@ def _weight(y: int, x: int, th: int, tw: int, h: int, w: int, overlap: int) -> n
     return (wy[:, None] * wx[None, :])[..., None]
 
 
-def _pad(frames: torch.Tensor, align: int) -> torch.Tensor:
+def pad_frames(frames: torch.Tensor, align: int) -> torch.Tensor:
+    """(B, T, C, H, W) edge-padded at the bottom and right to multiples of `align`."""
     b, t, c, h, w = frames.shape
     ph, pw = (-h) % align, (-w) % align
     if not ph and not pw:

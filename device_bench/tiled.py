@@ -7,7 +7,8 @@
 A phone runs a 256x256 (or 512x512) program over a 1920x1080 window as overlapping tiles
 (`dealthdr.tiling`: the same code `dealthdr reconstruct --tile` uses for the eager model), so
 memory stays that of one tile's program whatever the frame size. A tiled program
-(`--tiled-frame`) first runs its `flows_<centre>` method on the whole frame at 1/4 resolution,
+(`--tiled-frame`) first assembles the frame's 1/4-resolution flow guide from its `guide` method
+on the tiles and runs its `flows` method once on it,
 then its `tile_<centre>` method on every tile for `--passes` passes, each after the first with
 the frame's channel-attention statistics; a plain bucket program (`forward_<centre>`) runs each
 tile alone (own flows and statistics: visible seams), for comparison.

@@ -1,10 +1,13 @@
 """Tiled programs: a large frame (e.g. 1920x1080) as fixed-shape tiles on a phone.
 
 A tile run alone differs from the whole frame in two places (`dealthdr.tiling`): its flows and
-its channel attention's statistics. The tiled export therefore has two methods per centre:
+its channel attention's statistics. The tiled export therefore has three kinds of method:
 
-- `flows_<centre>(frames, exposures) -> (O_t->n, O_n->t)` at the *frame* size: SpyNet once on
-  the whole window at 1/flow_scale (`DeAltHDR.window_flows`);
+- `guide(frames, exposures) -> guide` at the *tile* size: SpyNet's input for the tile, pooled to
+  1/flow_scale (`DeAltHDR.flow_guide`, per position, so the frame's guide is assembled from
+  tiles: a whole-frame program would hold 1080p intermediates, ~250 MB, measured);
+- `flows(guide) -> (O_t->n, O_n->t)` on the frame's 1/flow_scale grid: SpyNet once on the whole
+  window (`DeAltHDR.flows_from_guide`);
 - `tile_<centre>(frames, exposures, flow_t_n, flow_n_t, share, frame_sums, frame_wide)
   -> (hdr, partial_sums)` at the *tile* size: the network on one tile with the crops of the
   frame's flows; `share` is the tile's part of each position (blend weight over summed
@@ -23,10 +26,20 @@ from torch import nn
 
 from dealthdr.model import DeAltHDR
 from dealthdr.model.framestats import frame_statistics, pack, sum_shapes, unpack
-from dealthdr.tiling import Tile, TileRun, eager_tile_run, network_align, run_tiled
+from dealthdr.tiling import (Tile, TileRun, eager_tile_run, network_align, pad_frames,
+                             run_tiled, tile_starts)
 
 from calib.windows import pattern
 from export.buckets import NUM_FRAMES, Bucket, example_inputs
+
+
+class GuideGraph(nn.Module):
+    def __init__(self, model: DeAltHDR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
+        return self.model.flow_guide(frames, exposures)
 
 
 class FlowGraph(nn.Module):
@@ -34,8 +47,8 @@ class FlowGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frames: torch.Tensor, exposures: torch.Tensor):
-        return self.model.window_flows(frames, exposures)
+    def forward(self, guide: torch.Tensor):
+        return self.model.flows_from_guide(guide)
 
 
 class TileGraph(nn.Module):
@@ -71,21 +84,27 @@ def tile_inputs(model: DeAltHDR, bucket: Bucket, size: tuple[int, int], shapes: 
             torch.zeros(1))
 
 
-def export_tiled(model: DeAltHDR, bucket: Bucket, tile: tuple[int, int],
+def export_tiled(model: DeAltHDR, buckets: list[Bucket], tile: tuple[int, int],
                  frame: tuple[int, int]) -> tuple[dict, int]:
-    """({flows_<centre>, tile_<centre>: ExportedProgram}, length of the packed sums)."""
-    align = network_align(model.cfg.flow_scale)
+    """({guide, flows, tile_<centre> per bucket: ExportedProgram}, length of the packed sums)
+    for buckets of one s."""
+    fs = model.cfg.flow_scale
+    align = network_align(fs)
     if tile[0] % align or tile[1] % align:
         raise ValueError(f"tile size {tile} must be a multiple of {align}")
     model = model.eval()
-    shapes = statistics_shapes(model, bucket, tile)
+    grid = [(n + (-n) % align) // fs for n in frame]
+    shapes = statistics_shapes(model, buckets[0], tile)
     with torch.no_grad():
-        flows = torch.export.export(FlowGraph(model).eval(), example_inputs(bucket, frame),
-                                    strict=False)
-        tiles = torch.export.export(TileGraph(model, bucket, shapes).eval(),
-                                    tile_inputs(model, bucket, tile, shapes), strict=False)
-    inputs = tile_inputs(model, bucket, tile, shapes)
-    return {f"flows_{bucket.centre}": flows, f"tile_{bucket.centre}": tiles}, inputs[5].numel()
+        out = {"guide": torch.export.export(GuideGraph(model).eval(),
+                                            example_inputs(buckets[0], tile), strict=False),
+               "flows": torch.export.export(FlowGraph(model).eval(),
+                                            (torch.rand(1, NUM_FRAMES, 3, *grid),), strict=False)}
+        for b in buckets:
+            out[f"tile_{b.centre}"] = torch.export.export(
+                TileGraph(model, b, shapes).eval(), tile_inputs(model, b, tile, shapes),
+                strict=False)
+    return out, sum(torch.Size(s).numel() for group in shapes for s in group)
 
 
 def program_tile_run(method, sums_length: int) -> TileRun:
@@ -117,17 +136,35 @@ def eager_tiled(model: DeAltHDR, s: float, frames, exposures, tile: int, overlap
 
 def run_program_tiled(path, centre: str, frames, exposures, tile: int, sums_length: int,
                       flow_scale: int, overlap: int = 32, passes: int = 2):
-    """A window through a tiled .pte: its flows method once, then its tile method per tile.
-    The flows method is released before the tile method loads (one arena alive at a time)."""
+    """A window through a tiled .pte: the frame's guide tile by tile, its flows once, then the
+    tile method per tile and pass.
+
+    A loaded Program caches its methods, and each keeps its XNNPACK runtime (SpyNet's on the
+    whole frame: ~640 MB at 1080p, measured), so the guide and flows run in a Program that is
+    dropped before the tile method loads in a fresh one."""
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(str(path))
-    flows_method = program.load_method(f"flows_{centre}")
-    flows = tuple(t.clone() for t in flows_method.execute([frames, exposures]))
-    del flows_method
-    tile_method = program.load_method(f"tile_{centre}")
-    return tiled_through(program_tile_run(tile_method, sums_length), flows, frames, exposures,
-                         tile, overlap, flow_scale, passes)
+    align = network_align(flow_scale)
+    padded = pad_frames(frames, align)
+    hp, wp = padded.shape[-2:]
+    th, tw = min(tile, hp), min(tile, wp)
+    guide = torch.zeros(1, padded.shape[1], 3, hp // flow_scale, wp // flow_scale)
+    guide_method = program.load_method("guide")
+    for y in tile_starts(hp, th, 0, align):
+        for x in tile_starts(wp, tw, 0, align):
+            crop = padded[..., y:y + th, x:x + tw].contiguous()
+            guide[..., y // flow_scale:(y + th) // flow_scale,
+                  x // flow_scale:(x + tw) // flow_scale] = \
+                guide_method.execute([crop, exposures])[0]
+    flows = tuple(t.clone() for t in program.load_method("flows").execute([guide]))
+    del guide_method, program, guide
+    tile_program = Runtime.get().load_program(str(path))   # alive while its method runs
+    result = tiled_through(program_tile_run(tile_program.load_method(f"tile_{centre}"),
+                                            sums_length),
+                           flows, frames, exposures, tile, overlap, flow_scale, passes)
+    del tile_program
+    return result
 
 
 def gate_tiled(path, model: DeAltHDR, bucket: Bucket, frame: tuple[int, int], tile: int,

@@ -122,7 +122,8 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
 
 
 def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dict]:
-    """One tiled .pte per s (flows at the frame size, tiles at --size), gated; its records."""
+    """One tiled .pte per s (guide and tile methods at --size, flows on the frame's 1/4 grid),
+    gated; its records."""
     from export.artifacts import artifact_record
     from export.tiles import export_tiled, gate_tiled
 
@@ -132,25 +133,25 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dic
                          f"--size {tile[0]}x{tile[1]}")
     records = []
     for group in by_s.values():
-        programs, sums_length = {}, 0
-        for b in group:
-            exported, sums_length = export_tiled(model, b, tile, frame)
-            programs.update(exported)
+        programs, sums_length = export_tiled(model, group, tile, frame)
         exec_prog, cov = lower(programs, "xnnpack")
         path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
                        f"_xnnpack_tiled{frame[0]}x{frame[1]}.pte"
         path.write_bytes(exec_prog.buffer)
         arena = planned_bytes(exec_prog)
+        tiled = {"frame": list(frame), "tile": list(tile), "sums_length": sums_length,
+                 "flow_scale": model.cfg.flow_scale}
         for b in group:
             parity = gate_tiled(path, model, b, frame, tile[0], sums_length)
-            for kind, size in (("flows", frame), ("tile", tile)):
-                method = f"{kind}_{b.centre}"
+            methods = [f"tile_{b.centre}"] + (["guide", "flows"] if b is group[0] else [])
+            for method in methods:
+                kind = method.split("_")[0]
+                size = tile if kind != "flows" else frame
+                extra = {} if kind == "tile" else {"centre": "any"}
                 records.append(artifact_record(
                     path, stage, "executorch-xnnpack", "fp32", b, size, parity, method=method,
-                    tiled={"kind": kind, "frame": list(frame), "tile": list(tile),
-                           "sums_length": sums_length,
-                           "flow_scale": model.cfg.flow_scale},
-                    delegation=cov[method], planned_activation_bytes=arena[method]))
+                    tiled={"kind": kind, **tiled}, delegation=cov[method],
+                    planned_activation_bytes=arena[method], **extra))
         log.info("tiled s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
                                                     for m, a in arena.items()})
     return records

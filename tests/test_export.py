@@ -213,8 +213,9 @@ def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
 
 
 def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
-    """A frame as tiles: the flows method is the whole window's flows, the tile method's
-    partial sums feed the next pass, and the program matches the tiled eager network."""
+    """A frame as tiles: guide tiles assemble the frame's guide, the flows method gives the
+    whole window's flows, the tile method's partial sums feed the next pass, and the program
+    matches the tiled eager network."""
     from executorch.runtime import Runtime
 
     from dealthdr.model.framestats import pack
@@ -223,16 +224,20 @@ def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
 
     frame, tile = (64, 128), (64, 64)
     b = make_buckets(CAL, [15.0], tile, ("short",), 8)[0]
-    programs, n = export_tiled(tiny, b, tile, frame)
-    assert set(programs) == {"flows_short", "tile_short"} and n > 0
+    programs, n = export_tiled(tiny, [b], tile, frame)
+    assert set(programs) == {"guide", "flows", "tile_short"} and n > 0
     exec_prog, _ = lower(programs, "xnnpack")
     path = tmp_path / "tiled.pte"
     path.write_bytes(exec_prog.buffer)
     win = next(w for w in make_windows("heldout", *frame, clips=1, seed=1) if w.centre == "short")
-    flows = Runtime.get().load_program(str(path)).load_method("flows_short").execute(
-        [win.frames, win.exposures])
+    program = Runtime.get().load_program(str(path))
     with torch.no_grad():
+        guide = tiny.flow_guide(win.frames, win.exposures)
         ref = tiny.window_flows(win.frames, win.exposures)
+    left = program.load_method("guide").execute([win.frames[..., :64].contiguous(),
+                                                 win.exposures])[0]
+    assert torch.allclose(left, guide[..., :16], atol=1e-6)     # per position: a crop
+    flows = program.load_method("flows").execute([guide])
     assert all(torch.allclose(a, r, atol=1e-4) for a, r in zip(flows, ref))
     res = gate_tiled(path, tiny, b, frame, tile[0], n)
     assert res["passed"] and res["max_abs"] < 1e-4

@@ -162,15 +162,32 @@ class DeAltHDR(nn.Module):
         if not is_tracing():
             check_frames(frames, exposures, self.cfg.num_frames)
         h, w = frames.shape[-2:]
+        size = (h + (-h) % PAD_MULTIPLE, w + (-w) % PAD_MULTIPLE)
+        if size[0] % self.cfg.flow_scale or size[1] % self.cfg.flow_scale:
+            # SpyNet resamples instead of pooling: no per-position guide to split
+            flows = self._flows(self._padded_inputs(frames, exposures)[:, :, 3:].clamp(0, 1),
+                                frames.shape[1] // 2)
+            grid = flow_grid(size, self.cfg.flow_scale)
+            return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
+        return self.flows_from_guide(self.flow_guide(frames, exposures))
+
+    def flow_guide(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
+        """SpyNet's input, the window's exposure-normalised frames padded and pooled to
+        1/flow_scale: (B, T, 3, H'/f, W'/f). Per position, so a tile's guide is the crop of the
+        frame's (tile origins on multiples of lcm(8, f)); a program computes it tile by tile
+        and never holds a full-resolution intermediate."""
+        h, w = frames.shape[-2:]
         pad = ((-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE)
         fs = self.cfg.flow_scale
-        grid = flow_grid((h + pad[0], w + pad[1]), fs)
-        if (h + pad[0]) % fs or (w + pad[1]) % fs:  # SpyNet then resamples, not pools
-            guide = self._padded_inputs(frames, exposures)[:, :, 3:].clamp(0, 1)
-            flows = self._flows(guide, frames.shape[1] // 2)
-        else:
-            guide = pooled_guide(frames, exposures, self.cfg.gamma, pad, fs)
-            flows = self._flows(guide, frames.shape[1] // 2, scale=1)
+        if (h + pad[0]) % fs or (w + pad[1]) % fs:
+            raise ValueError(f"flow_scale {fs} does not divide the padded size "
+                             f"{h + pad[0]}x{w + pad[1]}")
+        return pooled_guide(frames, exposures, self.cfg.gamma, pad, fs)
+
+    def flows_from_guide(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`window_flows` from a whole frame's `flow_guide`, on its grid."""
+        flows = self._flows(guide, guide.shape[1] // 2, scale=1)
+        grid = tuple(guide.shape[-2:])
         return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
 
     def _padded_inputs(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
