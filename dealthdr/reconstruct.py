@@ -20,7 +20,11 @@ tile, and channel attention, which sums over every position, attends with the wh
 sums from the previous pass over the tiles: with the default `--tile-passes 2` a 1080p frame in
 256-px tiles matches the untiled one to ~51.5 dB PSNR-mu at s=15 (one pass: ~36 dB; tiles run
 alone: ~33 dB; measured by `device_bench tiled`, tested in tests/test_reconstruct.py), at twice
-the compute.
+the compute. In a sequence the statistics change slowly, so by default each frame after the
+first of its exposure starts from the sums of the last frame of the same centre exposure and
+takes one pass (on panning synthetic clips as close to the untiled frame as two fresh passes,
+far closer than one fresh pass; tested in tests/test_reconstruct.py); `--fresh-statistics` runs every frame's passes from scratch (a cut
+between two frames makes the carried sums stale for one frame).
 
 Output (written to a staging folder next to DIR and renamed when complete, so an interrupted or
 failed run leaves no DIR behind):
@@ -78,16 +82,27 @@ def infer(model: DeAltHDR, frames: np.ndarray, exposures: np.ndarray, s: float,
     """One window (5, H, W, 3) gamma LDR + (5,) exposures -> linear HDR (H, W, 3), float32,
     in units of the window's shortest exposure; tiled when tile > 0 and a side exceeds it
     (`passes` over the tiles, see the module docstring)."""
+    return infer_with_statistics(model, frames, exposures, s, tile, overlap, device, passes)[0]
+
+
+def infer_with_statistics(model: DeAltHDR, frames: np.ndarray, exposures: np.ndarray, s: float,
+                          tile: int = 0, overlap: int = 32, device: torch.device | str = "cpu",
+                          passes: int = 2, given: list | None = None,
+                          ) -> tuple[np.ndarray, list | None]:
+    """`infer`, and the frame's channel-attention sums of a tiled run (None untiled). With
+    `given` (a previous frame's sums) one pass runs, attending with them."""
     h, w = frames.shape[1:3]
     x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
     e = torch.from_numpy(np.asarray(exposures, dtype=np.float32))[None].to(device)
     with torch.no_grad():
         if tile <= 0 or (h <= tile and w <= tile):
-            return model(x, e, s=s)[0].permute(1, 2, 0).cpu().numpy()
+            return model(x, e, s=s)[0].permute(1, 2, 0).cpu().numpy(), None
         fs = model.cfg.flow_scale
-        return run_tiled(eager_tile_run(model, s), x, e, tile, overlap,
-                         flows=model.window_flows(x, e), flow_scale=fs, passes=passes,
-                         align=network_align(fs)).hdr
+        res = run_tiled(eager_tile_run(model, s), x, e, tile, overlap,
+                        flows=model.window_flows(x, e), flow_scale=fs,
+                        passes=passes if given is None else 1, given=given,
+                        align=network_align(fs))
+        return res.hdr, res.frame_sums
 
 
 def preview(hdr: np.ndarray) -> np.ndarray:
@@ -160,7 +175,8 @@ def score(seq: Sequence, hdr_dir: Path, indices: list[int], white: float = 1.0) 
 
 
 def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0,
-                tile: int = 512, overlap: int = 32, passes: int = 2, half: bool = True,
+                tile: int = 512, overlap: int = 32, passes: int = 2,
+                carry_statistics: bool = True, half: bool = True,
                 frames: range | None = None, previews: bool = True, mp4: bool = True,
                 fps: float | None = None, overwrite: bool = False, progress: bool = True,
                 device: str = "cpu", extra: dict | None = None) -> dict:
@@ -182,6 +198,7 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
     model.eval().to(device)
     staging = _staging(out, overwrite)
     ref = float(seq.exposures[~seq.long].min())
+    carried: dict[bool, list] = {}  # last frame's attention sums per centre exposure
     start = time.perf_counter()
     try:
         if previews:
@@ -191,7 +208,12 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
             idx = window_indices(t, n)
             win = np.stack([seq.frame(i) for i in idx])
             exp = seq.exposures[idx]
-            hdr = infer(model, win, exp, s, tile, overlap, device, passes)
+            centre_long = bool(seq.long[t])
+            hdr, sums = infer_with_statistics(
+                model, win, exp, s, tile, overlap, device, passes,
+                carried.get(centre_long) if carry_statistics else None)
+            if sums:
+                carried[centre_long] = sums
             scale = float(exp.min()) / ref
             if scale != 1.0:
                 hdr = hdr * np.float32(scale)
@@ -212,7 +234,8 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
                 "linear radiance in units of the shortest short exposure "
                 f"({ref:g}); ldr^2.2 / (exposure / {ref:g}) of an unclipped frame"),
             "edges": "5-frame window reflected about the sequence ends (keeps alternation)",
-            "tile": tile, "overlap": overlap, "tile_passes": passes, "seconds": seconds,
+            "tile": tile, "overlap": overlap, "tile_passes": passes,
+            "tile_statistics": "carried" if carry_statistics else "fresh", "seconds": seconds,
             "seconds_per_frame": seconds / len(frames), "mp4": mp4_note, **(extra or {})}
         if seq.hdr_loader is not None:
             manifest["ground_truth"] = score(seq, staging / "hdr", list(frames))

@@ -90,6 +90,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "whole frame's channel-attention statistics from the one before (1: "
                         "fastest, visible seams; 2: matches the untiled frame closely; "
                         "default: 2)")
+    p.add_argument("--fresh-statistics", action="store_true",
+                   help="run every frame's tile passes from scratch; by default a frame after "
+                        "the first of its exposure takes one pass with the attention statistics "
+                        "of the last frame of the same exposure (half the compute)")
     p.add_argument("--float32", action="store_true",
                    help="write float32 EXR instead of half float (default: half)")
     p.add_argument("--no-preview", action="store_true",
@@ -119,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     seq = open_sequence(args.input, args.exposure_cycle)
     frames = frame_range(args.frames, len(seq))
     manifest = reconstruct(seq, model, args.output, s=args.s, tile=args.tile,
-                           overlap=args.overlap, passes=args.tile_passes, half=not args.float32, frames=frames,
+                           overlap=args.overlap, passes=args.tile_passes,
+                           carry_statistics=not args.fresh_statistics,
+                           half=not args.float32, frames=frames,
                            previews=not args.no_preview, mp4=not args.no_mp4, fps=args.fps,
                            overwrite=args.overwrite, progress=not args.no_progress,
                            device=args.device, extra={"checkpoint": str(args.checkpoint)})
