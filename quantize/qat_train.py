@@ -126,6 +126,38 @@ def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
                 mod.disable_observer()
 
 
+def sync_weight_ranges(graphs: dict[str, fx.GraphModule]) -> int:
+    """Set every weight fake quantizer to the per-channel min/max of its weight as it is now.
+
+    The upstream weight observers are moving averages, updated only when their graph runs, so
+    graphs that share (tied) weights froze different scales and converted them to different
+    int8 bytes: the two methods of one .pte then store two weight sets (ExecuTorch deduplicates
+    constant data by content hash). A range that is a function of the weight alone gives tied
+    weights identical int8 tensors. Returns the number of quantizers set."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    count = 0
+    for gm in graphs.values():
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or not node.args or \
+                    getattr(node.args[0], "op", None) != "get_attr":
+                continue
+            mod = gm.get_submodule(node.target)
+            if not isinstance(mod, FakeQuantizeBase) or not getattr(mod, "is_per_channel", False):
+                continue
+            weight = gm.get_parameter(node.args[0].target).detach()
+            obs = mod.activation_post_process
+            flat = weight.transpose(0, obs.ch_axis).reshape(weight.shape[obs.ch_axis], -1)
+            lo, hi = torch.aminmax(flat, dim=1)
+            obs.min_val.resize_(lo.shape).copy_(lo)
+            obs.max_val.resize_(hi.shape).copy_(hi)
+            scale, zero_point = obs.calculate_qparams()
+            mod.scale.resize_(scale.shape).copy_(scale)
+            mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            count += 1
+    return count
+
+
 def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
                      windows: list) -> None:
     """Set every activation fake quantizer to the min/max over all calibration windows of
@@ -265,6 +297,8 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     freeze = max(len(names), math.ceil(cfg.freeze_observers_at * cfg.steps))
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="QAT")
     for step in bar:
+        if step == freeze:  # tied weights get one range in every graph, then keep it
+            sync_weight_ranges(graphs)
         set_observers(graphs, step < freeze)
         name = names[step % len(names)]
         rng = random.Random(cfg.seed * 1_000_003 + step)
@@ -290,6 +324,8 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
         bar.set_postfix(loss=f"{loss.item():.4f}", graph=name)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save_state(state_dir, graphs, shared, opt, step + 1, losses, settings)
+    if freeze >= cfg.steps:  # no frozen phase: the ranges followed the weights to the end
+        sync_weight_ranges(graphs)
     return {"config": asdict(cfg), "graphs": names, "losses": losses,
             "first_loss": losses[0] if losses else None,
             "last_loss_mean10": sum(losses[-10:]) / max(1, len(losses[-10:]))}

@@ -160,6 +160,9 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     w15 = dict(full["s15_short"].named_parameters())
     shared = set(w0) & set(w15)
     assert shared and all(w0[k] is w15[k] for k in shared)        # one set of weights
+    # tied weights leave with one int8 range in every graph: identical bytes, stored once
+    r0, r15 = _weight_scales(full["s0_short"]), _weight_scales(full["s15_short"])
+    assert set(r0) & set(r15) and all(torch.equal(r0[k], r15[k]) for k in set(r0) & set(r15))
     trained = {k.removeprefix("model."): p for k, p in w15.items()}
     assert any(not torch.equal(before[k], p) for k, p in trained.items())   # QAT moved them
     # ... but not the float model they were exported from (the fp32 reference of the report)
@@ -298,3 +301,15 @@ def test_qat_cli_refuses_bad_input(tmp_path, capsys):
         assert exc.value.code == 2
     assert main(["--steps", "0", "--out", str(tmp_path / "y")]) == 2
     assert "--steps" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def _weight_scales(gm) -> dict:
+    """{weight name: its per-channel fake quantizer's scale} of a prepared graph."""
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.args and \
+                getattr(node.args[0], "op", None) == "get_attr":
+            mod = gm.get_submodule(node.target)
+            if getattr(mod, "is_per_channel", False):
+                out[node.args[0].target] = mod.scale.detach().clone()
+    return out
