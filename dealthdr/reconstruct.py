@@ -23,8 +23,9 @@ alone: ~33 dB; measured by `device_bench tiled`, tested in tests/test_reconstruc
 the compute. In a sequence the statistics change slowly, so by default each frame after the
 first of its exposure starts from the sums of the last frame of the same centre exposure and
 takes one pass (on panning synthetic clips as close to the untiled frame as two fresh passes,
-far closer than one fresh pass; tested in tests/test_reconstruct.py); `--fresh-statistics` runs every frame's passes from scratch (a cut
-between two frames makes the carried sums stale for one frame).
+far closer than one fresh pass; tested in tests/test_reconstruct.py); `--fresh-statistics`
+runs every frame's passes from scratch (a cut between two frames makes the carried sums stale
+for one frame).
 
 Output (written to a staging folder next to DIR and renamed when complete, so an interrupted or
 failed run leaves no DIR behind):

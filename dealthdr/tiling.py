@@ -30,9 +30,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
 from .model.framestats import Sums
+from .model.inputs import pad_frames
 
 
 @dataclass
@@ -105,7 +104,8 @@ def run_tiled(run: TileRun, frames: torch.Tensor, exposures: torch.Tensor, tile:
     hp, wp = frames.shape[-2:]
     th, tw = min(tile, hp), min(tile, wp)
     layout = [(y, x, _weight(y, x, th, tw, hp, wp, overlap))
-              for y in tile_starts(hp, th, overlap, align) for x in tile_starts(wp, tw, overlap, align)]
+              for y in tile_starts(hp, th, overlap, align)
+              for x in tile_starts(wp, tw, overlap, align)]
     total = np.zeros((hp, wp, 1), dtype=np.float32)
     for y, x, wt in layout:
         total[y:y + th, x:x + tw] += wt
@@ -132,16 +132,6 @@ def _weight(y: int, x: int, th: int, tw: int, h: int, w: int, overlap: int) -> n
     wy = ramp(th, overlap, y > 0, y + th < h)
     wx = ramp(tw, overlap, x > 0, x + tw < w)
     return (wy[:, None] * wx[None, :])[..., None]
-
-
-def pad_frames(frames: torch.Tensor, align: int) -> torch.Tensor:
-    """(B, T, C, H, W) edge-padded at the bottom and right to multiples of `align`."""
-    b, t, c, h, w = frames.shape
-    ph, pw = (-h) % align, (-w) % align
-    if not ph and not pw:
-        return frames
-    flat = F.pad(frames.reshape(b, t * c, h, w), (0, pw, 0, ph), mode="replicate")
-    return flat.reshape(b, t, c, h + ph, w + pw)
 
 
 def _add(total: list[Sums] | None, part: list[Sums]) -> list[Sums] | None:

@@ -57,17 +57,15 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _artifact(pte: Path, method: str) -> tuple[dict, dict]:
+def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
+    """The manifest beside `pte` and its records of that file (one per method)."""
     manifest_path = pte.parent / "manifest.json"
     if not pte.is_file():
         raise FileNotFoundError(f"{pte}: no such program")
     if not manifest_path.is_file():
         raise ValueError(f"{pte}: no manifest.json beside it (export with export/ or quantize/)")
     manifest = json.loads(manifest_path.read_text())
-    for art in manifest["artifacts"]:
-        if art["file"] == pte.name and art.get("method") == method:
-            return manifest, art
-    raise ValueError(f"{manifest_path} lists no method {method!r} for {pte.name}")
+    return manifest, [a for a in manifest["artifacts"] if a["file"] == pte.name]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
     from calib.buckets import sha256_file
 
-    tiled = _is_tiled(args.pte)
+    manifest, arts = _artifacts(args.pte)
+    tiled = any("tiled" in a for a in arts)
     method = f"tile_{args.centre}" if tiled else f"forward_{args.centre}"
-    manifest, art = _artifact(args.pte, method)
+    art = next((a for a in arts if a.get("method") == method), None)
+    if art is None:
+        raise ValueError(f"the manifest beside {args.pte} lists no method {method!r} for it")
     passes = args.passes if tiled else 1
     if passes < 1:
         raise ValueError(f"--passes must be >= 1, got {passes}")
@@ -122,14 +123,6 @@ def run(args: argparse.Namespace) -> int:
              measured["wall_s"], measured["peak_rss_mb"], quality["psnr_mu_vs_untiled_eager"],
              args.out)
     return 0
-
-
-def _is_tiled(pte: Path) -> bool:
-    manifest = pte.parent / "manifest.json"
-    if not manifest.is_file():
-        raise ValueError(f"{pte}: no manifest.json beside it (export with export/ or quantize/)")
-    return any(a["file"] == pte.name and "tiled" in a
-               for a in json.loads(manifest.read_text())["artifacts"])
 
 
 def _window(size: tuple[int, int], centre: str):

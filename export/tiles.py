@@ -26,8 +26,8 @@ from torch import nn
 
 from dealthdr.model import DeAltHDR
 from dealthdr.model.framestats import frame_statistics, pack, sum_shapes, unpack
-from dealthdr.tiling import (Tile, TileRun, eager_tile_run, network_align, pad_frames,
-                             run_tiled, tile_starts)
+from dealthdr.model.inputs import pad_frames
+from dealthdr.tiling import Tile, TileRun, eager_tile_run, network_align, run_tiled, tile_starts
 
 from calib.windows import pattern
 from export.buckets import NUM_FRAMES, Bucket, example_inputs

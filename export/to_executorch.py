@@ -128,9 +128,6 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dic
     from export.tiles import export_tiled, gate_tiled
 
     frame, tile = tuple(args.tiled_frame), tuple(args.size)
-    if tile[0] != tile[1] or frame[0] < tile[0] or frame[1] < tile[1]:
-        raise ValueError(f"--tiled-frame {frame[0]}x{frame[1]} must be at least the square "
-                         f"--size {tile[0]}x{tile[1]}")
     records = []
     for group in by_s.values():
         programs, sums_length = export_tiled(model, group, tile, frame)
@@ -192,8 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         from export.buckets import export_program
         from export.gate import pending_gate, run_gate
 
-        if args.tiled_frame is not None and args.backend != "xnnpack":
-            raise ValueError("--tiled-frame is implemented for --backend xnnpack only")
+        if args.tiled_frame is not None:
+            (fh, fw), (th, tw) = args.tiled_frame, args.size
+            if args.backend != "xnnpack":
+                raise ValueError("--tiled-frame is implemented for --backend xnnpack only")
+            if th != tw or fh < th or fw < tw:
+                raise ValueError(f"--tiled-frame {fh}x{fw} must be at least the square --size "
+                                 f"{th}x{tw}")
         if args.precision == "fp16" and args.backend == "xnnpack":
             raise ValueError("--precision fp16 is for --backend coreml; XNNPACK exports fp32 "
                              "(int8: python quantize/qat.py)")

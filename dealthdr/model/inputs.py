@@ -112,3 +112,14 @@ def pooled_guide(frames: torch.Tensor, exposures: torch.Tensor, gamma: float, pa
             guide = F.pad(guide, (0, pad[1], 0, pad[0]), mode="replicate")
         out.append(F.avg_pool2d(guide, scale) if scale > 1 else guide)
     return torch.stack(out, dim=1)
+
+
+def pad_frames(frames: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(B, T, C, H, W) edge-padded at the bottom and right to multiples of `multiple` (how the
+    network pads its input, and how a tiled run pads a frame before cutting it)."""
+    b, t, c, h, w = frames.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return frames
+    flat = F.pad(frames.reshape(b, t * c, h, w), (0, pw, 0, ph), mode="replicate")
+    return flat.reshape(b, t, c, h + ph, w + pw)

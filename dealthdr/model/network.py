@@ -19,8 +19,8 @@ from .config import DeAltHDRConfig
 from .encoder import Encoder
 from .fgma import FGMA, tile_grid, tile_max
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
-                     long_pattern_from_exposures, neighbours, pooled_guide, prepare_inputs, take,
-                     relative_exposures)
+                     long_pattern_from_exposures, neighbours, pad_frames, pooled_guide,
+                     prepare_inputs, relative_exposures, take)
 from .layers import Upsample
 from .merge import ExposureMerge
 from .router import FrameHistoryRouter
@@ -191,13 +191,7 @@ class DeAltHDR(nn.Module):
         return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
 
     def _padded_inputs(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
-        b, t, _, h, w = frames.shape
-        x = prepare_inputs(frames, exposures, self.cfg.gamma)
-        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        if ph or pw:
-            x = F.pad(x.reshape(b, t * 6, h, w), (0, pw, 0, ph), mode="replicate")
-            x = x.reshape(b, t, 6, h + ph, w + pw)
-        return x
+        return pad_frames(prepare_inputs(frames, exposures, self.cfg.gamma), PAD_MULTIPLE)
 
     def _reconstruct(self, x: torch.Tensor, rel: torch.Tensor, pattern: tuple[bool, ...],
                      s: float, budget: tuple[int, int, int] | None,
