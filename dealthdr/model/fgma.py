@@ -35,6 +35,9 @@ Two mask policies select the tiles, sharing everything else:
     the output equals the dynamic one whenever at most K tiles hold masked positions; when more
     do, the least inconsistent tiles fall back to flow. K = all tiles (s=inf) selects nothing:
     exported graphs then take every tile by static slices, with no gather or scatter at all.
+
+Eager calls gather the same tiles as rows of channels-last maps (`tile_rows`) instead of
+building the graph's tile tables: identical arithmetic, less data movement, forward and backward.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import tile_rows
 from .inputs import is_tracing
 from .spynet import flow_warp
 
@@ -127,6 +131,9 @@ class FGMA(nn.Module):
             must not exceed it (a tile's halo then lies in a 2x2 block of tiles).
         tile_chunk: tiles processed at once in eager mode (bounds peak memory; no effect on
             the result). Exported graphs process all K tiles of a bucket at once.
+
+    Attribute `eager_rows` (default True): eager calls move tiles on the row layout of
+    `tile_rows`; False runs the exported graph's layout eagerly (tests compare the two).
     """
 
     def __init__(self, channels: int, window: int, tile: int = 8, tile_chunk: int = 512,
@@ -139,6 +146,7 @@ class FGMA(nn.Module):
         self.window = window
         self.tile = tile
         self.tile_chunk = tile_chunk
+        self.eager_rows = True
         self.proj_q = nn.Linear(channels, channels)
         self.proj_k = nn.Linear(channels, channels)
         self.proj_v = nn.Linear(channels, channels)
@@ -164,6 +172,8 @@ class FGMA(nn.Module):
         the selected tiles. The two tables are the branch's O(H*W) steps, paid once per call
         whatever the number of tiles; everything else is O(selected tiles).
         """
+        if self.eager_rows and not is_tracing():
+            return self._attend_rows(current, warped, mask, ids)
         num, c, h, w = warped.shape
         t = self.tile
         a, b = tile_grid(h, w, t)
@@ -171,7 +181,7 @@ class FGMA(nn.Module):
         step = num * a * b if is_tracing() else self.tile_chunk  # eager: bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
             halos = self.halo_table(warped)
-            packed = _cat([self._attend_tiles(q, k) for q, k in
+            packed = _cat([_masked(self._attend_tiles(q[..., :c], k), q[..., c:]) for q, k in
                            zip(_chunks(queries, step), _chunks(halos, step))])
             return _untile(packed, num, a, b, h, w)
         if ids.numel() == 0:
@@ -186,10 +196,34 @@ class FGMA(nn.Module):
         # export (int32 -> int32 would be dropped as a no-op).
         flat = ids.long()
         block = (flat + (flat // (a * b)) * (a + b + 1) + (flat % (a * b)) // b).to(torch.int32)
-        packed = _cat([self._attend_tiles(queries.index_select(0, part),
-                                          self._gather_halos(keys, rows, b))
-                       for part, rows in zip(_chunks(ids, step), _chunks(block, step))])
-        return self._place(packed, ids, num, a, b, h, w)
+        packed = []
+        for part, rows in zip(_chunks(ids, step), _chunks(block, step)):
+            q = queries.index_select(0, part)
+            packed.append(_masked(self._attend_tiles(q[..., :c], self._gather_halos(keys, rows, b)),
+                                  q[..., c:]))
+        return self._place(_cat(packed), ids, num, a, b, h, w)
+
+    def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
+                     ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`attend` on the eager layout (`tile_rows`): the same tiles, windows and arithmetic,
+        so the same numbers, with work proportional to the selected tiles."""
+        num, c, h, w = warped.shape
+        t, g = self.tile, self.halo
+        a, b = tile_grid(h, w, t)
+        grid = (num, a, b)
+        if ids is not None and ids.numel() == 0:
+            return _zeros(warped, c), _zeros(warped, 1)
+        order = torch.arange(num * a * b, device=warped.device) if ids is None else ids
+        parts = []
+        for part in _chunks(order, self.tile_chunk):
+            at = tile_rows.tile_coords(part, grid, t, 0, t)
+            halos = tile_rows.gather_halo(warped, tile_rows.tile_coords(part, grid, t,
+                                                                        self.window // 2, g), _NEG)
+            values = self._attend_tiles(tile_rows.gather_block(current, at), halos)
+            parts.append((values * tile_rows.gather_block(mask, at), at))
+        attended = tile_rows.place_tiles(warped, parts, grid, t)
+        executed = mask if ids is None else mask * tile_rows.selected_area(mask, ids, grid, t)
+        return attended, executed
 
     def key_map(self, warped: torch.Tensor) -> torch.Tensor:
         """(N, C + 1, (a + 1) t, (b + 1) t): the warped features and a bias channel (0 inside the
@@ -231,17 +265,16 @@ class FGMA(nn.Module):
     def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
         """Attention of every query of K tiles over its window.
 
-        queries: (K, t, t, C + 1) features and M; halos: (K, g * g, C + 1) keys and bias.
-        Query row y of a tile sees halo rows y .. y + w - 1, one contiguous slice of w * g
-        keys: one matmul per row gives its t queries' scores there (the border bias comes in
-        through the constant-1 query channel), and the constant band bias keeps each query's
-        w columns. Returns (K, t, t, C + 1): F_att * M and M.
+        queries: (K, t, t, C) features; halos: (K, g * g, C + 1) keys and bias. Query row y of
+        a tile sees halo rows y .. y + w - 1, one contiguous slice of w * g keys: one matmul
+        per row gives its t queries' scores there (the border bias comes in through a
+        constant-1 query channel), and the constant band bias keeps each query's w columns.
+        Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
         """
         t, c, g, w = self.tile, self.channels, self.halo, self.window
-        q, valid = queries[..., :c], queries[..., c:]
-        q = self.proj_q(q)                                              # Eq. 7, Proj_q
+        q = self.proj_q(queries)                                        # Eq. 7, Proj_q
         qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # W_k folded in
-        qk = torch.cat((qk, valid * 0.0 + 1.0), 3)                      # picks up the bias
+        qk = torch.cat((qk, qk[..., :1] * 0.0 + 1.0), 3)                # picks up the bias
         k = qk.shape[0]
         rows = []
         for y in range(t):  # row by row: only one row's scores are alive at a time
@@ -251,9 +284,7 @@ class FGMA(nn.Module):
             scores = torch.bmm(qk[:, y:y + 1].reshape(k, t, c + 1), keys.transpose(1, 2))
             attn = torch.softmax(scores + self.band, dim=-1)            # Eq. 8
             rows.append(torch.bmm(attn, keys[..., :c]).reshape(k, 1, t, c))
-        mixed = torch.cat(rows, 1)                                      # (K, t, t, C)
-        values = self.proj_v(mixed)                                     # W_v folded out
-        return torch.cat((values * valid, valid), 3)
+        return self.proj_v(torch.cat(rows, 1))                          # W_v folded out
 
     def _place(self, packed: torch.Tensor, ids: torch.Tensor, num: int, a: int, b: int,
                h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,6 +362,11 @@ def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
     if a * t != h or b * t != w:  # a no-op slice would export as `alias` (Core ML refuses)
         fmap = fmap[:, :, :h, :w]
     return fmap[:, :-1], fmap[:, -1:]
+
+
+def _masked(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(K, t, t, C + 1) tiles of F_att * M and M, the layout `_place` and `_untile` move."""
+    return torch.cat((values * valid, valid), 3)
 
 
 def _chunks(x: torch.Tensor, step: int) -> list[torch.Tensor]:
