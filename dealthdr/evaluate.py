@@ -95,10 +95,12 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
     exposures = clip.exposures.astype(np.float32)
     fw, bw = _flow_index(clip, 1), _flow_index(clip, -1)
     has_flow = clip.flow is not None and fw is not None
+    hard = {t: _hard_region(clip, t) for t in centres}
     out = []
     for method in methods:
         acc = {k: 0.0 for k in FRAME_METRICS + PAIR_METRICS}
         counts = {k: 0 for k in acc}
+        hard_sse, hard_n, hard_frames = 0.0, 0, 0
         prev = None
         elapsed = 0.0  # reconstruction only, not the metrics
         for t in centres:
@@ -122,11 +124,40 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
                 if v is not None:
                     acc[k] += v
                     counts[k] += 1
+            if hard[t] is not None:
+                sse, n = metrics.mu_squared_error(pred, gt, hard[t], frame_peak)
+                hard_sse, hard_n, hard_frames = hard_sse + sse, hard_n + n, hard_frames + 1
             prev = pred
         out.append({"method": method.name, "s": method.s, "sums": acc, "counts": counts,
                     "frames": len(centres), "pairs": max(len(centres) - 1, 0),
-                    "seconds": elapsed})
+                    "seconds": elapsed, "hard": {"sse": hard_sse, "values": hard_n,
+                                                 "frames": hard_frames,
+                                                 "pixels": hard_frames * gt.shape[0]
+                                                 * gt.shape[1]}})
     return out
+
+
+def _hard_region(clip: Clip, t: int) -> np.ndarray | None:
+    """`metrics.hard_region` of centre t from the clip's ground-truth flow to every neighbour
+    of its window; None without flow (clips not made by `synth`)."""
+    if clip.flow is None:
+        return None
+    flows = {}
+    for k in range(-(WINDOW // 2), WINDOW // 2 + 1):
+        i, back = _flow_index(clip, k), _flow_index(clip, -k)
+        if k != 0 and i is not None:
+            flows[k] = (clip.flow[t, i], None if back is None else clip.flow[t + k, back])
+    return metrics.hard_region(flows) if flows else None
+
+
+def _hard_metrics(parts: list[dict]) -> dict:
+    """PSNR-μ pooled over the hard regions of all frames (one MSE over every hard value, so a
+    frame with a few hard pixels weighs by its pixels) and the regions' share of the frames."""
+    sse = sum(p["sse"] for p in parts)
+    n = sum(p["values"] for p in parts)
+    pixels = sum(p["pixels"] for p in parts)
+    psnr = None if n == 0 else (math.inf if sse == 0 else 10 * math.log10(n / sse))
+    return {"psnr_mu_hard": psnr, "hard_share": None if pixels == 0 else n / 3 / pixels}
 
 
 def _mean(total: float, count: int) -> float | None:
@@ -145,6 +176,7 @@ def summarise(per_clip: list[dict]) -> list[dict]:
         for k in FRAME_METRICS + PAIR_METRICS:
             rec[k] = _mean(sum(r["sums"][k] for r in rs), sum(r["counts"][k] for r in rs))
         frames = sum(r["frames"] for r in rs)
+        rec.update(_hard_metrics([r["hard"] for r in rs]))
         rec.update(frames=frames, pairs=sum(r["pairs"] for r in rs), clips=len(rs),
                    ms_per_frame=1000 * sum(r["seconds"] for r in rs) / max(frames, 1))
         records.append(rec)
@@ -155,6 +187,7 @@ def _clip_record(clip_name: str, r: dict) -> dict:
     rec = {"clip": clip_name, "method": r["method"], "s": r["s"]}
     for k in FRAME_METRICS + PAIR_METRICS:
         rec[k] = _mean(r["sums"][k], r["counts"][k])
+    rec.update(_hard_metrics([r["hard"]]))
     rec.update(frames=r["frames"], pairs=r["pairs"])
     return rec
 
@@ -226,7 +259,11 @@ CONVENTIONS = (
     "frame. twe: mean |T(out_t) - warp(T(out_t+1), GT flow O_t->t+1)| over non-occluded "
     "pixels (forward-backward check), mu-law units in [0, 1], same normalisation. "
     "tof: mean |Farneback(out_t, out_t+1) - Farneback(gt_t, gt_t+1)| in pixels on 8-bit grey "
-    "mu-law frames. Per-frame metrics averaged over frames, temporal ones over pairs.")
+    "mu-law frames. Per-frame metrics averaged over frames, temporal ones over pairs. "
+    "psnr_mu_hard: PSNR-mu over the hard region, positions where the GT flow to any neighbour "
+    "of the window fails the forward-backward check, leaves the frame or moves more than "
+    f"{metrics.HARD_MOTION_PX:g} px, pooled over all frames (one MSE); hard_share: the "
+    "region's share of the evaluated pixels.")
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -240,14 +277,15 @@ def _fmt(v: float | None, digits: int) -> str:
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (higher is better except TWE, tOF, ms)."""
     head = ("| method | s | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ | FovVideoVDP (JOD) ↑ | TWE ↓ "
-            "| tOF ↓ | frames | clips | ms/frame |")
+            "| tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips | ms/frame |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         s = "-" if r["s"] is None else ("inf" if math.isinf(r["s"]) else f"{r['s']:g}")
         lines.append(
             f"| {r['method']} | {s} | {_fmt(r['psnr_mu'], 2)} | {_fmt(r['ssim_mu'], 4)} | "
             f"{_fmt(r['psnr_linear'], 2)} | {_fmt(r['fvvdp'], 3)} | {_fmt(r['twe'], 5)} | "
-            f"{_fmt(r['tof'], 4)} | {r['frames']} | {r['clips']} | "
+            f"{_fmt(r['tof'], 4)} | {_fmt(r['psnr_mu_hard'], 2)} | "
+            f"{_fmt(r['hard_share'], 3)} | {r['frames']} | {r['clips']} | "
             f"{_fmt(r['ms_per_frame'], 1)} |")
     return "\n".join(lines)
 

@@ -209,6 +209,34 @@ def consistent_flow_mask(flow_fw: np.ndarray, flow_bw: np.ndarray | None) -> np.
     return valid
 
 
+HARD_MOTION_PX = 4.0  # "moves more than a few pixels": past SpyNet's easy range at 1/4 scale
+
+
+def hard_region(flows: dict[int, tuple[np.ndarray, np.ndarray | None]],
+                motion_px: float = HARD_MOTION_PX) -> np.ndarray:
+    """Positions of frame t where alignment is hard (H, W) bool: for any neighbour k of its
+    window, the ground-truth flow O_{t->t+k} fails the forward-backward check against
+    O_{t+k->t} (occlusion, sprite edges), leaves the frame, is unknown, or moves more than
+    `motion_px` pixels. flows: {k: (O_{t->t+k}, O_{t+k->t} or None)}."""
+    hard = None
+    for fw, bw in flows.values():
+        moving = np.sqrt((np.nan_to_num(_np(fw)) ** 2).sum(0)) > motion_px
+        bad = ~consistent_flow_mask(fw, bw) | moving
+        hard = bad if hard is None else hard | bad
+    if hard is None:
+        raise ValueError("hard_region needs the flow to at least one neighbour")
+    return hard
+
+
+def mu_squared_error(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
+                     region: np.ndarray, peak: float | None = None) -> tuple[float, int]:
+    """Sum of squared μ-law errors over the (H, W) `region` (all channels) and the number of
+    values summed, for PSNR-μ pooled over many frames' regions: 10 log10(count / sum)."""
+    p, g = normalise(pred, gt, peak)
+    err = (mu_law(p) - mu_law(g))[region]
+    return float((err.astype(np.float64) ** 2).sum()), int(err.size)
+
+
 def twe_pair(cur: np.ndarray | torch.Tensor, nxt: np.ndarray | torch.Tensor,
              flow_fw: np.ndarray, flow_bw: np.ndarray | None, peak: float) -> float | None:
     """Temporal warping error of one pair of output frames t, t+1 (linear HDR, (H, W, 3)).

@@ -95,6 +95,9 @@ def test_cli_end_to_end(setup):
         assert 0 < r["ssim_mu"] <= 1 and math.isfinite(r["psnr_mu"])
         assert r["twe"] is not None and r["twe"] >= 0 and r["tof"] >= 0
         assert (r["fvvdp"] is None) == (metrics.fvvdp_unavailable() is not None)
+        # hard region: the borders the 1-2 px motion leaves through (no occlusion, no fast
+        # motion in these clips)
+        assert 0 < r["hard_share"] < 0.3 and math.isfinite(r["psnr_mu_hard"])
     assert len(doc["per_clip"]) == 8 and doc["variant"] == "tiny"
     # The noisy short centre frames are what merging is for.
     assert recs[("classical", None)]["psnr_mu"] > recs[("reference", None)]["psnr_mu"] + 1

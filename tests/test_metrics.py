@@ -138,3 +138,39 @@ def test_short_white_normalisation_ignores_what_no_input_can_hold():
     pred[:2, :2] = 1.0                       # clipped at the short exposure's white
     assert metrics.psnr_mu(pred, gt, peak=1.0) == float("inf")
     assert metrics.psnr_mu(pred, gt) < 40    # GT-max normalisation is dominated by the sun
+
+
+def test_hard_region_is_occlusion_border_and_fast_motion():
+    h, w = 24, 32
+    still = np.zeros((2, h, w), np.float32)
+    fast = still.copy()
+    fast[0, 4:8, 20:26] = 6.0                    # a sprite moving 6 px right
+    occluded = still.copy()
+    back = still.copy()
+    back[:, 14:18, 4:8] = 3.0                    # the way back disagrees: occlusion
+    hard = metrics.hard_region({-1: (still, still), 1: (fast, still), 2: (occluded, back)})
+    assert hard[4:8, 20:26].all() and hard[14:18, 4:8].all()
+    assert not hard[:, :2].any() and not hard[20:].any() and not hard[:12, :18].any()
+    assert not metrics.hard_region({1: (still, still)}).any()
+    slow = still + 2.0                            # everything moves 2.8 px: only the border leaves
+    border = metrics.hard_region({1: (slow, -slow)}, motion_px=4.0)
+    assert border[:, -2:].all() and border[-2:].all() and not border[:-2, :-2].any()
+    assert metrics.hard_region({1: (slow, -slow)}, motion_px=2.0).all()
+    with pytest.raises(ValueError):
+        metrics.hard_region({})
+
+
+def test_pooled_region_error_matches_psnr_mu():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 1, (16, 20, 3))
+    pred = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, None)
+    everywhere = np.ones((16, 20), bool)
+    sse, n = metrics.mu_squared_error(pred, gt, everywhere, peak=1.0)
+    assert n == gt.size
+    assert 10 * np.log10(n / sse) == pytest.approx(metrics.psnr_mu(pred, gt, 1.0), abs=1e-6)
+    part = np.zeros((16, 20), bool)
+    part[:4] = True
+    pred2 = pred.copy()
+    pred2[4:] = 0                                 # errors outside the region do not count
+    assert metrics.mu_squared_error(pred2, gt, part, 1.0) == \
+        pytest.approx(metrics.mu_squared_error(pred, gt, part, 1.0))
