@@ -6,8 +6,7 @@ with the flags), a bucket fits when both of its centre graphs (an alternating st
 them in turn) meet the budget at the chosen statistic (`--statistic p90`, the default, holds
 for 9 frames in 10; `median` for the typical frame). Among those that fit, the highest PSNR-mu
 wins (`--quality`); where no quality is known for a bucket the attention ratio decides,
-since quality rises with it (paper, Table I; our held-out evaluation: 23.75 / 23.77 / 23.81 dB
-at s = 0 / 15 / inf), and the answer says so. Exit 0 when a bucket fits, 1 when none does
+since quality rises with it (paper, Table I), and the answer says so. Exit 0 when a bucket fits, 1 when none does
 (the message names the fastest bucket and its latency).
 """
 from __future__ import annotations

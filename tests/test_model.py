@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -136,3 +137,33 @@ def test_torch_export_with_bucket_policy(tiny):
 
     with pytest.raises(Exception, match="bucket policy"):
         torch.export.export(Dynamic(tiny), (frames, exposures))
+
+
+@pytest.mark.parametrize("exposures", [[1.0, 8, 1, 8, 1], [8.0, 1, 8, 1, 8]])
+def test_consistency_difference_is_computed_on_the_captured_centre_frame(tiny, exposures):
+    """Eq. 4-5 warp L_t itself: a long centre frame is not darkened to the short exposure first,
+    so one s selects alike for short- and long-centred windows."""
+    frames, _, _ = make_clip(32, 32)
+    frames = frames.clamp(0.02, 1)
+    seen = []
+    hook = tiny.fgma[2].register_forward_hook(lambda m, args, out: seen.append(args[4]))
+    try:
+        with torch.no_grad():
+            tiny(frames, torch.tensor([exposures]), s=15.0)
+    finally:
+        hook.remove()
+    assert torch.allclose(seen[0], frames[:, 2], atol=1e-5)
+
+
+def test_decoder_blocks_follow_app_c_and_old_configs_keep_theirs():
+    from dealthdr.model.blocks import ChannelAttnBlock, ReducedAttnBlock
+    from dealthdr.model.config import DeAltHDRConfig, get_config
+
+    paper = create_model("s")
+    assert all(isinstance(b, ChannelAttnBlock) for level in paper.decoder for b in level)
+    assert isinstance(create_model("tiny").decoder[2][0], ReducedAttnBlock)
+    old = {k: v for k, v in json.loads(get_config("default").to_json()).items()
+           if k != "decoder_block"}                # written before the field existed
+    assert DeAltHDRConfig.from_dict(old).decoder_block == "level"
+    with pytest.raises(ValueError, match="decoder_block"):
+        DeAltHDRConfig(decoder_block="dense")

@@ -17,6 +17,10 @@ class DeAltHDRConfig:
             attention + gated FFW), the same for the short and the long encoder.
         middle_blocks: channel attention + gated FFW blocks at the latent level.
         decoder_blocks: blocks per decoder level, ordered level 3, 2, 1 (coarse to fine).
+        decoder_block: "channel": every decoder level uses the middle block (channel attention
+            + gated FFW), as App. C has it; "level": the encoder's block of the same level
+            (ReducedAttn + FFW at levels 1-2), 0.5x the decoder's level 1-2 FLOPs, what the
+            shipped `tiny` weights were trained with.
         heads: channel-attention heads at levels 1, 2, 3 and the latent.
         ffn_expansion: hidden width of the gated FFW as a multiple of the channels (Turtle: 2.5).
         num_frames: input window, centre frame plus neighbours (paper: 5).
@@ -43,6 +47,7 @@ class DeAltHDRConfig:
     encoder_blocks: tuple[int, int, int] = (2, 4, 6)
     middle_blocks: int = 8
     decoder_blocks: tuple[int, int, int] = (6, 4, 2)
+    decoder_block: str = "channel"
     heads: tuple[int, int, int, int] = (1, 2, 4, 8)
     ffn_expansion: float = 2.5
     num_frames: int = 5
@@ -56,6 +61,9 @@ class DeAltHDRConfig:
     merge_base: bool = False
 
     def __post_init__(self) -> None:
+        if self.decoder_block not in ("channel", "level"):
+            raise ValueError(f"decoder_block must be 'channel' or 'level', got "
+                             f"{self.decoder_block!r}")
         if self.num_frames < 3 or self.num_frames % 2 == 0:
             raise ValueError(f"num_frames must be odd and >= 3, got {self.num_frames}")
         if self.attn_window % 2 == 0:
@@ -76,7 +84,9 @@ class DeAltHDRConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
+        # Configs written before the field existed describe networks built with level blocks.
+        legacy = {} if "decoder_block" in data else {"decoder_block": "level"}
+        return cls(**{**data, **tuples, **legacy})
 
 
 def default() -> DeAltHDRConfig:
@@ -93,8 +103,8 @@ def s() -> DeAltHDRConfig:
 def tiny() -> DeAltHDRConfig:
     """Fast on one CPU: tests and the shipped checkpoint. Same structure, fewer channels."""
     return DeAltHDRConfig(name="tiny", dim=16, encoder_blocks=(1, 1, 2), middle_blocks=2,
-                          decoder_blocks=(2, 1, 1), heads=(1, 1, 2, 4), attn_window=5,
-                          spynet_width=0.5, merge_base=True)
+                          decoder_blocks=(2, 1, 1), decoder_block="level", heads=(1, 1, 2, 4),
+                          attn_window=5, spynet_width=0.5, merge_base=True)
 
 
 VARIANTS = {"default": default, "s": s, "tiny": tiny}

@@ -59,7 +59,7 @@ def consistency_difference(image_t: torch.Tensor, flow_t_to_n: torch.Tensor,
                            ) -> torch.Tensor:
     """Eq. 4-5: D = |L_{t->n->t} - L_t|, averaged over colour channels, (N, 1, H, W) in [0, 1].
 
-    image_t: (N, 3, H, W) guide image of the current frame, one copy per neighbour.
+    image_t: (N, 3, H, W) L_t, the current frame as captured, one copy per neighbour.
     mean_kernel: (1, 3, 1, 1) constant 1/3 weights (FGMA passes its buffer, so an exported
     graph sees a constant, not a `full` op, and the delegate takes the conv).
     """
@@ -312,8 +312,9 @@ class FGMA(nn.Module):
 
         current: (B, C, H, W) decoder feature F_t^in. neighbours: (B*T', C, H, W) encoder
         features F_n^i, batch-major. flow_t_to_n / flow_n_to_t: (B*T', 2, H, W) at this level.
-        image_t: (B, 3, H, W) guide image of frame t at this level. budget: None for the
-        dynamic policy, K tiles per neighbour for the bucket policy. Returns
+        image_t: (B, 3, H, W) L_t, frame t as captured (gamma domain, its own exposure), at
+        this level. budget: None for the dynamic policy, K tiles per neighbour for the bucket
+        policy. Returns
         Concat(F_flow, M, F_att) as (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W).
         """
         per = neighbours.shape[0] // current.shape[0]

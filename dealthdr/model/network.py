@@ -102,7 +102,8 @@ class DeAltHDR(nn.Module):
         self.routers = nn.ModuleList([FrameHistoryRouter(dims[lv - 1], cfg.heads[lv - 1],
                                                          cfg.ffn_expansion) for lv in levels])
         self.decoder = nn.ModuleList([
-            make_level(lv, dims[lv - 1], n, cfg.heads[lv - 1], cfg.ffn_expansion)
+            make_level(4 if cfg.decoder_block == "channel" else lv, dims[lv - 1], n,
+                       cfg.heads[lv - 1], cfg.ffn_expansion)
             for lv, n in zip(levels, cfg.decoder_blocks)])
         if cfg.merge_base:
             # Residual (3) + one log-weight per frame; zero at init, so an untrained head
@@ -202,19 +203,27 @@ class DeAltHDR(nn.Module):
         feats = self._encode(x, pattern)                    # 4 x (B, T, C, h, w)
         guide = x[:, :, 3:].clamp(0, 1)                     # exposure-normalised, gamma domain
         flow_t_n, flow_n_t = self._flows(guide, centre) if flows is None else flows
+        if self.training and not is_tracing():
+            # Read by training for its flow-supervision term (a step's loss must reach SpyNet
+            # through the same forward, also under DDP); never set in eval or export.
+            self.last_flows = (flow_t_n, flow_n_t)
 
         cur = self.middle_router(feats[3][:, centre], _stack(neighbours(feats[3], centre)))
         cur = self.middle(cur)
         stats = ForwardStats()
-        guide_t = guide[:, centre]
+        # Eq. 4-5 compute D on L_t, the centre frame as captured (its own exposure, gamma
+        # domain), not on the exposure-normalised guide: there a long centre is 8^(1/2.2) = 2.6x
+        # darker, its D as much smaller, and one s would select far fewer positions for it.
+        own = rel[:, centre].view(-1, 1, 1, 1) ** (1.0 / self.cfg.gamma)
+        frame_t = (guide[:, centre] * own).clamp(0, 1)
         for i, level in enumerate((3, 2, 1)):
             cur = self.skips[i](torch.cat((self.ups[i](cur), feats[level - 1][:, centre]), 1))
             size = cur.shape[-2:]
             scale = 2 ** (level - 1)
-            guide_l = F.avg_pool2d(guide_t, scale) if scale > 1 else guide_t
+            frame_l = F.avg_pool2d(frame_t, scale) if scale > 1 else frame_t
             aligned, executed = self.fgma[i](
                 cur, _stack(neighbours(feats[level - 1], centre)), resize_flow(flow_t_n, size),
-                resize_flow(flow_n_t, size), guide_l, s,
+                resize_flow(flow_n_t, size), frame_l, s,
                 None if budget is None else budget[level - 1])
             cur = self.routers[i](cur, self.align_proj[i](aligned))
             cur = self.decoder[i](cur)
