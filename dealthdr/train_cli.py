@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from .model import VARIANTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .train.loop import TrainConfig
+    from .train.loop import PRESETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a variant on synthetic clips (resumable, DDP-ready)",
@@ -29,14 +29,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="run folder: ckpt/, log.jsonl, loss_curve.png, final.safetensors, "
                         "training_record.json. An existing run there is resumed")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="start from a named recipe, flags given here override it. paper: "
+                        "patch 192, batch 8, lr 4e-4 -> 1e-7 cosine, no gradient clipping "
+                        "(paper section 5.1; ~10x the CPU time of the defaults per step)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"joint steps (default {d.steps})")
     p.add_argument("--spynet-steps", type=int, default=d.spynet_steps,
                    help="SpyNet pre-training steps on ground-truth flow before joint training "
                         f"(default {d.spynet_steps}; 0 skips)")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"per process (default {d.batch})")
-    p.add_argument("--patch", type=int, default=d.patch,
+    p.add_argument("--batch", type=int, default=None, help=f"per process (default {d.batch})")
+    p.add_argument("--patch", type=int, default=None,
                    help=f"square crop size, multiple of 8 (default {d.patch}; paper 192)")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW lr (default {d.lr})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak AdamW lr (default {d.lr})")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help=f"clip the gradient norm at this value, 0: no clipping (default "
+                        f"{d.grad_clip:g}; the paper does not clip: it keeps the early "
+                        "attention-only steps of a from-scratch run stable)")
     p.add_argument("--white", type=float, default=d.white,
                    help="the loss clips prediction and ground truth at this radiance (in units "
                         "of the short exposure's white) before the mu-law, as `dealthdr evaluate` "
@@ -44,6 +52,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=d.init,
                    help="fine-tune: start from this checkpoint's weights (a .safetensors path or "
                         "'default'); optimizer and lr schedule start fresh. Must be of --variant")
+    p.add_argument("--flow-weight", type=float, default=None,
+                   help=f"weight of SpyNet's end-point error to the ground-truth flow in the "
+                        f"joint loss (default {d.flow_weight:g}; 0: image loss only, under which "
+                        "SpyNet drifts away from optical flow and FGMA's mask loses its meaning)")
+    p.add_argument("--spynet-init", default=d.spynet_init, metavar="FILE",
+                   help="fresh runs: load SpyNet from a local BasicSR weight file (e.g. "
+                        "spynet_sintel_final, .pth or .safetensors; no pickled code runs) "
+                        "instead of starting it from scratch; needs a variant with the BasicSR "
+                        "SpyNet layout (spynet_width 1.0: default, s)")
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every,
                    help=f"save a resumable state every N steps (default {d.ckpt_every})")
     p.add_argument("--vgg-weights", type=Path, default=None,
@@ -54,26 +71,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .train.loop import TrainConfig, Trainer
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    """The flags as a TrainConfig: flags given win, then the preset, then the defaults."""
+    from .train.loop import PRESETS, TrainConfig
 
-    if args.patch % 8 or args.patch < 16:
-        raise ValueError(f"--patch must be a multiple of 8 and >= 16, got {args.patch}")
-    if args.steps < 0 or args.spynet_steps < 0 or args.batch < 1 or args.ckpt_every < 1:
+    names = {f.name for f in fields(TrainConfig)}
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train.loop import Trainer
+
+    cfg = config_from_args(args)
+    if cfg.patch % 8 or cfg.patch < 16:
+        raise ValueError(f"--patch must be a multiple of 8 and >= 16, got {cfg.patch}")
+    if cfg.steps < 0 or cfg.spynet_steps < 0 or cfg.batch < 1 or cfg.ckpt_every < 1:
         raise ValueError("--steps/--spynet-steps must be >= 0, --batch/--ckpt-every >= 1")
-    if args.white < 0:
-        raise ValueError(f"--white must be >= 0, got {args.white}")
+    if cfg.white < 0 or cfg.grad_clip < 0 or cfg.flow_weight < 0:
+        raise ValueError("--white, --grad-clip and --flow-weight must be >= 0")
+    if cfg.spynet_init and not Path(cfg.spynet_init).is_file():
+        raise ValueError(f"--spynet-init {cfg.spynet_init}: no such file")
     if args.init:
         from .checkpoint import read_config, resolve_checkpoint
         args.init = str(resolve_checkpoint(args.init))
         init_variant = read_config(args.init)[0].name
-        if init_variant != args.variant:  # fail before any data is read
+        if init_variant != cfg.variant:  # fail before any data is read
             raise ValueError(f"--init {args.init} is a {init_variant!r} "
-                             f"checkpoint, not --variant {args.variant!r}")
+                             f"checkpoint, not --variant {cfg.variant!r}")
+        cfg = replace(cfg, init=args.init)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     record = Trainer(cfg, args.data, args.out, args.vgg_weights).run()
     print(json.dumps(record.get("final", {})), file=sys.stderr)
     return 0

@@ -160,3 +160,45 @@ def test_ddp_two_cpu_processes_gloo(clips, tmp_path):
     record = json.loads((out / "training_record.json").read_text())
     assert record["world_size"] == 2 and record["steps_done"] == 6
     assert len(_log(out)) == 6          # rank 0 logs each step once
+
+
+def _train_flags(*argv):
+    import argparse
+
+    from dealthdr.train_cli import add_parser, config_from_args
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parser(sub)
+    return config_from_args(sub.choices["train"].parse_args(["--data", "d", "--out", "o",
+                                                              *argv]))
+
+
+def test_paper_preset_fills_what_the_flags_leave():
+    plain = _train_flags()
+    assert plain == TrainConfig()
+    paper = _train_flags("--preset", "paper", "--patch", "64", "--steps", "10")
+    assert (paper.patch, paper.batch, paper.lr, paper.grad_clip, paper.steps) == \
+        (64, 8, 4e-4, 0.0, 10)
+    assert _train_flags("--preset", "paper").patch == 192
+    assert _train_flags("--grad-clip", "0").grad_clip == 0.0
+
+
+def test_spynet_starts_from_a_local_basicsr_file(clips, tmp_path):
+    from safetensors.torch import save_file
+
+    from dealthdr.model import create_model
+    own = create_model("tiny").spynet.state_dict()
+    state = {}
+    for key, value in own.items():  # BasicSR key layout, tiny's widths
+        _, i, j, name = key.split(".")
+        state[f"basic_module.{i}.basic_module.{j}.{name}"] = torch.randn_like(value) * 0.01
+    save_file(state, tmp_path / "spynet.safetensors")
+    res = _train(clips, tmp_path / "run", "--spynet-init", str(tmp_path / "spynet.safetensors"),
+                 "--spynet-steps", "0", "--steps", "1", "--lr", "1e-12")
+    assert res.returncode == 0, res.stderr
+    model, meta = load_checkpoint(tmp_path / "run" / "final.safetensors")
+    assert meta["train_config"]["spynet_init"].endswith("spynet.safetensors")
+    got = model.spynet.state_dict()
+    assert torch.allclose(got["levels.2.4.weight"], state["basic_module.2.basic_module.4.weight"],
+                          atol=1e-6)
+    res = _train(clips, tmp_path / "none", "--spynet-init", str(tmp_path / "missing.pth"))
+    assert res.returncode == 2 and "no such file" in res.stderr
