@@ -116,9 +116,15 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
                     ha="center", va="center", transform=ax.transAxes)
     shown = sorted({k[5] for k in agg}, key=lambda v: (v is None, v or 0))
     t = ", ".join("n/a" if v is None else str(v) for v in shown)
-    missing = sorted({p["s"] for pts in agg.values() for p in pts if p["psnr"] is None},
-                     key=float)
-    note = (f"\nnot drawn, no PSNR-mu source: s = {', '.join(missing)}"
+    # Name the line as well as the buckets: int8 records have no quality without a quantize
+    # report even where the fp32 line is complete.
+    missing = {}
+    for k, pts in agg.items():
+        lost = [p["s"] for p in pts if p["psnr"] is None]
+        if lost:
+            missing.setdefault(line_label(k, len(devices) > 1), set()).update(lost)
+    note = ("".join(f"\nnot drawn, no PSNR-mu source: {name}, s = "
+                    f"{', '.join(sorted(v, key=float))}" for name, v in sorted(missing.items()))
             if missing and any_q else "")
     a_gf.set(xlabel="GFLOPs per frame (profiler, everything counted)" + note,
              ylabel="PSNR-mu (dB, held-out synthetic)", title=f"Quality vs compute, {size}")
