@@ -167,3 +167,18 @@ def test_decoder_blocks_follow_app_c_and_old_configs_keep_theirs():
     assert DeAltHDRConfig.from_dict(old).decoder_block == "level"
     with pytest.raises(ValueError, match="decoder_block"):
         DeAltHDRConfig(decoder_block="dense")
+
+
+@pytest.mark.parametrize("centre_long", [False, True])
+def test_encoder_features_stay_in_time_order(tiny, centre_long):
+    """Each encoder runs once on its exposure's frames; slot i of every level must hold frame
+    i's features, or FGMA warps a neighbour's features with another frame's flow."""
+    frames, exposures, _ = make_clip(32, 32, centre_long=centre_long)
+    with torch.no_grad():
+        x = tiny._padded_inputs(frames, exposures)
+        pattern = tuple(bool(e > exposures.min()) for e in exposures[0])
+        feats = tiny._encode(x, pattern)
+        for i in range(5):
+            own = (tiny.encoder_long if pattern[i] else tiny.encoder_short)(x[:, i])
+            for level in range(4):
+                assert torch.allclose(feats[level][:, i], own[level], atol=1e-5), (i, level)

@@ -198,16 +198,29 @@ class DeAltHDR(nn.Module):
                      s: float, budget: tuple[int, int, int] | None,
                      flows: tuple[torch.Tensor, torch.Tensor] | None = None,
                      ) -> tuple[torch.Tensor, ForwardStats]:
-        b, t, _, h, w = x.shape
-        centre = t // 2
         feats = self._encode(x, pattern)                    # 4 x (B, T, C, h, w)
-        guide = x[:, :, 3:].clamp(0, 1)                     # exposure-normalised, gamma domain
-        flow_t_n, flow_n_t = self._flows(guide, centre) if flows is None else flows
+        if flows is None:
+            flows = self._flows(x[:, :, 3:].clamp(0, 1), x.shape[1] // 2)
         if self.training and not is_tracing():
             # Read by training for its flow-supervision term (a step's loss must reach SpyNet
             # through the same forward, also under DDP); never set in eval or export.
-            self.last_flows = (flow_t_n, flow_n_t)
+            self.last_flows = flows
+        return self.fuse(x, rel, feats, flows, s, budget)
 
+    def fuse(self, x: torch.Tensor, rel: torch.Tensor, feats: list[torch.Tensor],
+             flows: tuple[torch.Tensor, torch.Tensor], s: float,
+             budget: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, ForwardStats]:
+        """Everything after the encoders and SpyNet, for the centre frame of a window.
+
+        x: (B, T, 6, H, W) padded Eq. 1 input; rel: (B, T) relative exposures; feats: per
+        level 1, 2, 3 and the latent, (B, T, C, h, w) encoder features in time order; flows:
+        O_{t->n}, O_{n->t} as (B*T', 2, h', w') on SpyNet's grid. A stream that encodes each
+        frame once and computes each flow once (`dealthdr.stream`) calls this per window.
+        Returns the padded HDR (B, 3, H, W) and what FGMA did.
+        """
+        b, t, _, h, w = x.shape
+        centre = t // 2
+        flow_t_n, flow_n_t = flows
         cur = self.middle_router(feats[3][:, centre], _stack(neighbours(feats[3], centre)))
         cur = self.middle(cur)
         stats = ForwardStats()
@@ -215,7 +228,7 @@ class DeAltHDR(nn.Module):
         # domain), not on the exposure-normalised guide: there a long centre is 8^(1/2.2) = 2.6x
         # darker, its D as much smaller, and one s would select far fewer positions for it.
         own = rel[:, centre].view(-1, 1, 1, 1) ** (1.0 / self.cfg.gamma)
-        frame_t = (guide[:, centre] * own).clamp(0, 1)
+        frame_t = (x[:, centre, 3:].clamp(0, 1) * own).clamp(0, 1)
         for i, level in enumerate((3, 2, 1)):
             cur = self.skips[i](torch.cat((self.ups[i](cur), feats[level - 1][:, centre]), 1))
             size = cur.shape[-2:]
@@ -248,7 +261,8 @@ class DeAltHDR(nn.Module):
         long_ = [i for i in range(t) if pattern[i]]
         fs = self.encoder_short(_stack(take(x, short)))
         fl = self.encoder_long(_stack(take(x, long_)))
-        order = sorted(range(t), key=lambda i: (short + long_).index(i))
+        # Frame i sits at (short + long_).index(i) of the concatenation below.
+        order = [(short + long_).index(i) for i in range(t)]
         out = []
         for a, c in zip(fs, fl):
             both = torch.cat((a.reshape(b, len(short), *a.shape[1:]),
