@@ -27,6 +27,11 @@ far closer than one fresh pass; tested in tests/test_reconstruct.py); `--fresh-s
 runs every frame's passes from scratch (a cut between two frames makes the carried sums stale
 for one frame).
 
+Streaming. Consecutive windows share four of their five frames: by default each frame goes
+through its encoder once and each frame pair's flow is computed once (`dealthdr.stream`), and
+every output frame runs only the fusion, with the window path's numbers (`--no-stream` runs
+every window from scratch; tiled frames always do).
+
 Output (written to a staging folder next to DIR and renamed when complete, so an interrupted or
 failed run leaves no DIR behind):
     DIR/hdr/000000.exr       linear HDR, half float (or float32), one per input frame
@@ -54,6 +59,7 @@ from .data.io import read_hdr, write_exr
 from .data.sequence import Sequence
 from .evaluate import jsonable
 from .model import DeAltHDR
+from .stream import FrameStream
 from .tiling import eager_tile_run, network_align, run_tiled
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,14 @@ def infer_with_statistics(model: DeAltHDR, frames: np.ndarray, exposures: np.nda
                         passes=passes if given is None else 1, given=given,
                         align=network_align(fs))
         return res.hdr, res.frame_sums
+
+
+def _streamed(streamer: FrameStream, idx: list[int], frames: np.ndarray, exposures: np.ndarray,
+              device: torch.device | str) -> np.ndarray:
+    """One window through the stream: (5, H, W, 3) -> (H, W, 3), as `infer`."""
+    x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
+    e = torch.from_numpy(np.asarray(exposures, dtype=np.float32))[None].to(device)
+    return streamer(idx, x, e)[0][0].permute(1, 2, 0).cpu().numpy()
 
 
 def preview(hdr: np.ndarray) -> np.ndarray:
@@ -180,7 +194,7 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
                 carry_statistics: bool = True, half: bool = True,
                 frames: range | None = None, previews: bool = True, mp4: bool = True,
                 fps: float | None = None, overwrite: bool = False, progress: bool = True,
-                device: str = "cpu", extra: dict | None = None) -> dict:
+                device: str = "cpu", stream: bool = True, extra: dict | None = None) -> dict:
     """Reconstruct `frames` (default: all) of `seq` into folder `out`; returns the manifest."""
     from tqdm import tqdm
 
@@ -200,6 +214,8 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
     staging = _staging(out, overwrite)
     ref = float(seq.exposures[~seq.long].min())
     carried: dict[bool, list] = {}  # last frame's attention sums per centre exposure
+    tiled = tile > 0 and max(seq.frame(frames.start).shape[:2]) > tile
+    streamer = FrameStream(model, s) if stream and not tiled else None
     start = time.perf_counter()
     try:
         if previews:
@@ -210,11 +226,14 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
             win = np.stack([seq.frame(i) for i in idx])
             exp = seq.exposures[idx]
             centre_long = bool(seq.long[t])
-            hdr, sums = infer_with_statistics(
-                model, win, exp, s, tile, overlap, device, passes,
-                carried.get(centre_long) if carry_statistics else None)
-            if sums:
-                carried[centre_long] = sums
+            if streamer is not None:
+                hdr = _streamed(streamer, idx, win, exp, device)
+            else:
+                hdr, sums = infer_with_statistics(
+                    model, win, exp, s, tile, overlap, device, passes,
+                    carried.get(centre_long) if carry_statistics else None)
+                if sums:
+                    carried[centre_long] = sums
             scale = float(exp.min()) / ref
             if scale != 1.0:
                 hdr = hdr * np.float32(scale)
@@ -236,7 +255,8 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
                 f"({ref:g}); ldr^2.2 / (exposure / {ref:g}) of an unclipped frame"),
             "edges": "5-frame window reflected about the sequence ends (keeps alternation)",
             "tile": tile, "overlap": overlap, "tile_passes": passes,
-            "tile_statistics": "carried" if carry_statistics else "fresh", "seconds": seconds,
+            "tile_statistics": "carried" if carry_statistics else "fresh",
+            "stream": streamer is not None, "seconds": seconds,
             "seconds_per_frame": seconds / len(frames), "mp4": mp4_note, **(extra or {})}
         if seq.hdr_loader is not None:
             manifest["ground_truth"] = score(seq, staging / "hdr", list(frames))

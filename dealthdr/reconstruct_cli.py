@@ -94,6 +94,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run every frame's tile passes from scratch; by default a frame after "
                         "the first of its exposure takes one pass with the attention statistics "
                         "of the last frame of the same exposure (half the compute)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="run every 5-frame window from scratch; by default each frame is "
+                        "encoded once and each frame pair's flow computed once across the "
+                        "windows that share them (same output; tiled frames always run "
+                        "windows)")
     p.add_argument("--float32", action="store_true",
                    help="write float32 EXR instead of half float (default: half)")
     p.add_argument("--no-preview", action="store_true",
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                            half=not args.float32, frames=frames,
                            previews=not args.no_preview, mp4=not args.no_mp4, fps=args.fps,
                            overwrite=args.overwrite, progress=not args.no_progress,
-                           device=args.device, extra={"checkpoint": str(args.checkpoint)})
+                           device=args.device, stream=not args.no_stream,
+                           extra={"checkpoint": str(args.checkpoint)})
     line = (f"{len(frames)} HDR frames in {args.output} "
             f"({manifest['seconds_per_frame']:.2f} s/frame)")
     gt = manifest.get("ground_truth")

@@ -117,6 +117,13 @@ def test_reconstruct_reproduces_evaluate(synth_clip, model, tmp_path):
     assert gt["frames_full_windows"] == ev["records"][0]["frames"] == 4
     assert gt["psnr_mu_full_windows"] == pytest.approx(expected, abs=1e-6)
     assert len(list((tmp_path / "f32" / "hdr").glob("*.exr"))) == 8  # edges too
+    # streaming (the default) against every window from scratch, edge frames included
+    windows = reconstruct(seq, model, tmp_path / "win", s=15.0, half=False, previews=False,
+                          stream=False, progress=False)
+    assert out["stream"] and not windows["stream"]
+    for t in range(8):
+        a, b = (read_hdr(tmp_path / d / "hdr" / f"{t:06d}.exr") for d in ("f32", "win"))
+        assert np.abs(a - b).max() <= 1e-5, t
     half = reconstruct(seq, model, tmp_path / "f16", s=15.0, progress=False)["ground_truth"]
     assert half["psnr_mu_full_windows"] == pytest.approx(expected, abs=0.05)
     assert (tmp_path / "f16" / "preview.mp4").stat().st_size > 0
