@@ -9,6 +9,7 @@
     python -m device_bench apple --artifacts exports/coreml   # macOS: Core ML + compute plan
     python -m device_bench profile-pte PROGRAM.pte --method forward_short   # per-op ETDump
     python -m device_bench tiled PROGRAM.pte --size 1080x1920    # large frames as tiles
+    python -m device_bench stream --frames 32         # reconstruct: streaming vs every window
 
 Run from the repository root (device_bench imports dealthdr, export and quantize).
 """
@@ -19,15 +20,16 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from device_bench import (apple, breakdown, ingest, pick, plot, profile_pte, run, summary,
-                              tiled)
+    from device_bench import (apple, breakdown, ingest, pick, plot, profile_pte, run, stream,
+                              summary, tiled)
 
     parser = argparse.ArgumentParser(prog="python -m device_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="log warnings only (default: progress at INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, summary, plot, pick, ingest, breakdown, apple, profile_pte, tiled):
+    for module in (run, summary, plot, pick, ingest, breakdown, apple, profile_pte, tiled,
+                   stream):
         module.add_parser(sub)
     return parser
 

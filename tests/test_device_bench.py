@@ -425,3 +425,17 @@ def test_tiled_runs_a_program_over_a_larger_frame_and_records_memory_and_seams(a
     assert np.isfinite(rec["max_abs_vs_untiled_eager"])
     assert main(["-q", "tiled", str(pte), "--size", "16x72", "--out", str(out)]) == 2
     assert main(["-q", "tiled", str(pte), "--centre", "long", "--out", str(out)]) == 2
+
+
+def test_stream_benchmark_records_both_modes(tmp_path):
+    """`device_bench stream` on a tiny clip: both modes run, write the same frames, and the
+    record carries what the benchmark compares (values are the machine's, not asserted)."""
+    out = tmp_path / "stream.json"
+    assert main(["stream", "--size", "32x32", "--frames", "6", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["max_abs_stream_vs_windows"] <= 1e-5
+    for mode in ("stream", "windows"):
+        assert rec[mode]["seconds_median"] > 0 and rec[mode]["peak_rss_mb_max"] > 0
+        assert rec[mode]["runs"][0]["psnr_mu_full_windows"] is not None
+    assert rec["speedup"] > 0 and rec["machine"]["threads"] == 1
