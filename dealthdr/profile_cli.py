@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, shipped_variant
+from .evaluate import jsonable
 from .model import VARIANTS, create_model
 from .profile import linear_fit, profile_model
 from .sysinfo import machine_record
@@ -117,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     table_out = sys.stderr if args.json == "-" else sys.stdout
     print(text, file=table_out)
     if args.json:
-        payload = json.dumps(records, indent=2).replace("Infinity", '"inf"')
+        # s = inf as the string "inf", as every other JSON of the project writes it; not by
+        # replacing text in the payload, which would also rewrite any other field's text
+        payload = json.dumps(jsonable(records), indent=2, allow_nan=False)
         if args.json == "-":
             print(payload)
         else:
