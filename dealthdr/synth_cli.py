@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="frame size HxW, even (default: 256x256)")
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i uses (seed, i)")
     p.add_argument("--split", choices=SPLITS, default=None,
-                   help=f"panoramas to use: train (all but {', '.join(HELDOUT)}), heldout, "
-                        "or all (default: train)")
+                   help=f"bundled panoramas to use: train (all but {', '.join(HELDOUT)}), "
+                        "heldout, or all (default: train; an --hdri-dir is used whole)")
     p.add_argument("--subframes", type=int, default=64,
                    help="sub-frames per short+long pair; the long exposure averages all but "
                         "the first (default: 64, as in the paper)")
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.hdr_video is not None:
         sources = load_video(args.hdr_video, cfg)
     else:
-        sources = load_panoramas(args.hdri_dir or BUNDLED_HDRI, args.split or "train", cfg)
+        default = "train" if args.hdri_dir is None else "all"
+        sources = load_panoramas(args.hdri_dir or BUNDLED_HDRI, args.split or default, cfg)
     start = time.perf_counter()
     paths = synth_dataset(args.out, args.clips, cfg, sources, args.seed,
                           noise_profile=profile)

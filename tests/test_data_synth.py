@@ -130,7 +130,7 @@ def _pano_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case,message", [
     ("png", "LDR image"), ("corrupt", "not a readable OpenEXR"), ("tiny", "too small"),
     ("odd", "must be even"), ("few", ">= 6"), ("empty", "no HDR panoramas"),
-    ("aspect", "not an equirectangular"), ("split", "no panoramas of split"),
+    ("aspect", "not an equirectangular"), ("split", "names the bundled panoramas' split"),
 ])
 def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
     d = _pano_dir(tmp_path)
@@ -150,11 +150,20 @@ def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
     elif case == "aspect":
         write_exr(d / "square.exr", np.ones((256, 256, 3), np.float32))
     elif case == "split":
-        args += ["--split", "train"]  # night.exr is held out
+        args += ["--split", "train"]  # the bundled split means nothing for a user's folder
     out = tmp_path / "out"
     rc, err = _run_cli(["--hdri-dir", str(d), "--out", str(out), *args], capsys)
     assert rc != 0 and message in err
     assert not out.exists()
+
+
+def test_own_panorama_folder_is_used_whole(tmp_path, capsys):
+    """A user's folder has no held-out names: its night.exr (a bundled held-out name) is used."""
+    out = tmp_path / "out"
+    rc, err = _run_cli(["--hdri-dir", str(_pano_dir(tmp_path)), "--out", str(out), "--clips",
+                        "1", *ARGS], capsys)
+    assert rc == 0, err
+    assert read_clip(out / "clip_000000").meta["source"]["names"] == ["night"]
 
 
 def test_hdr_video_source(tmp_path, capsys):

@@ -113,11 +113,17 @@ def load_panoramas(folder: str | Path, split: str, cfg: SynthConfig) -> Sources:
     """Read and check every HDR panorama in `folder`, keep those of `split`.
 
     Every .exr/.hdr file is read (a corrupt one is an error, not a silent skip); LDR images are
-    an error (they carry no radiance); other files (licence, notes) are ignored.
+    an error (they carry no radiance); other files (licence, notes) are ignored. The train and
+    heldout splits are defined for the bundled panoramas only: another folder is one set
+    (`all`), and a user keeps held-out panoramas in a folder of their own.
     """
     folder = Path(folder)
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
+    if split != "all" and folder.resolve() != Path(BUNDLED_HDRI).resolve():
+        raise ValueError(f"--split {split} names the bundled panoramas' split; {folder} is "
+                         "used whole (--split all): keep held-out panoramas in a folder of "
+                         "their own")
     if not folder.is_dir():
         raise FileNotFoundError(f"--hdri-dir not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
