@@ -49,8 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed forwards (default 1)")
     p.add_argument("--repeat", type=int, default=5, help="timed forwards (default 5)")
-    p.add_argument("--out", type=Path, default=Path("device_bench/results/breakdown.json"),
-                   help="JSON output (default device_bench/results/breakdown.json)")
+    p.add_argument("--out", type=Path, default=Path("runs/breakdown.json"),
+                   help="JSON output (default runs/breakdown.json)")
     p.set_defaults(run=run)
 
 

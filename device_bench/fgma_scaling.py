@@ -51,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--tolerance", type=float, default=0.15,
                    help="allowed |(t(R)-t(0)) / (R (t(1)-t(0))) - 1| (default: 0.15)")
-    p.add_argument("--out", type=Path, default=Path("device_bench/results/fgma_scaling.json"),
-                   help="JSON record to write (default: device_bench/results/fgma_scaling.json)")
+    p.add_argument("--out", type=Path, default=Path("runs/fgma_scaling.json"),
+                   help="JSON record to write (default: runs/fgma_scaling.json)")
     return p.parse_args(argv)
 
 

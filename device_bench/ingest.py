@@ -22,9 +22,9 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", type=Path, nargs="+", metavar="FILE",
                    help="JSON-lines (or JSON array) record files to merge")
-    p.add_argument("--into", type=Path, default=Path("device_bench/results/device_records.jsonl"),
+    p.add_argument("--into", type=Path, default=Path("runs/device_records.jsonl"),
                    help="records file to merge into, created if missing "
-                        "(default device_bench/results/device_records.jsonl)")
+                        "(default runs/device_records.jsonl, outside the source tree)")
     p.add_argument("--dry-run", action="store_true", help="validate only, write nothing")
     p.set_defaults(run=run)
 

@@ -96,9 +96,9 @@ def add_parser(sub) -> None:
                    help=f"name of this machine in the records (default {default_device()})")
     p.add_argument("--timeout", type=float, default=1800,
                    help="seconds one measurement may take before it is killed (default 1800)")
-    p.add_argument("--out", type=Path, default=Path("device_bench/results/host.jsonl"),
+    p.add_argument("--out", type=Path, default=Path("runs/host.jsonl"),
                    help="JSON-lines records; existing records are kept and not re-measured "
-                        "(default device_bench/results/host.jsonl)")
+                        "(default runs/host.jsonl, outside the source tree)")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
                    help="also draw the curves, the tables and the eager component breakdown "
                         "into DIR (as `device_bench plot` and `breakdown`)")
