@@ -25,7 +25,7 @@ from .model import DeAltHDR
 
 log = logging.getLogger(__name__)
 
-FORMAT = "dealthdr-eval/1"
+FORMAT = "dealthdr-eval/2"  # /2: s is text ("0", "15", "inf"), null for baselines
 WINDOW = 5
 FRAME_METRICS = ("psnr_mu", "ssim_mu", "psnr_linear", "fvvdp")
 PAIR_METRICS = ("twe", "tof")
@@ -231,7 +231,7 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
     if not per_clip:
         raise ValueError(f"no clip under {data} has the {WINDOW} frames a window needs")
 
-    records = summarise(per_clip)
+    records = [{**r, "s": s_text(r["s"])} for r in summarise(per_clip)]
     if fvvdp_note:
         for rec in records:
             rec["fvvdp_note"] = fvvdp_note
@@ -246,7 +246,7 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
         "conventions": CONVENTIONS,
         "normalisation": "gt-max" if white is None else f"short-white ({white:g} -> 1)",
         "records": records,
-        "per_clip": [_clip_record(r["clip"], r) for r in per_clip],
+        "per_clip": [{**_clip_record(r["clip"], r), "s": s_text(r["s"])} for r in per_clip],
     }
 
 
@@ -266,6 +266,14 @@ CONVENTIONS = (
     "region's share of the evaluated pixels.")
 
 
+def s_text(s: float | None) -> str | None:
+    """The JSON form of a method's s: "0", "15", "inf" (one type for every value, as the other
+    records of the project write it); None for a baseline, which has no s."""
+    if s is None:
+        return None
+    return "inf" if math.isinf(s) else f"{s:g}"
+
+
 def _fmt(v: float | None, digits: int) -> str:
     if v is None:
         return "-"
@@ -280,7 +288,7 @@ def markdown_table(records: list[dict]) -> str:
             "| tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips | ms/frame |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
-        s = "-" if r["s"] is None else ("inf" if math.isinf(r["s"]) else f"{r['s']:g}")
+        s = "-" if r["s"] is None else r["s"]
         lines.append(
             f"| {r['method']} | {s} | {_fmt(r['psnr_mu'], 2)} | {_fmt(r['ssim_mu'], 4)} | "
             f"{_fmt(r['psnr_linear'], 2)} | {_fmt(r['fvvdp'], 3)} | {_fmt(r['twe'], 5)} | "

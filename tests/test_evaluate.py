@@ -87,8 +87,11 @@ def test_cli_end_to_end(setup):
     doc = json.loads(out.read_text())  # strict JSON: inf is spelled "inf"
     assert out.with_suffix(".md").read_text().startswith("| method |")
     recs = {(r["method"], r["s"]): r for r in doc["records"]}
-    assert set(recs) == {("dealthdr", 0.0), ("dealthdr", "inf"), ("reference", None),
+    # s in one type: text for the network, null for the baselines, which have none
+    assert set(recs) == {("dealthdr", "0"), ("dealthdr", "inf"), ("reference", None),
                          ("classical", None)}
+    assert doc["format"] == "dealthdr-eval/2"
+    assert {r["s"] for r in doc["per_clip"]} == {"0", "inf", None}
     for r in recs.values():
         # 6 and 7 frames -> centres 2, 3 and 2, 3, 4; 1 + 2 consecutive pairs.
         assert (r["frames"], r["pairs"], r["clips"]) == (5, 3, 2)
