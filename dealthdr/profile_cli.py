@@ -16,7 +16,7 @@ from .profile import linear_fit, profile_model
 from .sysinfo import machine_record
 from .testclip import make_clip
 
-# Paper, Table I / App. E (RTX A6000, 256x256), most likely GMACs (see shared/refs/architecture).
+# Paper, Table I / App. E (RTX A6000, 256x256), most likely GMACs (README: measured cost).
 PAPER_GMACS = {0: 98, 15: 128, 100: 159, math.inf: 168}
 
 

@@ -1,6 +1,6 @@
 """The paper's published numbers that the plots draw beside ours, for shape only.
 
-Zhang et al., DeAltHDR (shared/paper/DeAltHDR.md), App. E, Table I "Performance comparison
+Zhang et al., DeAltHDR, App. E, Table I "Performance comparison
 between DeAltHDR configurations and HDRFlow": PSNR (mu-law, their synthetic test set), FLOPs (G)
 and time (ms) of the default model at 16 values of s, 256x256 on an RTX A6000 (App. E, Table G
 caption). Fig. 1 draws the same points. Their FLOPs are most likely MACs (see the project

@@ -6,7 +6,7 @@ onnxruntime beside the fp32 model. Element-wise and sampling ops are left float 
 scope by type): the merge, the linear-HDR input/output arithmetic and the warp coordinates are
 Add/Mul/Div/GridSample nodes, and in ONNX they carry no module path to select them by. There is
 no QAT column: NNCF's QAT needs its torch route, whose quantizer layers torch.export and
-onnxruntime cannot take (shared/refs/deployment.md); the QAT-trained pt2e graphs go to
+onnxruntime cannot take; the QAT-trained pt2e graphs go to
 XNNPACK and Core ML instead.
 """
 from __future__ import annotations

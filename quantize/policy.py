@@ -7,7 +7,7 @@ the torch.export graph, whether it may. Three things always stay float:
   int64 `mul` breaks the graph);
 - sampling coordinates: everything that only computes a `grid_sample` grid (base grid + flow,
   the 2/(W-1) scaling, SpyNet's flow up-sampling and accumulation). An int8 coordinate is a
-  sampling position rounded to ~0.5 px on a 128-px image (shared/refs/deployment.md);
+  sampling position rounded to ~0.5 px on a 128-px image;
 - the attention mask's statistics: everything that only computes the input of the top-k
   selection or of the `s * D > 0.5` comparison (the consistency difference D);
 - normalisation and softmax statistics, within their module: a LayerNorm variance rounded to

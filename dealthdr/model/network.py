@@ -3,7 +3,7 @@ decoder that aligns the 4 neighbours with FGMA and fuses them with the frame his
 
 Every weight-holding module runs once per forward on a stacked batch (short frames, long
 frames, the 8 flow pairs, the neighbours): a module called twice breaks int8 XNNPACK lowering,
-and one larger batch is faster on every runtime (see shared/refs/deployment.md).
+and one larger batch is faster on every runtime.
 """
 from __future__ import annotations
 
