@@ -1,2 +1,2 @@
-"""Calibration: attention-ratio buckets for export (issue 4), RAW noise (issue 8), quantization
-calibration sets (issue 5). Run the tools as scripts: `python calib/buckets.py --help`."""
+"""Calibration, two jobs: attention-ratio buckets and calibration windows (export, quantize),
+and RAW noise profiles (data synthesis). Run the tools as scripts: `python calib/buckets.py --help`."""

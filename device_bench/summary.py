@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-INT8_TARGET = 2.0  # issue 6: int8 at least 2x faster than eager fp32
+INT8_TARGET = 2.0  # the project's goal: int8 at least 2x faster than eager fp32
 
 
 def add_parser(sub) -> None:

@@ -1,4 +1,4 @@
-"""Issue 8: the DNG writer, RAW noise calibration, darktable profiles, synthesis with a profile."""
+"""The DNG writer, RAW noise calibration, darktable profiles, synthesis with a profile."""
 import json
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Issue 8 acceptance figures, written next to this file.
+"""The noise calibration's checks, written next to this file.
 
 1. Synthetic DNGs with known noise at three ISOs, calibrated back by calib/noise.py (burst and
    single-frame): synthetic_dng_recovery.json (+ the calibration's plots).
