@@ -27,12 +27,15 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
+from dealthdr.sensitivity import s_text
+
 FORMAT = "dealthdr-buckets/2"  # /1 counted positions, /2 counts tiles
 log = logging.getLogger("calib.buckets")
 
 
 def s_key(s: float) -> str:
-    return "inf" if math.isinf(s) else f"{s:g}"
+    """The bucket's name for s (the project's text form)."""
+    return s_text(s)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -124,7 +127,8 @@ def read_buckets(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.cli import parse_s_list, parse_size
+    from dealthdr.cli import parse_size
+    from dealthdr.sensitivity import parse_s_list
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
 from . import __version__
@@ -18,19 +17,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError(f"size {text} is below the 8x8 minimum")
     return h, w
-
-
-def parse_s_list(text: str) -> list[float]:
-    """'0,1,15,100,inf' -> [0.0, 1.0, 15.0, 100.0, inf]."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"s values must be numbers or inf, got {text!r}") from None
-    if not values or any(v < 0 or math.isnan(v) for v in values):
-        raise argparse.ArgumentTypeError(f"s values must be >= 0, got {text!r}")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"s values have duplicates: {text!r}")
-    return values
 
 
 def apply_threads(threads: int | None) -> None:

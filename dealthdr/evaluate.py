@@ -22,6 +22,7 @@ from . import metrics
 from .baselines import BASELINES
 from .data.clip import Clip, list_clips, read_clip
 from .model import DeAltHDR
+from .sensitivity import s_text
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
     if not per_clip:
         raise ValueError(f"no clip under {data} has the {WINDOW} frames a window needs")
 
-    records = [{**r, "s": s_text(r["s"])} for r in summarise(per_clip)]
+    records = [{**r, "s": _s(r["s"])} for r in summarise(per_clip)]
     if fvvdp_note:
         for rec in records:
             rec["fvvdp_note"] = fvvdp_note
@@ -246,7 +247,7 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
         "conventions": CONVENTIONS,
         "normalisation": "gt-max" if white is None else f"short-white ({white:g} -> 1)",
         "records": records,
-        "per_clip": [{**_clip_record(r["clip"], r), "s": s_text(r["s"])} for r in per_clip],
+        "per_clip": [{**_clip_record(r["clip"], r), "s": _s(r["s"])} for r in per_clip],
     }
 
 
@@ -266,12 +267,9 @@ CONVENTIONS = (
     "region's share of the evaluated pixels.")
 
 
-def s_text(s: float | None) -> str | None:
-    """The JSON form of a method's s: "0", "15", "inf" (one type for every value, as the other
-    records of the project write it); None for a baseline, which has no s."""
-    if s is None:
-        return None
-    return "inf" if math.isinf(s) else f"{s:g}"
+def _s(s: float | None) -> str | None:
+    """A record's s in the project's text form; None for a baseline, which has none."""
+    return None if s is None else s_text(s)
 
 
 def _fmt(v: float | None, digits: int) -> str:

@@ -16,7 +16,7 @@ from .sysinfo import machine_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import parse_s_list
+    from .sensitivity import parse_s_list
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint and the baselines on clips",
                        description=__doc__ + " Every centre frame with a full 5-frame window "

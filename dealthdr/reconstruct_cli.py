@@ -10,19 +10,10 @@ manifest.json, all at once: the output folder appears only when everything is wr
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
+from .sensitivity import parse_s
 
-
-def parse_sensitivity(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"s must be a number or inf, got {text!r}") from None
-    if v < 0 or math.isnan(v):
-        raise argparse.ArgumentTypeError(f"s must be >= 0, got {text!r}")
-    return v
 
 
 def parse_range(text: str) -> tuple[int | None, int | None]:
@@ -77,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="default", metavar="PATH|default",
                    help="network weights (.safetensors beside its .json); 'default' is the "
                         "shipped tiny checkpoint (default: default)")
-    p.add_argument("--s", type=parse_sensitivity, default=15.0,
+    p.add_argument("--s", type=parse_s, default=15.0,
                    help="FGMA sensitivity: 0 = flow only, inf = attention everywhere "
                         "(default: 15)")
     p.add_argument("--tile", type=int, default=512, metavar="PX",

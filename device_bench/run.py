@@ -47,8 +47,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def parse_s(text: str) -> list[str]:
-    from dealthdr.cli import parse_s_list
-    from device_bench.schema import s_text
+    from dealthdr.sensitivity import parse_s_list, s_text
 
     return [s_text(v) for v in parse_s_list(text)]
 

@@ -27,6 +27,8 @@ import json
 import math
 from pathlib import Path
 
+from dealthdr.sensitivity import s_text  # noqa: F401  (the schema's canonical s)
+
 STRINGS = ("device", "cpu", "os", "runtime", "runtime_version", "backend", "precision",
            "variant", "size")
 FIELDS = ("device", "cpu", "os", "runtime", "runtime_version", "backend", "precision", "variant",
@@ -43,14 +45,6 @@ class RecordError(ValueError):
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def s_text(value) -> str:
-    """Canonical s: 0 -> "0", 15.0 -> "15", inf / "inf" -> "inf"."""
-    s = float(value)
-    if math.isnan(s) or s < 0:
-        raise ValueError(f"s must be >= 0, got {value!r}")
-    return "inf" if math.isinf(s) else f"{s:g}"
 
 
 def validate(rec, where: str = "record") -> dict:

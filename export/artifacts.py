@@ -30,7 +30,8 @@ LICENSE = "Apache-2.0 (dealthdr); weights: see dealthdr/weights/README.md"
 
 
 def add_common_flags(p: argparse.ArgumentParser, out_default: str) -> None:
-    from dealthdr.cli import parse_s_list, parse_size
+    from dealthdr.cli import parse_size
+    from dealthdr.sensitivity import parse_s_list
     from dealthdr.model import VARIANTS
 
     p.add_argument("--s-buckets", type=parse_s_list, default=[0.0, 1.0, 15.0, 100.0],

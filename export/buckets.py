@@ -16,6 +16,7 @@ from torch import nn
 
 from dealthdr.model import DeAltHDR
 from dealthdr.model.network import level_tiles
+from dealthdr.sensitivity import s_text
 
 from calib.windows import pattern
 
@@ -32,7 +33,7 @@ class Bucket:
 
     @property
     def s_key(self) -> str:
-        return "inf" if math.isinf(self.s) else f"{self.s:g}"
+        return s_text(self.s)
 
     @property
     def name(self) -> str:
