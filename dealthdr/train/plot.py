@@ -31,7 +31,17 @@ def plot_loss_curve(log_path: Path, png: Path) -> None:
             acc = v if acc is None else 0.95 * acc + 0.05 * v
             smooth.append(acc)
         ax.plot(steps, smooth, lw=1.5, label="EMA 0.95")
-        ax.set_title(labels[phase])
+        title = labels[phase]
+        if phase == "joint" and any("epe" in r for r in recs if r["phase"] == phase):
+            # the flow-supervision term is part of the loss: show the image term on its own
+            l1 = [r.get("l1", r["loss"]) for r in recs if r["phase"] == phase]
+            smooth, acc = [], None
+            for v in l1:
+                acc = v if acc is None else 0.95 * acc + 0.05 * v
+                smooth.append(acc)
+            ax.plot(steps, smooth, lw=1.5, label="L1 term alone, EMA 0.95")
+            title = "joint training: L1 (+ VGG) + flow weight x SpyNet EPE"
+        ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
