@@ -181,8 +181,8 @@ class FGMA(nn.Module):
         step = num * a * b if is_tracing() else self.tile_chunk  # eager: bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
             halos = self.halo_table(warped)
-            packed = _cat([_masked(self._attend_tiles(q[..., :c], k), q[..., c:]) for q, k in
-                           zip(_chunks(queries, step), _chunks(halos, step))])
+            packed = _cat([_masked(self._attend_tiles(q[..., :c], k, q[..., c:]), q[..., c:])
+                           for q, k in zip(_chunks(queries, step), _chunks(halos, step))])
             return _untile(packed, num, a, b, h, w)
         if ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
@@ -199,8 +199,8 @@ class FGMA(nn.Module):
         packed = []
         for part, rows in zip(_chunks(ids, step), _chunks(block, step)):
             q = queries.index_select(0, part)
-            packed.append(_masked(self._attend_tiles(q[..., :c], self._gather_halos(keys, rows, b)),
-                                  q[..., c:]))
+            halos = self._gather_halos(keys, rows, b)
+            packed.append(_masked(self._attend_tiles(q[..., :c], halos, q[..., c:]), q[..., c:]))
         return self._place(_cat(packed), ids, num, a, b, h, w)
 
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
@@ -262,19 +262,25 @@ class FGMA(nn.Module):
         rows = rows.reshape(num * a, g, b, g * (c + 1)).permute(0, 2, 1, 3)  # 5-D at most
         return rows.reshape(num * a * b, g * g, c + 1)
 
-    def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
+    def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of every query of K tiles over its window.
 
-        queries: (K, t, t, C) features; halos: (K, g * g, C + 1) keys and bias. Query row y of
-        a tile sees halo rows y .. y + w - 1, one contiguous slice of w * g keys: one matmul
-        per row gives its t queries' scores there (the border bias comes in through a
-        constant-1 query channel), and the constant band bias keeps each query's w columns.
-        Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
+        queries: (K, t, t, C) features; halos: (K, g * g, C + 1) keys and bias; mask: the
+        tiles' M (K, t, t, 1) where the graph has it. Query row y of a tile sees halo rows
+        y .. y + w - 1, one contiguous slice of w * g keys: one matmul per row gives its t
+        queries' scores there (the border bias comes in through a constant-1 query channel),
+        and the constant band bias keeps each query's w columns. Returns F_att (K, t, t, C) at
+        every query of the tiles (the caller applies M).
         """
         t, c, g, w = self.tile, self.channels, self.halo, self.window
         q = self.proj_q(queries)                                        # Eq. 7, Proj_q
         qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # W_k folded in
-        qk = torch.cat((qk, qk[..., :1] * 0.0 + 1.0), 3)                # picks up the bias
+        # The constant-1 channel is derived from M in exported graphs: M stays float under
+        # int8 (a mask statistic), while a constant computed from the quantized qk gets a
+        # degenerate int8 range and the XNNPACK program fails to load.
+        one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
+        qk = torch.cat((qk, one), 3)                                    # picks up the bias
         k = qk.shape[0]
         rows = []
         for y in range(t):  # row by row: only one row's scores are alive at a time
