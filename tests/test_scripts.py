@@ -19,7 +19,7 @@ def test_fgma_scaling_script_writes_its_record(tmp_path):
     assert [row["R"] for row in rec["rows"]] == [0.0, 0.1, 0.5, 1.0]
     assert rec["rows"][-1]["tiles"] == 4 * 4 * 4 and rec["tile"] == 8   # 32x32: 4 x 4 tiles
     assert rec["rows"][1]["tiles"] == 4 * round(0.1 * 16)
-    assert {"mask (Eq. 4-6)", "select dynamic (nonzero)", "halo table"} <= set(
+    assert {"mask (Eq. 4-6)", "select dynamic (nonzero)", "halo table (exported graphs)"} <= set(
         rec["fixed_overhead_ms"])
     assert rec["machine"]["torch"].startswith("2.13")
 
