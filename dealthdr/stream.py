@@ -72,9 +72,9 @@ class FrameStream:
 
     def _forget(self, first: int, keep: list[Key]) -> None:
         """Drop entries of frames before the window, and stale exposures of frames in it."""
-        wanted = set(keep)
+        wanted, frames = set(keep), {i for i, _ in keep}
         for k in [k for k in self.features if k[0] < first or
-                  (k not in wanted and k[0] in {i for i, _ in keep})]:
+                  (k not in wanted and k[0] in frames)]:
             del self.features[k]
         for pair in [p for p in self.flows if not (p[0] in self.features and
                                                      p[1] in self.features)]:

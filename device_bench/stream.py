@@ -85,12 +85,16 @@ def _reconstruct(clip: Path, out: Path, mode: str, args: argparse.Namespace) -> 
            str(args.threads), "--float32", "--no-preview", "--no-progress", "--tile", "0"]
     if mode == "windows":
         cmd.append("--no-stream")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    # stderr to a file, not a pipe: the child's warnings could fill a pipe nobody reads
+    # while wait4 waits (wait4, not communicate: it returns the child's own peak RSS)
+    with tempfile.TemporaryFile() as log_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log_file.seek(0)
+        err = log_file.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise RuntimeError(f"dealthdr reconstruct failed ({proc.returncode}): {err[-2000:]}")
+        raise ValueError(f"dealthdr reconstruct failed ({proc.returncode}): {err[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     if manifest["stream"] != (mode == "stream"):
         raise RuntimeError(f"{mode} run reports stream={manifest['stream']}")

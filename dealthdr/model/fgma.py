@@ -181,8 +181,8 @@ class FGMA(nn.Module):
         step = num * a * b if is_tracing() else self.tile_chunk  # eager: bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
             halos = self.halo_table(warped)
-            packed = _cat([_masked(self._attend_tiles(q[..., :c], k, q[..., c:]), q[..., c:])
-                           for q, k in zip(_chunks(queries, step), _chunks(halos, step))])
+            packed = _cat([self._attend_masked(q, k) for q, k in
+                           zip(_chunks(queries, step), _chunks(halos, step))])
             return _untile(packed, num, a, b, h, w)
         if ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
@@ -198,9 +198,8 @@ class FGMA(nn.Module):
         block = (flat + (flat // (a * b)) * (a + b + 1) + (flat % (a * b)) // b).to(torch.int32)
         packed = []
         for part, rows in zip(_chunks(ids, step), _chunks(block, step)):
-            q = queries.index_select(0, part)
-            halos = self._gather_halos(keys, rows, b)
-            packed.append(_masked(self._attend_tiles(q[..., :c], halos, q[..., c:]), q[..., c:]))
+            packed.append(self._attend_masked(queries.index_select(0, part),
+                                              self._gather_halos(keys, rows, b)))
         return self._place(_cat(packed), ids, num, a, b, h, w)
 
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
@@ -292,6 +291,13 @@ class FGMA(nn.Module):
             rows.append(torch.bmm(attn, keys[..., :c]).reshape(k, 1, t, c))
         return self.proj_v(torch.cat(rows, 1))                          # W_v folded out
 
+    def _attend_masked(self, queries: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
+        """The graph layout's tiles: queries (K, t, t, C + 1) features and M -> (K, t, t, C + 1)
+        F_att * M and M, what `_place` and `_untile` move."""
+        c = self.channels
+        valid = queries[..., c:]
+        return torch.cat((self._attend_tiles(queries[..., :c], halos, valid) * valid, valid), 3)
+
     def _place(self, packed: torch.Tensor, ids: torch.Tensor, num: int, a: int, b: int,
                h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Scatter K tiles of (t, t, C + 1) into a zero tile map, as a gather.
@@ -369,11 +375,6 @@ def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
     if a * t != h or b * t != w:  # a no-op slice would export as `alias` (Core ML refuses)
         fmap = fmap[:, :, :h, :w]
     return fmap[:, :-1], fmap[:, -1:]
-
-
-def _masked(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(K, t, t, C + 1) tiles of F_att * M and M, the layout `_place` and `_untile` move."""
-    return torch.cat((values * valid, valid), 3)
 
 
 def _chunks(x: torch.Tensor, step: int) -> list[torch.Tensor]:
