@@ -61,10 +61,11 @@ class FrameStream:
         keys = [(i, float(r)) for i, r in zip(indices, rel[0].tolist())]
         self._forget(min(indices), keys)
         self._encode_missing(x, keys, pattern)
-        feats = [torch.stack([self.features[k][lv] for k in keys], 1) for lv in range(4)]
         centre = len(keys) // 2
-        self._estimate_missing(x, keys, centre)
         near = _neighbours(keys, centre)
+        feats = [(self.features[keys[centre]][lv], torch.cat([self.features[k][lv] for k in near]))
+                 for lv in range(4)]
+        self._estimate_missing(x, keys, centre)
         flows = (torch.cat([self.flows[keys[centre], n] for n in near]),
                  torch.cat([self.flows[n, keys[centre]] for n in near]))
         out, stats = model.fuse(x, rel, feats, flows, self.s, self.budget)

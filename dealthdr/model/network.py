@@ -198,7 +198,7 @@ class DeAltHDR(nn.Module):
                      s: float, budget: tuple[int, int, int] | None,
                      flows: tuple[torch.Tensor, torch.Tensor] | None = None,
                      ) -> tuple[torch.Tensor, ForwardStats]:
-        feats = self._encode(x, pattern)                    # 4 x (B, T, C, h, w)
+        feats = self._encode(x, pattern)        # 4 x (centre, neighbours)
         if flows is None:
             flows = self._flows(x[:, :, 3:].clamp(0, 1), x.shape[1] // 2)
         if self.training and not is_tracing():
@@ -213,7 +213,8 @@ class DeAltHDR(nn.Module):
         """Everything after the encoders and SpyNet, for the centre frame of a window.
 
         x: (B, T, 6, H, W) padded Eq. 1 input; rel: (B, T) relative exposures; feats: per
-        level 1, 2, 3 and the latent, (B, T, C, h, w) encoder features in time order; flows:
+        level 1, 2, 3 and the latent, the encoder features of the centre frame (B, C, h, w) and
+        of its neighbours (B*T', C, h, w), batch-major in time order (`_encode`); flows:
         O_{t->n}, O_{n->t} as (B*T', 2, h', w') on SpyNet's grid. A stream that encodes each
         frame once and computes each flow once (`dealthdr.stream`) calls this per window.
         Returns the padded HDR (B, 3, H, W) and what FGMA did.
@@ -221,7 +222,7 @@ class DeAltHDR(nn.Module):
         b, t, _, h, w = x.shape
         centre = t // 2
         flow_t_n, flow_n_t = flows
-        cur = self.middle_router(feats[3][:, centre], _stack(neighbours(feats[3], centre)))
+        cur = self.middle_router(*feats[3])
         cur = self.middle(cur)
         stats = ForwardStats()
         # Eq. 4-5 compute D on L_t, the centre frame as captured (its own exposure, gamma
@@ -230,12 +231,13 @@ class DeAltHDR(nn.Module):
         own = rel[:, centre].view(-1, 1, 1, 1) ** (1.0 / self.cfg.gamma)
         frame_t = (x[:, centre, 3:].clamp(0, 1) * own).clamp(0, 1)
         for i, level in enumerate((3, 2, 1)):
-            cur = self.skips[i](torch.cat((self.ups[i](cur), feats[level - 1][:, centre]), 1))
+            own, near = feats[level - 1]
+            cur = self.skips[i](torch.cat((self.ups[i](cur), own), 1))
             size = cur.shape[-2:]
             scale = 2 ** (level - 1)
             frame_l = F.avg_pool2d(frame_t, scale) if scale > 1 else frame_t
             aligned, executed = self.fgma[i](
-                cur, _stack(neighbours(feats[level - 1], centre)), resize_flow(flow_t_n, size),
+                cur, near, resize_flow(flow_t_n, size),
                 resize_flow(flow_n_t, size), frame_l, s,
                 None if budget is None else budget[level - 1])
             cur = self.routers[i](cur, self.align_proj[i](aligned))
@@ -254,20 +256,30 @@ class DeAltHDR(nn.Module):
                           head[:, 3:])
         return F.relu(base + head[:, :3]), stats
 
-    def _encode(self, x: torch.Tensor, pattern: tuple[bool, ...]) -> list[torch.Tensor]:
-        """Run each encoder once on its frames; return per level (B, T, C, h, w) in time order."""
+    def _encode(self, x: torch.Tensor, pattern: tuple[bool, ...],
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run each encoder once on its frames. Returns per level 1, 2, 3 and the latent the
+        centre frame's features (B, C, h, w) and the neighbours' (B*T', C, h, w), batch-major in
+        time order: what `fuse` reads, taken straight from the two encoders' outputs. Putting
+        all frames back in time order first would copy every level twice more, and those copies
+        live until the decoder reaches their level (a third of an exported graph's arena)."""
         b, t = x.shape[:2]
         short = [i for i in range(t) if not pattern[i]]
         long_ = [i for i in range(t) if pattern[i]]
         fs = self.encoder_short(_stack(take(x, short)))
         fl = self.encoder_long(_stack(take(x, long_)))
-        # Frame i sits at (short + long_).index(i) of the concatenation below.
-        order = [(short + long_).index(i) for i in range(t)]
+        centre = t // 2
         out = []
-        for a, c in zip(fs, fl):
-            both = torch.cat((a.reshape(b, len(short), *a.shape[1:]),
-                              c.reshape(b, len(long_), *c.shape[1:])), dim=1)
-            out.append(take(both, order))
+        for per_short, per_long in zip(fs, fl):
+            def frame(i: int) -> torch.Tensor:  # (B, C, h, w) of frame i
+                src, order = (per_long, long_) if pattern[i] else (per_short, short)
+                j = order.index(i)
+                if b == 1:  # a reshape is free in eager but a copy inside a delegate
+                    return src[j:j + 1]
+                return src.reshape(b, len(order), *src.shape[1:])[:, j]
+            near = [frame(i) for i in range(t) if i != centre]
+            near = torch.cat(near) if b == 1 else _stack(torch.stack(near, 1))
+            out.append((frame(centre), near))
         return out
 
     def _flows(self, guide: torch.Tensor, centre: int, scale: int | None = None,
