@@ -86,6 +86,7 @@ def _log(out):
     return read_log(out)
 
 
+@pytest.mark.e2e   # adaptation runs
 def test_resume_after_kill_reproduces_the_uninterrupted_run(clip, tmp_path):
     res = _adapt(clip, tmp_path / "a")
     assert res.returncode == 0, res.stderr

@@ -102,6 +102,7 @@ def artifacts(tmp_path_factory):
     return root, bucket
 
 
+@pytest.mark.e2e   # exported artifacts, real runs
 def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, capsys):
     from device_bench import run as run_mod
     from dealthdr.model.network import level_tiles
@@ -137,6 +138,7 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
     assert len(schema.read_records(out)) == 3
 
 
+@pytest.mark.e2e   # exported artifacts (fixture)
 def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch, capsys):
     """--passes 2: forward then reverse order, one record per job pooling both passes, and a
     run killed between passes resumes with only the missing pass."""
@@ -204,6 +206,7 @@ class WithPortableSum(Stand):
         return super().forward(frames, exposures) * frames.sum(dim=(1, 2)).unsqueeze(1)
 
 
+@pytest.mark.e2e   # ExecuTorch lowering + profile
 def test_profile_pte_splits_execute_into_delegate_portable_and_runtime(tmp_path, capsys):
     from export.to_executorch import lower
 
@@ -410,6 +413,7 @@ def test_apple_refuses_off_macos_and_builds_records_and_commands(capsys):
     assert "coremlcompiler compile" in capsys.readouterr().out
 
 
+@pytest.mark.e2e   # exported artifacts (fixture)
 def test_tiled_runs_a_program_over_a_larger_frame_and_records_memory_and_seams(artifacts,
                                                                                tmp_path):
     root, _ = artifacts

@@ -87,6 +87,7 @@ def test_gate_passes_the_model_itself_and_fails_a_wrong_artifact(tiny, windows):
         run_gate(lambda f, e: graph(f, e) * 1.2, tiny, bucket, windows, "fp32", "eager")
 
 
+@pytest.mark.e2e   # ONNX export of the network
 def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
     pytest.importorskip("onnxruntime")
     from export.to_onnx import export_onnx, onnx_runner
@@ -100,6 +101,7 @@ def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
         assert res["vs_dynamic"]["max_abs"] < 1e-4
 
 
+@pytest.mark.e2e   # ExecuTorch lowering + bundled program
 def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
     from export.buckets import export_program
     from export.to_executorch import lower, pte_runner
@@ -157,6 +159,7 @@ def _bundle_max_error(data: bytes) -> float:
     return worst
 
 
+@pytest.mark.e2e   # Core ML conversion
 def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     pytest.importorskip("coremltools")
     from export.to_coreml import convert, save_multifunction, validate_package
@@ -196,6 +199,7 @@ def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.e2e   # exporter CLI end to end
 def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
     from export.to_onnx import main
 
@@ -212,6 +216,7 @@ def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no staging left over
 
 
+@pytest.mark.e2e   # tiled export + ExecuTorch lowering
 def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
     """A frame as tiles: guide tiles assemble the frame's guide, the flows method gives the
     whole window's flows, the tile method's partial sums feed the next pass, and the program

@@ -87,6 +87,7 @@ def test_prepared_graph_quantizes_the_weights_of_int8_blocks_only(program):
         assert observed[g] and not any(observed[g]), g              # kept float
 
 
+@pytest.mark.e2e   # PTQ of the network
 def test_int8_graph_keeps_the_attention_branch(program, windows):
     """The s15 graph's top-k selections still feed the output after convert_pt2e (with the
     model's former in-place scatter, the quantize/dequantize pair pt2e put after the zero map
@@ -104,6 +105,7 @@ def test_int8_graph_keeps_the_attention_branch(program, windows):
     assert len(topk) == 3
 
 
+@pytest.mark.e2e   # PTQ of the network
 def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
     """Without the integer-scalar fix the prepared graph does not run (int64 * float), and
     without the float islands its output is NaN (merge) or far off."""
@@ -142,6 +144,7 @@ def test_tie_parameters_within_a_centre_only():
                for g in graphs.values())
 
 
+@pytest.mark.e2e   # QAT training runs
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     from quantize.qat_train import QATConfig, prepare_graphs, train
 
@@ -223,6 +226,7 @@ def test_finished_stages_are_reused_only_with_the_same_settings(tmp_path):
     assert Finished(tmp_path / "state", key).load("xnnpack", tmp_path) is None
 
 
+@pytest.mark.e2e   # quantize/qat.py end to end
 def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     """The XNNPACK and ONNX legs end to end: an int8 .pte that loads and runs in the ExecuTorch
     runtime, NNCF's QDQ model gated in onnxruntime, the report, nothing left behind. The first

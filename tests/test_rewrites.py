@@ -21,6 +21,7 @@ def _int8_conv_program():
     return torch.export.export(gm, (x,), strict=False), gm, x
 
 
+@pytest.mark.e2e   # PTQ + ExecuTorch lowering
 def test_constant_propagation_keeps_weight_dequantize_and_int8_storage():
     from executorch.exir._serialize._program import deserialize_pte_binary
 

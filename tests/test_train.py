@@ -104,6 +104,7 @@ def test_loss_white_clips_prediction_and_target_like_the_evaluation():
     assert raw > total + 0.5  # without the clip the unrecoverable sun dominates
 
 
+@pytest.mark.e2e   # training runs
 def test_resume_after_kill_reproduces_the_uninterrupted_loss_curve(clips, tmp_path):
     res = _train(clips, tmp_path / "a")
     assert res.returncode == 0, res.stderr
@@ -126,6 +127,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_loss_curve(clips, tmp_pa
     assert meta["steps_done"] == 11 and meta["perceptual"] is False
 
 
+@pytest.mark.e2e   # a training run
 def test_resume_refuses_other_settings(clips, tmp_path):
     assert _train(clips, tmp_path / "r").returncode == 0
     res = _train(clips, tmp_path / "r", "--lr", "1e-3")
@@ -134,6 +136,7 @@ def test_resume_refuses_other_settings(clips, tmp_path):
     assert res.returncode == 2 and "multiple of 8" in res.stderr
 
 
+@pytest.mark.e2e   # training runs
 def test_fine_tune_starts_from_init_weights(clips, tmp_path):
     assert _train(clips, tmp_path / "base").returncode == 0
     init = tmp_path / "base" / "final.safetensors"
@@ -149,6 +152,7 @@ def test_fine_tune_starts_from_init_weights(clips, tmp_path):
     assert res.returncode == 2 and "not --variant 's'" in res.stderr
 
 
+@pytest.mark.e2e   # DDP training run
 def test_ddp_two_cpu_processes_gloo(clips, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -182,6 +186,7 @@ def test_paper_preset_fills_what_the_flags_leave():
     assert _train_flags("--grad-clip", "0").grad_clip == 0.0
 
 
+@pytest.mark.e2e   # a training run
 def test_spynet_starts_from_a_local_basicsr_file(clips, tmp_path):
     from safetensors.torch import save_file
 
