@@ -22,6 +22,8 @@ from pathlib import Path
 from dealthdr import __version__
 from dealthdr.checkpoint import atomic_write_bytes
 from dealthdr.evaluate import jsonable
+from dealthdr.model.fgma import bucket_tiles
+from dealthdr.model.network import level_tiles
 from dealthdr.sysinfo import machine_record
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,12 @@ def artifact_record(path: Path, root: Path, backend: str, precision: str, bucket
                     size: tuple[int, int], parity: dict, **extra) -> dict:
     n_bytes, sha = digest(path)
     h, w = size
+    # The tiles each level's attention runs in per neighbour: K, or every tile for a bucket of
+    # at least DENSE_FROM of them (cheaper than gathering that many, and exact).
+    runs = [bucket_tiles(k, n) for k, n in zip(bucket.budget, level_tiles(size, bucket.tile))]
     return {"file": str(path.relative_to(root)), "backend": backend, "precision": precision,
-            **bucket.record(), "input_shape": {"frames": [1, 5, 3, h, w], "exposures": [1, 5]},
+            **bucket.record(), "tiles_run": runs, "tiles_per_level": list(
+                level_tiles(size, bucket.tile)), "input_shape": {"frames": [1, 5, 3, h, w], "exposures": [1, 5]},
             "output_shape": [1, 3, h, w], "bytes": n_bytes, "sha256": sha, **extra,
             "parity": parity}
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dealthdr.model.fgma import FGMA, attention_mask, select_bucket, select_dynamic, tile_max
+from dealthdr.model.fgma import (DENSE_FROM, FGMA, attention_mask, bucket_tiles, select_bucket,
+                                 select_dynamic, tile_max)
 from tests.conftest import textured
 
 
@@ -48,6 +49,23 @@ def test_dynamic_equals_bucket_when_masked_tiles_fit():
         # one tile too few: the least inconsistent masked tile falls back to flow
         short, m_s = fgma(*args, s=2.0, budget=tiles - 1)
         assert m_s.sum() < m_dyn.sum() and (m_s <= m_dyn).all()
+
+
+def test_bucket_of_dense_share_takes_every_tile():
+    """From DENSE_FROM of the tiles on, a bucket takes every tile (in an exported graph that is
+    cheaper than gathering that many): its output is the dynamic policy's even where more tiles
+    hold masked positions than K."""
+    fgma = FGMA(8, 5, tile=4).eval()
+    args = _inputs(h=16, w=16)                                  # 4 x 4 tiles
+    k = math.ceil(DENSE_FROM * 16)
+    with torch.no_grad():
+        dyn, m_dyn = fgma(*args, s=1e4)
+        assert int((tile_max(m_dyn, 4).flatten(1) > 0).sum(1).max()) > k
+        buck, m_b = fgma(*args, s=1e4, budget=k)
+        assert torch.equal(m_dyn, m_b) and torch.allclose(dyn, buck, atol=1e-6)
+        _, m_less = fgma(*args, s=1e4, budget=k - 1)            # below the share: K tiles
+    assert m_less.sum() < m_dyn.sum()
+    assert bucket_tiles(k, 16) == 16 and bucket_tiles(k - 1, 16) == k - 1
 
 
 def test_bucket_overflow_keeps_most_inconsistent_tiles():
@@ -174,9 +192,11 @@ def test_exported_full_bucket_is_dense():
     assert not {"aten.index_select.default", "aten.scatter.src", "aten.topk.default"} & ops
 
 
-@pytest.mark.parametrize("s,budget,size", [(2.0, None, (12, 14)), (2.0, 5, (12, 14)),
-                                           (math.inf, None, (16, 16)), (20.0, 2, (16, 13))])
-def test_eager_row_layout_equals_graph_layout(s, budget, size):
+@pytest.mark.parametrize("s,budget,size,b", [(2.0, None, (12, 14), 1), (2.0, 5, (12, 14), 1),
+                                             (math.inf, None, (16, 16), 1),
+                                             (20.0, 2, (16, 13), 1), (2.0, 5, (12, 14), 2),
+                                             (math.inf, None, (8, 12), 2)])
+def test_eager_row_layout_equals_graph_layout(s, budget, size, b):
     """Eager mode gathers tiles as rows of channels-last maps; the exported graph's layout run
     eagerly must give the same outputs, executed masks and gradients."""
     fgma = FGMA(8, 5, tile=4, tile_chunk=3)
@@ -187,8 +207,8 @@ def test_eager_row_layout_equals_graph_layout(s, budget, size):
     for rows in (True, False):
         fgma.eager_rows = rows
         fgma.zero_grad()
-        args = [x.clone().requires_grad_(i < 2) for i, x in enumerate(_inputs(h=size[0],
-                                                                               w=size[1]))]
+        args = [x.clone().requires_grad_(i < 2)
+                for i, x in enumerate(_inputs(b=b, h=size[0], w=size[1]))]
         out, executed = fgma(*args, s=s, budget=budget)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append((out.detach(), executed, args[0].grad, args[1].grad,

@@ -17,7 +17,7 @@ from torch import nn
 from .blocks import make_level
 from .config import DeAltHDRConfig
 from .encoder import Encoder
-from .fgma import FGMA, tile_grid, tile_max
+from .fgma import FGMA, bucket_tiles, tile_grid, tile_max
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
                      long_pattern_from_exposures, neighbours, pad_frames, pooled_guide,
                      prepare_inputs, relative_exposures, take)
@@ -303,7 +303,7 @@ def _tiles_run(executed: torch.Tensor, tile: int, s: float, k: int | None) -> tu
         return 0, total
     if k is None:  # dynamic: every tile holding a masked position
         return int((tile_max(executed, tile) > 0).sum()), total
-    return executed.shape[0] * min(k, per), total
+    return executed.shape[0] * bucket_tiles(min(k, per), per), total
 
 
 def _stack(x: torch.Tensor) -> torch.Tensor:
