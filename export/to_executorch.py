@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiled-frame", type=parse_size, default=None, metavar="HxW",
                    help="also write <name>_tiled<H>x<W>.pte per s: a frame of HxW (e.g. "
                         "1080x1920) as --size tiles, with the frame's flows and attention "
-                        "statistics (methods flows_<centre>, tile_<centre>; run by `python -m "
+                        "statistics (methods guide, flows, tile_<centre>; run by `python -m "
                         "device_bench tiled`), gated against the tiled eager network "
                         "(xnnpack only; default: none)")
     p.add_argument("--bundle", action="store_true",

@@ -34,7 +34,7 @@ GROUPS = {
     "fgma": ("model.fgma", "model.align_proj"),
     # The full-resolution decoder level (paper's level 1; decoder modules are listed coarse to
     # fine) before the rest of the decoder: first match wins, and it is the one block whose
-    # int8 costs the long-centre graphs most (measured in quantize/README.md).
+    # int8 costs the long-centre graphs most (the report's per-group sensitivity table).
     "decoder_l1": ("model.decoder.2",),
     "decoder": ("model.decoder", "model.ups", "model.skips"),
     "head": ("model.head",),

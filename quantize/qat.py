@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["head", "router", "decoder", "decoder_l1"],
                    help="more groups kept float in the short-centre graphs, whose output "
                         "leans on the decoder's residual over a noisy short frame (default "
-                        "head,router,decoder,decoder_l1; measured in quantize/README.md)")
+                        "head,router,decoder,decoder_l1; the report's sensitivity table measures each group)")
     p.add_argument("--float-groups-long", type=groups, default=[],
                    help="more groups kept float in the long-centre graphs (default none: "
                         "fully int8 they are within 0.1 dB of fp32)")

@@ -40,7 +40,7 @@ class QATConfig:
     ckpt_every: int = 25
     seed: int = 0
     # share of the loss (the same mu-law L1) taken against the fp32 model's output instead of
-    # the ground truth (self-distillation); see quantize/README.md for the measurements
+    # the ground truth (self-distillation); quantize/README.md says how to measure it
     distill: float = 1.0
     # "centre": short- and long-centre graphs train separate weights (each centre is its own
     # method / function in the artifacts); "all": one set. Tied across centres, 100 steps
