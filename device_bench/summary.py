@@ -1,6 +1,10 @@
 """What a set of records says: per runtime, latency against attention ratio (a linear fit and its
 residual, and whether latency rises with the bucket's budget) and speed relative to torch eager.
 
+"rises" is the fit's slope being positive. "mono" says whether every bucket's median is above
+the previous one's: buckets that run the same tiles (s=15 and s=100 where both take every tile
+of a level) cost the same, and their order is then the noise of the machine.
+
     python -m device_bench summary device_bench/results/host_256.jsonl [--json OUT]
 
 A group is one (device, size, threads, runtime, backend, precision, variant). Both centre
@@ -69,7 +73,8 @@ def summarise(records: list[dict]) -> dict:
             **dict(zip(("device", "size", "threads", "runtime", "backend", "precision",
                         "variant"), gk)),
             "per_s": per_s, "fit": fit,
-            "rises": len(per_s) > 1 and all(b > a for a, b in zip(medians, medians[1:])),
+            "rises": len(per_s) > 1 and fit["slope"] is not None and fit["slope"] > 0,
+            "monotone": len(per_s) > 1 and all(b > a for a, b in zip(medians, medians[1:])),
             "vs_eager_geomean": geometric_mean(speeds) if speeds else None})
     int8 = [g for g in out if g["precision"] == "int8" and g["vs_eager_geomean"] is not None]
     return {"groups": out, "int8_target_vs_eager": INT8_TARGET,
@@ -85,7 +90,7 @@ def text(report: dict) -> str:
     lines = ["latency against attention ratio R (median ms; fit over both centres' graphs)",
              f"{'runtime/backend':33} {'prec':5} {'size':9} {'thr':>3}  "
              f"{'ms per s-bucket (R)':44} {'a ms':>8} {'b ms/R':>8} {'r2':>6} {'max res':>8} "
-             f"{'rises':>5} {'x eager':>7}"]
+             f"{'rises':>5} {'mono':>4} {'x eager':>7}"]
     for g in report["groups"]:
         cells = " ".join(f"s{p['s']}:{p['median_ms']:.4g}" for p in g["per_s"])
         fit = g["fit"]
@@ -95,13 +100,15 @@ def text(report: dict) -> str:
             f"{_fmt(g['threads'], 'd'):>3}  {cells:44} {fit['intercept']:8.4g} "
             f"{_fmt(fit['slope'], '8.4g'):>8} {_fmt(fit['r2'], '6.3f'):>6} "
             f"{_fmt(None if resid is None else 100 * resid, '7.1f'):>7}% "
-            f"{'yes' if g['rises'] else 'NO':>5} {_fmt(g['vs_eager_geomean'], '6.2f'):>6}x")
+            f"{'yes' if g['rises'] else 'NO':>5} {'yes' if g['monotone'] else 'no':>4} "
+            f"{_fmt(g['vs_eager_geomean'], '6.2f'):>6}x")
     ratios = {g["per_s"][i]["s"]: g["per_s"][i]["attention_ratio"] for g in report["groups"]
               for i in range(len(g["per_s"]))}
     if ratios:
         lines.append("R per s-bucket: " + ", ".join(f"s{s}={r:.4f}" for s, r in ratios.items()))
-    lines.append("a + b*R: latency at R=0 and per unit attention ratio; max res: largest "
-                 "|residual| / mean latency; x eager: geometric mean over s of eager/runtime")
+    lines.append("a + b*R: latency at R=0 and per unit attention ratio; rises: b > 0; mono: every "
+                 "bucket slower than the one before; max res: largest |residual| / mean "
+                 "latency; x eager: geometric mean over s of eager/runtime")
     for name, ok in report["int8_meets_target"].items():
         g = next(x for x in report["groups"] if x["precision"] == "int8"
                  and f"{x['runtime']}/{x['backend']} {x['size']} t{x['threads']}" == name)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dealthdr.metrics import psnr_mu
+from dealthdr.model.fgma import bucket_tiles
 from dealthdr.model.network import level_tiles
 
 from calib.buckets import item_ratios
@@ -38,7 +39,7 @@ def fits_bucket(model, window: Window, bucket: Bucket) -> bool:
     size = tuple(window.frames.shape[-2:])
     for ratios, n, k in zip(item_ratios(model, window, bucket.s), level_tiles(size, bucket.tile),
                             bucket.budget):
-        if np.round(ratios * n).max() > k:
+        if np.round(ratios * n).max() > bucket_tiles(k, n):  # a dense bucket fits everything
             return False
     return True
 
