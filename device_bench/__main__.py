@@ -2,7 +2,7 @@
 
     python -m device_bench run --artifacts exports/executorch exports/onnx --sizes 256x256
     python -m device_bench summary RESULTS.jsonl
-    python -m device_bench plot RESULTS.jsonl --out device_bench/results/plots
+    python -m device_bench plot RESULTS.jsonl --out runs/plots
     python -m device_bench pick --budget-ms 33 --records RESULTS.jsonl --runtime executorch
     python -m device_bench ingest PHONE.jsonl --into RESULTS.jsonl
     python -m device_bench breakdown --size 256x256          # Table G: eager per component

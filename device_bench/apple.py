@@ -64,9 +64,9 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed predictions (default 2)")
     p.add_argument("--repeat", type=int, default=20, help="timed predictions (default 20)")
     p.add_argument("--trim", type=float, default=0.1, help="trimmed share per end (default 0.1)")
-    p.add_argument("--out", type=Path, default=Path("device_bench/results/apple.jsonl"),
-                   help="records file, merged like `ingest` (default device_bench/results/"
-                        "apple.jsonl)")
+    p.add_argument("--out", type=Path, default=Path("runs/apple.jsonl"),
+                   help="records file, merged like `ingest` (default runs/apple.jsonl, outside "
+                        "the source tree)")
     p.add_argument("--print-commands", action="store_true",
                    help="print the Xcode / devicectl route for the packages and exit (any OS)")
     p.set_defaults(run=run)

@@ -49,8 +49,8 @@ def add_parser(sub) -> None:
                    help="also keep the raw trace here, for executorch.devtools.Inspector "
                         "(default: not kept)")
     p.add_argument("--out", type=Path, default=None,
-                   help="JSON output (default device_bench/results/profile_<pte stem>_<method>"
-                        ".json)")
+                   help="JSON output (default runs/profile_<pte stem>_<method>.json, outside "
+                        "the source tree)")
     p.set_defaults(run=run)
 
 
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,
                                             args.repeat, args.etdump)}
-    out = args.out or Path("device_bench/results") / f"profile_{args.pte.stem}_{rec['method']}.json"
+    out = args.out or Path("runs") / f"profile_{args.pte.stem}_{rec['method']}.json"
     atomic_write_bytes(out, json.dumps(rec, indent=2).encode())
     log.info("execute %.1f ms = delegate calls %.1f (%d) + portable ops %.1f (%d) + runtime %.1f",
              rec["execute_ms"], rec["delegate_calls_ms"], rec["delegate_calls_per_run"],
