@@ -419,11 +419,10 @@ def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
     return fmap[:, :-1], fmap[:, -1:]
 
 
-def _per_neighbour(x: torch.Tensor, per: int, rows: int | None = None) -> torch.Tensor:
-    """Each item of x (its `rows` leading rows; default 1) repeated `per` times, in order. A
-    concat when x holds one item (what export sees): `repeat_interleave` exports as a portable
-    expand copy, outside the delegate."""
-    rows = rows or 1
+def _per_neighbour(x: torch.Tensor, per: int, rows: int = 1) -> torch.Tensor:
+    """Each item of x (its `rows` leading rows) repeated `per` times, in order. A concat when x
+    holds one item (what export sees): `repeat_interleave` exports as a portable expand copy,
+    outside the delegate."""
     if x.shape[0] == rows:
         return x if per == 1 else torch.cat([x] * per)
     return x.unflatten(0, (-1, rows)).repeat_interleave(per, 0).flatten(0, 1)

@@ -231,8 +231,8 @@ class DeAltHDR(nn.Module):
         own = rel[:, centre].view(-1, 1, 1, 1) ** (1.0 / self.cfg.gamma)
         frame_t = (x[:, centre, 3:].clamp(0, 1) * own).clamp(0, 1)
         for i, level in enumerate((3, 2, 1)):
-            own, near = feats[level - 1]
-            cur = self.skips[i](torch.cat((self.ups[i](cur), own), 1))
+            skip, near = feats[level - 1]  # the centre's encoder features and its neighbours'
+            cur = self.skips[i](torch.cat((self.ups[i](cur), skip), 1))
             size = cur.shape[-2:]
             scale = 2 ** (level - 1)
             frame_l = F.avg_pool2d(frame_t, scale) if scale > 1 else frame_t
