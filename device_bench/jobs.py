@@ -5,6 +5,10 @@ bucket K, attention-ratio budget, input shape and sha256. Every artifact that ru
 becomes one job per thread count; ExecuTorch programs hold one method per centre, so a .pte
 appears once per method. Core ML packages are left to `device_bench apple` (macOS).
 
+A streaming program (`export/to_executorch.py --stream`) is one job per centre, backend
+`xnnpack-stream`: its steady state per output frame (one encode, two flows, the fuse; see
+`worker.py`), next to the window program of the same bucket.
+
 Torch eager is the reference every runtime is compared with: the same bucket graph (same s, K,
 exposure pattern) run by `BucketGraph` at every requested size, K recomputed from the bucket's
 ratio budget where the size differs from the export's.
@@ -134,7 +138,14 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
             elif ckpt is not None:
                 eager_buckets.setdefault(key, ckpt)
             rt = _runtime_of(art["backend"])
-            if rt is None:
+            if "tiled" in art:
+                log.info("skipping %s:%s: a tiled program; use `python -m device_bench tiled`",
+                         art["file"], art.get("method"))
+                continue
+            if "stream" in art:
+                if art["stream"]["kind"] != "fuse":
+                    continue  # timed inside the fuse job: one output frame's steady state
+                rt = (rt[0], "xnnpack-stream")
                 if art["backend"] in APPLE_BACKENDS:
                     log.info("skipping %s (%s): Core ML runs on Apple OSes; use "
                              "`python -m device_bench apple`", art["file"], art["backend"])
@@ -148,7 +159,7 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
             if verify and sha256_file(path) != art["sha256"]:
                 raise ValueError(f"{path}: sha256 differs from its manifest {mpath}; "
                                  "re-export or point at the matching folder")
-            extra = {k: art[k] for k in ("quantization", "planned_activation_bytes")
+            extra = {k: art[k] for k in ("quantization", "planned_activation_bytes", "stream")
                      if k in art}
             for t in threads:
                 artifact_jobs.append(Job(

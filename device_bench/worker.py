@@ -106,12 +106,60 @@ def load_executorch(job: dict):
     job["threads_effective"] = int(_threadpool_get_thread_count())
 
     def load():
-        method = Runtime.get().load_program(job["path"]).load_method(job["method"])
+        program = Runtime.get().load_program(job["path"])
+        if "stream" in job.get("extra", {}):
+            return stream_step({name: program.load_method(name)
+                                for name in program.method_names}, job["centre"])
+        method = program.load_method(job["method"])
 
         def run(frames, exposures):
             return method.execute([frames, exposures])[0]
         return run
     return load, "executorch", importlib.metadata.version("executorch"), torch.from_numpy
+
+
+def stream_step(methods: dict, centre: str):
+    """One output frame of a streaming program's frame loop per call, on a fixed window.
+
+    The first call fills the ring: all frames encoded, the centre's four pairs through `flow`.
+    Every later call is what the loop runs when a new frame arrives: its encode (the newest
+    frame, position 4, has the centre's exposure), `flow` for its pairs with the two frames
+    before it (positions 2 and 3; the second serves the next window, and a loop computes it
+    now), and the fuse. Costs do not depend on the content, so the window stays the same."""
+    import torch
+
+    state: dict = {}
+
+    def call(name, *inputs):
+        return methods[name].execute([t.contiguous() for t in inputs])
+
+    def run(frames, exposures):
+        rel = exposures / exposures.min(dim=1, keepdim=True).values
+        t = frames.shape[1]
+        c = t // 2
+        kind = ["long" if r > 1.01 else "short" for r in rel[0].tolist()]
+
+        def encode(j):
+            return call(f"encode_{kind[j]}", frames[:, j], rel[:, j:j + 1])
+
+        def flow(a, b):
+            return call("flow", frames[:, a], rel[:, a:a + 1], frames[:, b], rel[:, b:b + 1])
+
+        if not state:
+            state["feats"] = [encode(j) for j in range(t)]
+            state["flows"] = {j: flow(c, j) for j in range(t) if j != c}
+        else:
+            state["feats"][t - 1] = encode(t - 1)
+            state["flows"][t - 1] = flow(c, t - 1)
+            flow(t - 2, t - 1)
+        near = [j for j in range(t) if j != c]
+        stacks = [torch.cat([state["feats"][j][lv] for j in near])
+                  for lv in range(len(state["feats"][c]))]
+        t_n = torch.cat([state["flows"][j][0] for j in near])
+        n_t = torch.cat([state["flows"][j][1] for j in near])
+        return call(f"fuse_{centre}", frames, exposures, *state["feats"][c], *stacks, t_n,
+                    n_t)[0]
+    return run
 
 
 def load_onnxruntime(job: dict):

@@ -154,6 +154,40 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dic
     return records
 
 
+def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -> list[dict]:
+    """One streaming .pte per s (`export/stream.py`: encode_short, encode_long, flow and a fuse
+    per centre, sharing weights), each fuse gated as a frame loop; their records."""
+    from export.artifacts import artifact_record
+    from export.stream import export_stream, gate_stream, program_methods, signatures
+
+    records = []
+    for group in by_s.values():
+        programs = export_stream(model, group, size)
+        exec_prog, cov = lower(programs, "xnnpack")
+        path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+                       "_xnnpack_stream.pte"
+        path.write_bytes(exec_prog.buffer)
+        arena, sig = planned_bytes(exec_prog), signatures(programs)
+        methods = program_methods(path)
+        stream = {"methods": sorted(programs), "per_output_frame": {
+            "encode": 1, "flow": 2, "fuse": 1}}
+        for b in group:
+            check_runnable(f"fuse_{b.centre}", arena[f"fuse_{b.centre}"])
+            parity = gate_stream(methods, model, b, windows)
+            names = [f"fuse_{b.centre}"] + (["encode_short", "encode_long", "flow"]
+                                            if b is group[0] else [])
+            for method in names:
+                kind = method.split("_")[0]
+                extra = {} if kind == "fuse" else {"centre": "any"}
+                records.append(artifact_record(
+                    path, stage, "executorch-xnnpack", "fp32", b, size, parity, method=method,
+                    stream={"kind": kind, **stream, **sig[method]}, delegation=cov[method],
+                    planned_activation_bytes=arena[method], **extra))
+        log.info("stream s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
+                                                     for m, a in arena.items()})
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     from dealthdr.cli import parse_size
 
@@ -177,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                         "statistics (methods guide, flows, tile_<centre>; run by `python -m "
                         "device_bench tiled`), gated against the tiled eager network "
                         "(xnnpack only; default: none)")
+    p.add_argument("--stream", action="store_true",
+                   help="also write <name>_stream.pte per s: the streaming methods of a "
+                        "phone's frame loop (encode_short, encode_long, flow: once per input "
+                        "frame; fuse_<centre>: once per output frame), sharing weights, gated "
+                        "as a frame loop against the eager window network (xnnpack only)")
     p.add_argument("--bundle", action="store_true",
                    help="also write <name>.bpte: a BundledProgram embedding held-out test "
                         "inputs and expected outputs for on-device verification")
@@ -196,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             if th != tw or fh < th or fw < tw:
                 raise ValueError(f"--tiled-frame {fh}x{fw} must be at least the square --size "
                                  f"{th}x{tw}")
+        if args.stream and args.backend != "xnnpack":
+            raise ValueError("--stream is implemented for --backend xnnpack only")
         if args.precision == "fp16" and args.backend == "xnnpack":
             raise ValueError("--precision fp16 is for --backend coreml; XNNPACK exports fp32 "
                              "(int8: python quantize/qat.py)")
@@ -235,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                                              for m, c in cov.items()})
             if args.tiled_frame is not None:
                 records.extend(tiled_programs(stage, model, info, by_s, args))
+            if args.stream:
+                records.extend(stream_programs(stage, model, info, by_s, args.size, windows))
             if args.backend == "coreml":
                 notes.append("Core ML delegate: numeric parity pending (needs macOS/iOS)")
             write_manifest(stage, "export/to_executorch.py", args, info, calibration, records,

@@ -91,8 +91,17 @@ def prepare_inputs(frames: torch.Tensor, exposures: torch.Tensor,
     the linear frame with its gamma-1/gamma version: (B, T, 3, H, W) -> (B, T, 6, H, W).
     """
     rel = relative_exposures(exposures)
-    linear = frames.clamp(0, 1) ** gamma / rel.view(*rel.shape, 1, 1, 1)
-    return torch.cat((linear, linear.clamp_min(1e-8) ** (1.0 / gamma)), dim=2)
+    return normalise_exposure(frames, rel.view(*rel.shape, 1, 1, 1), gamma, dim=2)
+
+
+def normalise_exposure(frames: torch.Tensor, rel: torch.Tensor, gamma: float = 2.2,
+                       dim: int = 1) -> torch.Tensor:
+    """Eq. 1 for frames whose exposure relative to their window's shortest is known (`rel`,
+    broadcastable to the frames): linear / rel and its gamma version, concatenated on `dim`.
+    A stream encodes each frame once with this and reuses the result in every window that gives
+    the frame the same `rel`."""
+    linear = frames.clamp(0, 1) ** gamma / rel
+    return torch.cat((linear, linear.clamp_min(1e-8) ** (1.0 / gamma)), dim=dim)
 
 
 def pooled_guide(frames: torch.Tensor, exposures: torch.Tensor, gamma: float, pad: tuple[int, int],

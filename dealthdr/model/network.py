@@ -19,8 +19,8 @@ from .config import DeAltHDRConfig
 from .encoder import Encoder
 from .fgma import FGMA, bucket_tiles, tile_grid, tile_max
 from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
-                     long_pattern_from_exposures, neighbours, pad_frames, pooled_guide,
-                     prepare_inputs, relative_exposures, take)
+                     long_pattern_from_exposures, neighbours, normalise_exposure, pad_frames,
+                     pooled_guide, prepare_inputs, relative_exposures, take)
 from .layers import Upsample
 from .merge import ExposureMerge
 from .router import FrameHistoryRouter
@@ -193,6 +193,13 @@ class DeAltHDR(nn.Module):
 
     def _padded_inputs(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
         return pad_frames(prepare_inputs(frames, exposures, self.cfg.gamma), PAD_MULTIPLE)
+
+    def frame_inputs(self, frames: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """Single frames' padded Eq. 1 input: frames (N, 3, H, W) gamma LDR, rel (N, 1) each
+        frame's exposure relative to the shortest of the window it serves -> (N, 6, H', W'),
+        what `_padded_inputs` gives those frames inside that window (an encoder's input)."""
+        x = normalise_exposure(frames, rel.reshape(-1, 1, 1, 1), self.cfg.gamma)
+        return pad_frames(x.unsqueeze(0), PAD_MULTIPLE)[0]
 
     def _reconstruct(self, x: torch.Tensor, rel: torch.Tensor, pattern: tuple[bool, ...],
                      s: float, budget: tuple[int, int, int] | None,

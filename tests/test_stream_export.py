@@ -1,0 +1,125 @@
+"""Streaming programs (`export/stream.py`): the per-frame methods and the per-window fuse,
+run as a frame loop, against the window network they replace."""
+import math
+
+import pytest
+import torch
+
+from dealthdr.model.inputs import long_pattern_from_exposures
+from dealthdr.model.network import bucket_budget
+from dealthdr.reconstruct import window_indices
+from dealthdr.testclip import make_clip
+from export.buckets import Bucket, BucketGraph
+from export.stream import StreamRunner, eager_methods, export_stream, signatures
+from tests.conftest import untrained_tiny
+
+SIZE = (32, 48)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return untrained_tiny(seed=4)
+
+
+def _buckets(s: float, ratio: float) -> list[Bucket]:
+    budget = bucket_budget(ratio, SIZE, 8)
+    return [Bucket(s, c, (ratio,) * 3, budget, 8) for c in ("short", "long")]
+
+
+def _sequence(n: int, exposures=None):
+    frames, _, _ = make_clip(*SIZE, frames=n, seed=6)
+    if exposures is None:
+        exposures = [8.0 if i % 2 else 1.0 for i in range(n)]
+    return frames[0], torch.tensor(exposures)
+
+
+def _loop(model, buckets, frames, exposures):
+    runner = StreamRunner(eager_methods(model, buckets))
+    by_centre = {b.centre: b for b in buckets}
+    worst, n = 0.0, frames.shape[0]
+    for t in range(n):
+        idx = window_indices(t, n)
+        f, e = frames[idx][None], exposures[idx][None]
+        centre = "long" if long_pattern_from_exposures(e)[2] else "short"
+        with torch.no_grad():
+            ref = BucketGraph(model, by_centre[centre])(f, e)
+        worst = max(worst, float((runner(idx, f, e, centre) - ref).abs().max()))
+    return worst, runner
+
+
+@pytest.mark.parametrize("s,ratio", [(0.0, 0.0), (2.0, 0.3), (math.inf, 1.0)])
+def test_frame_loop_equals_the_window_network(model, s, ratio):
+    frames, exposures = _sequence(9)
+    worst, runner = _loop(model, _buckets(s, ratio), frames, exposures)
+    assert worst <= 1e-5
+    # each frame encoded once, each pair (distance 1 and 2, plus the two self-pairs that
+    # reflection puts at the ends) through `flow` once for both directions
+    assert runner.counts == {"encode": 9, "flow": 17, "fuse": 9}
+    assert len(runner.features) <= 5
+
+
+def test_an_exposure_change_encodes_the_affected_frames_again(model):
+    # both exposures 0.5 % longer from frame 5 on (within the 1 % the network reads as one
+    # exposure): windows reaching past frame 5 normalise to another shortest exposure
+    exposures = [1.0, 8.0, 1.0, 8.0, 1.0, 8.04, 1.005, 8.04, 1.005, 8.04, 1.005]
+    frames, exposures = _sequence(11, exposures)
+    worst, runner = _loop(model, _buckets(2.0, 0.3), frames, exposures)
+    assert worst <= 1e-5
+    assert runner.counts["encode"] > 11 and runner.counts["fuse"] == 11
+
+
+def test_exported_methods_take_and_return_the_documented_shapes(model):
+    programs = export_stream(model, _buckets(2.0, 0.3), SIZE)
+    sig = signatures(programs)
+    assert set(sig) == {"encode_short", "encode_long", "flow", "fuse_short", "fuse_long"}
+    h, w = SIZE
+    assert sig["encode_short"]["inputs"] == [[1, 3, h, w], [1, 1]]
+    assert [o[1:] for o in sig["encode_long"]["outputs"]] == [
+        [16, h, w], [32, h // 2, w // 2], [64, h // 4, w // 4], [128, h // 8, w // 8]]
+    flow = sig["flow"]["outputs"]
+    assert len(flow) == 2 and flow[0] == flow[1] and flow[0][:2] == [1, 2]
+    fuse = sig["fuse_short"]["inputs"]
+    assert fuse[:2] == [[1, 5, 3, h, w], [1, 5]] and fuse[6] == [4, 16, h, w]
+    assert fuse[-2:] == [[4, *flow[0][1:]]] * 2     # the four pairs' flows as `flow` returns
+    assert sig["fuse_long"]["outputs"] == [[1, 3, h, w]]
+    # the exported graphs compute what the eager methods do
+    frames, exposures = _sequence(5)
+    f, e = frames[None], exposures[None]
+    eager = StreamRunner(eager_methods(model, _buckets(2.0, 0.3)))
+    graphs = StreamRunner({k: _call(p.module()) for k, p in programs.items()})
+    idx = list(range(5))
+    assert torch.allclose(graphs(idx, f, e, "short"), eager(idx, f, e, "short"), atol=1e-5)
+
+
+def _call(graph):
+    def run(inputs):
+        with torch.no_grad():
+            out = graph(*inputs)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+    return run
+
+
+def test_benchmark_step_runs_the_steady_state_and_returns_the_window_output(model):
+    from device_bench.worker import stream_step
+
+    class Method:  # a loaded ExecuTorch method's calling convention, counting calls
+        def __init__(self, run):
+            self.run, self.calls = run, 0
+
+        def execute(self, inputs):
+            self.calls += 1
+            return self.run(inputs)
+
+    buckets = _buckets(2.0, 0.3)
+    methods = {k: Method(v) for k, v in eager_methods(model, buckets).items()}
+    frames, exposures = _sequence(5)
+    f, e = frames[None], exposures[None]
+    step = stream_step(methods, "short")
+    with torch.no_grad():
+        ref = BucketGraph(model, buckets[0])(f, e)
+    assert float((step(f, e) - ref).abs().max()) <= 1e-5      # fills the ring
+    assert methods["encode_short"].calls == 3 and methods["encode_long"].calls == 2
+    assert methods["flow"].calls == 4
+    assert float((step(f, e) - ref).abs().max()) <= 1e-5      # one steady-state frame
+    assert methods["encode_short"].calls == 4 and methods["encode_long"].calls == 2
+    assert methods["flow"].calls == 6 and methods["fuse_short"].calls == 2
