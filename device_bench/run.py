@@ -113,6 +113,16 @@ def host_fields(device: str) -> dict:
     return {"device": device, "cpu": cpu_model(), "os": f"{platform.system()} {platform.release()}"}
 
 
+def streamed_flops(window: dict) -> tuple[float | None, dict]:
+    """One output frame of a frame loop from the window graph's components: one of the five
+    encodes and four of the eight SpyNet directions (two pairs, both ways)."""
+    if not window:
+        return None, {}
+    share = {"encoders": 1 / 5, "flow (SpyNet)": 1 / 2}
+    comps = {k: v * share.get(k, 1.0) for k, v in window.items()}
+    return sum(comps.values()), comps
+
+
 def build_record(job, result: dict, host: dict, gflops, components: dict, trim: float) -> dict:
     from device_bench.jobs import attention_ratio
     from device_bench.stats import latency_stats
@@ -253,6 +263,8 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
             save_partial()
             continue
         gflops, comps = flops(job)
+        if job.backend.endswith("-stream"):
+            gflops, comps = streamed_flops(comps)
         rec = build_record(job, merge_passes(have), host, gflops, comps, trim)
         if schema.key(rec) != job_key(job):  # the worker reports its runtime's own name
             raise RuntimeError(f"{job.label}: record key {schema.key(rec)} != job key")

@@ -123,3 +123,11 @@ def test_benchmark_step_runs_the_steady_state_and_returns_the_window_output(mode
     assert float((step(f, e) - ref).abs().max()) <= 1e-5      # one steady-state frame
     assert methods["encode_short"].calls == 4 and methods["encode_long"].calls == 2
     assert methods["flow"].calls == 6 and methods["fuse_short"].calls == 2
+
+
+def test_a_streamed_frame_counts_one_encode_and_half_of_spynet():
+    from device_bench.run import streamed_flops
+
+    total, comps = streamed_flops({"encoders": 5.0, "flow (SpyNet)": 2.0, "decoder": 3.0})
+    assert comps == {"encoders": 1.0, "flow (SpyNet)": 1.0, "decoder": 3.0} and total == 5.0
+    assert streamed_flops({}) == (None, {})
