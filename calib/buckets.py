@@ -106,7 +106,8 @@ def run_calibration(checkpoint: str, variant: str | None, s_values: list[float],
 
     path = resolve_checkpoint(checkpoint)
     model, _ = load_checkpoint(path, variant)
-    windows = make_windows("train", *size, clips=clips, seed=seed, progress=progress)
+    windows = make_windows("train", *size, clips=clips, seed=seed, progress=progress,
+                           frames=model.cfg.num_frames)
     return {"format": FORMAT, "variant": model.cfg.name, "tile": model.cfg.attn_tile,
             "checkpoint": str(path),
             "checkpoint_sha256": sha256_file(path), "quantile": quantile,

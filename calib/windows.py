@@ -1,10 +1,11 @@
-"""Deterministic 5-frame windows from the bundled HDR panoramas, generated in memory.
+"""Deterministic windows from the bundled HDR panoramas, generated in memory.
 
 Export calibration and parity gates need realistic inputs at the exported shape, and nothing may
-be downloaded: each 6-frame synthetic clip (`dealthdr.data.synth`, the training recipe) yields one
-window centred on a short frame and one centred on a long frame, so both graphs of a bucket are
-calibrated and gated. Calibration draws from the training panoramas, parity gates from the
-held-out ones, so a bucket is never judged on the clips that sized it.
+be downloaded: each synthetic clip (`dealthdr.data.synth`, the training recipe) one frame longer
+than the window yields one window centred on a short frame and one centred on a long frame, so
+both graphs of a bucket are calibrated and gated. Calibration draws from the training
+panoramas, parity gates from the held-out ones, so a bucket is never judged on the clips that
+sized it.
 
 Frames larger than `MAX_SYNTH_SIDE` are synthesised at a smaller size of the same aspect and
 resized (bilinear) to the target: the bundled panoramas are too small to render 1080p views, and
@@ -19,16 +20,18 @@ import cv2
 import numpy as np
 import torch
 
+from dealthdr.model.config import DeAltHDRConfig
+from dealthdr.model.inputs import CENTRES  # noqa: F401  (re-exported: its home before)
+
 log = logging.getLogger(__name__)
 
 MAX_SYNTH_SIDE = 256
-CENTRES = ("short", "long")
 
 
 @dataclass
 class Window:
-    frames: torch.Tensor      # (1, 5, 3, H, W) gamma-encoded LDR in [0, 1]
-    exposures: torch.Tensor   # (1, 5) relative exposure times
+    frames: torch.Tensor      # (1, T, 3, H, W) gamma-encoded LDR in [0, 1]
+    exposures: torch.Tensor   # (1, T) relative exposure times
     hdr: torch.Tensor         # (1, 3, H, W) ground truth of the centre frame
     centre: str               # "short" or "long"
     name: str
@@ -47,16 +50,20 @@ def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def make_windows(split: str, height: int, width: int, clips: int = 2, seed: int = 0,
-                 progress: bool = False) -> list[Window]:
-    """2 * `clips` windows (short and long centre alternate) of `split` ('train'|'heldout')."""
+                 progress: bool = False,
+                 frames: int = DeAltHDRConfig.num_frames) -> list[Window]:
+    """2 * `clips` windows of `frames` frames (short and long centre alternate) of `split`
+    ('train'|'heldout')."""
     from tqdm import tqdm
 
     from dealthdr.data.synth import BUNDLED_HDRI, SynthConfig, load_panoramas, synth_clip
 
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
+    if frames < 3 or frames % 2 == 0:
+        raise ValueError(f"a window needs an odd number of frames >= 3, got {frames}")
     sh, sw = _synth_size(height, width)
-    cfg = SynthConfig(frames=6, height=sh, width=sw)
+    cfg = SynthConfig(frames=frames + 1, height=sh, width=sw)
     sources = load_panoramas(BUNDLED_HDRI, split, cfg)
     if (sh, sw) != (height, width):
         log.info("windows synthesised at %dx%d and resized to %dx%d", sh, sw, height, width)
@@ -67,19 +74,11 @@ def make_windows(split: str, height: int, width: int, clips: int = 2, seed: int 
         hdr = _resize(clip.hdr, height, width)
         exposures = np.asarray(clip.meta["exposures"], np.float32)
         for start in (0, 1):
-            sl = slice(start, start + 5)
-            centre = "long" if clip.meta["long"][start + 2] else "short"
+            sl, mid = slice(start, start + frames), start + frames // 2
+            centre = "long" if clip.meta["long"][mid] else "short"
             out.append(Window(
                 torch.from_numpy(np.ascontiguousarray(ldr[sl].transpose(0, 3, 1, 2)))[None],
                 torch.from_numpy(exposures[sl])[None],
-                torch.from_numpy(np.ascontiguousarray(hdr[start + 2].transpose(2, 0, 1)))[None],
+                torch.from_numpy(np.ascontiguousarray(hdr[mid].transpose(2, 0, 1)))[None],
                 centre, f"{split}{seed}-clip{i}-{centre}"))
     return out
-
-
-def pattern(centre: str) -> tuple[bool, ...]:
-    """long_pattern of a 5-frame window whose centre has exposure `centre`."""
-    if centre not in CENTRES:
-        raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
-    first_long = centre == "short"  # alternating: the centre's neighbours have the other exposure
-    return tuple((i % 2 == 0) != first_long for i in range(5))

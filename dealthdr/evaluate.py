@@ -1,10 +1,11 @@
 """Evaluation on clip folders (paper §5.2): full-reference metrics per frame, temporal metrics
 per pair of consecutive frames, for the network at several s and for the non-learned baselines.
 
-Every centre frame with a full 5-frame window (t = 2 .. F-3) is evaluated. Per-frame metrics
-(PSNR-μ, SSIM-μ, PSNR-L, FovVideoVDP) are averaged over all evaluated frames of all clips;
-temporal metrics (TWE, tOF) over all pairs (t, t+1) of consecutive evaluated frames. Outputs
-are streamed: only the previous output frame is kept, so clip length does not bound memory.
+Every centre frame with a full window (the network's `num_frames`; 5: t = 2 .. F-3) is
+evaluated. Per-frame metrics (PSNR-μ, SSIM-μ, PSNR-L, FovVideoVDP) are averaged over all
+evaluated frames of all clips; temporal metrics (TWE, tOF) over all pairs (t, t+1) of
+consecutive evaluated frames. Outputs are streamed: only the previous output frame is kept, so
+clip length does not bound memory.
 """
 from __future__ import annotations
 
@@ -21,25 +22,27 @@ import torch
 from . import metrics
 from .baselines import BASELINES
 from .data.clip import Clip, list_clips, read_clip
-from .model import DeAltHDR
+from .model import DeAltHDR, DeAltHDRConfig
 from .sensitivity import s_text
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dealthdr-eval/2"  # /2: s is text ("0", "15", "inf"), null for baselines
-WINDOW = 5
 FRAME_METRICS = ("psnr_mu", "ssim_mu", "psnr_linear", "fvvdp")
 PAIR_METRICS = ("twe", "tof")
-# (window frames (5, 3, H, W) in [0, 1], exposures (5,)) -> linear HDR (3, H, W), short units
+# (window frames (T, 3, H, W) in [0, 1], exposures (T,)) -> linear HDR (3, H, W), short units
 Reconstruct = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One thing to evaluate: the network at one s, or a baseline (s None)."""
+    """One thing to evaluate: the network at one s, or a baseline (s None). `window`: the
+    frames it needs (the network's `num_frames`); None for a baseline, which takes any odd
+    window."""
     name: str
     s: float | None
     run: Reconstruct
+    window: int | None = None
 
 
 def model_method(model: DeAltHDR, s: float) -> Method:
@@ -51,7 +54,7 @@ def model_method(model: DeAltHDR, s: float) -> Method:
             out = model(torch.from_numpy(frames)[None], torch.from_numpy(exposures)[None], s=s)
         return out[0].numpy()
 
-    return Method("dealthdr", s, run)
+    return Method("dealthdr", s, run, model.cfg.num_frames)
 
 
 def baseline_methods(names: Iterable[str]) -> list[Method]:
@@ -69,8 +72,18 @@ def _flow_index(clip: Clip, k: int) -> int | None:
     return clip.flow_offsets.index(k) if k in clip.flow_offsets else None
 
 
-def _centres(n_frames: int) -> range:
-    half = WINDOW // 2
+def window_of(methods: list[Method]) -> int:
+    """The window every method is evaluated with: the networks' (one for all, so every method
+    scores the same frames), or the default network's when only baselines run."""
+    sizes = {m.window for m in methods if m.window is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"networks with different windows ({sorted(sizes)} frames) cannot be "
+                         "evaluated together; evaluate them separately")
+    return sizes.pop() if sizes else DeAltHDRConfig.num_frames
+
+
+def _centres(n_frames: int, window: int) -> range:
+    half = window // 2
     return range(half, n_frames - half)
 
 
@@ -86,7 +99,8 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
     if clip.hdr is None:
         raise ValueError(f"{clip.meta.get('path', 'clip')}: no hdr/ ground truth; "
                          "evaluation needs it")
-    centres = _centres(len(clip))
+    window = window_of(methods)
+    centres = _centres(len(clip), window)
     # Temporal metrics see one normalisation per clip (the GT's max over the evaluated
     # frames), so a per-frame rescaling cannot create or hide flicker.
     peak = float(clip.hdr[centres.start:centres.stop].max()) if white is None else white
@@ -96,7 +110,7 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
     exposures = clip.exposures.astype(np.float32)
     fw, bw = _flow_index(clip, 1), _flow_index(clip, -1)
     has_flow = clip.flow is not None and fw is not None
-    hard = {t: _hard_region(clip, t) for t in centres}
+    hard = {t: _hard_region(clip, t, window) for t in centres}
     out = []
     for method in methods:
         acc = {k: 0.0 for k in FRAME_METRICS + PAIR_METRICS}
@@ -106,7 +120,7 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         elapsed = 0.0  # reconstruction only, not the metrics
         for t in centres:
             start = time.perf_counter()
-            win = slice(t - WINDOW // 2, t + WINDOW // 2 + 1)
+            win = slice(t - window // 2, t + window // 2 + 1)
             pred = method.run(frames[win], exposures[win]).transpose(1, 2, 0)
             elapsed += time.perf_counter() - start
             gt = clip.hdr[t]
@@ -138,13 +152,13 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
     return out
 
 
-def _hard_region(clip: Clip, t: int) -> np.ndarray | None:
+def _hard_region(clip: Clip, t: int, window: int) -> np.ndarray | None:
     """`metrics.hard_region` of centre t from the clip's ground-truth flow to every neighbour
     of its window; None without flow (clips not made by `synth`)."""
     if clip.flow is None:
         return None
     flows = {}
-    for k in range(-(WINDOW // 2), WINDOW // 2 + 1):
+    for k in range(-(window // 2), window // 2 + 1):
         i, back = _flow_index(clip, k), _flow_index(clip, -k)
         if k != 0 and i is not None:
             flows[k] = (clip.flow[t, i], None if back is None else clip.flow[t + k, back])
@@ -215,13 +229,14 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
         fvvdp_note = "disabled (--no-fvvdp)"
     run_fvvdp = fvvdp_note is None
 
+    window = window_of(methods)
     per_clip, skipped = [], []
     for path in tqdm(paths, desc="clips", unit="clip", disable=not progress):
         clip = read_clip(path)
         clip.meta["path"] = str(path)
-        if len(clip) < WINDOW:
+        if len(clip) < window:
             log.warning("%s: %d frames, fewer than a %d-frame window: skipped", path,
-                        len(clip), WINDOW)
+                        len(clip), window)
             skipped.append(str(path))
             continue
         if clip.flow is None:
@@ -230,7 +245,7 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
             r["clip"] = path.name
             per_clip.append(r)
     if not per_clip:
-        raise ValueError(f"no clip under {data} has the {WINDOW} frames a window needs")
+        raise ValueError(f"no clip under {data} has the {window} frames a window needs")
 
     records = [{**r, "s": _s(r["s"])} for r in summarise(per_clip)]
     if fvvdp_note:

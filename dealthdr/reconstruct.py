@@ -1,12 +1,13 @@
 """Reconstruct a whole alternating-exposure sequence: one linear HDR frame per input frame.
 
-Windows. Frame t is reconstructed from the paper's 5-frame window t-2..t+2. At the first and
-last two frames the missing indices are reflected about the sequence ends (-1 -> 1, -2 -> 2,
-F -> F-2, F+1 -> F-3). A reflection keeps an index's parity, so the window still alternates
-short/long exactly like a full one and the network sees no pattern it was not trained on; the
-reflected frames are real neighbours, seen twice, which the exposure-aware merge weighs like
-any other aligned neighbour. (Replicating the end frame instead would put two frames of the
-same exposure side by side and break the alternation the network checks.)
+Windows. Frame t is reconstructed from the network's window (`num_frames`; the paper's 5 frames,
+t-2..t+2). At the first and last two frames the missing indices are reflected about the sequence
+ends (-1 -> 1, -2 -> 2, F -> F-2, F+1 -> F-3). A reflection keeps an index's parity, so the
+window still alternates short/long exactly like a full one and the network sees no pattern it
+was not trained on; the reflected frames are real neighbours, seen twice, which the
+exposure-aware merge weighs like any other aligned neighbour. (Replicating the end frame instead
+would put two frames of the same exposure side by side and break the alternation the network
+checks.)
 
 Units. The network returns radiance in units of the shortest exposure of its window. Each
 output is rescaled to the sequence's shortest short exposure, so that a sequence with varying
@@ -58,14 +59,13 @@ from .checkpoint import atomic_write_bytes
 from .data.io import read_hdr, write_exr
 from .data.sequence import Sequence
 from .evaluate import jsonable
-from .model import DeAltHDR
+from .model import DeAltHDR, DeAltHDRConfig
 from .stream import FrameStream
 from .tiling import eager_tile_run, network_align, run_tiled
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dealthdr-reconstruction/1"
-WINDOW = 5
 
 
 def reflect(i: int, n: int) -> int:
@@ -77,8 +77,9 @@ def reflect(i: int, n: int) -> int:
     return period - i if i >= n else i
 
 
-def window_indices(t: int, n: int, size: int = WINDOW) -> list[int]:
-    """The frames of t's window, reflected at the sequence ends (see the module docstring)."""
+def window_indices(t: int, n: int, size: int = DeAltHDRConfig.num_frames) -> list[int]:
+    """The `size` frames of t's window (the network's `num_frames`), reflected at the sequence
+    ends (see the module docstring)."""
     half = size // 2
     return [reflect(i, n) for i in range(t - half, t + half + 1)]
 
@@ -86,7 +87,7 @@ def window_indices(t: int, n: int, size: int = WINDOW) -> list[int]:
 def infer(model: DeAltHDR, frames: np.ndarray, exposures: np.ndarray, s: float,
           tile: int = 0, overlap: int = 32, device: torch.device | str = "cpu",
           passes: int = 2) -> np.ndarray:
-    """One window (5, H, W, 3) gamma LDR + (5,) exposures -> linear HDR (H, W, 3), float32,
+    """One window (T, H, W, 3) gamma LDR + (T,) exposures -> linear HDR (H, W, 3), float32,
     in units of the window's shortest exposure; tiled when tile > 0 and a side exceeds it
     (`passes` over the tiles, see the module docstring)."""
     return infer_with_statistics(model, frames, exposures, s, tile, overlap, device, passes)[0]
@@ -114,7 +115,7 @@ def infer_with_statistics(model: DeAltHDR, frames: np.ndarray, exposures: np.nda
 
 def _streamed(streamer: FrameStream, idx: list[int], frames: np.ndarray, exposures: np.ndarray,
               device: torch.device | str) -> np.ndarray:
-    """One window through the stream: (5, H, W, 3) -> (H, W, 3), as `infer`."""
+    """One window through the stream: (T, H, W, 3) -> (H, W, 3), as `infer`."""
     x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
     e = torch.from_numpy(np.asarray(exposures, dtype=np.float32))[None].to(device)
     return streamer(idx, x, e)[0][0].permute(1, 2, 0).cpu().numpy()
@@ -173,15 +174,17 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def score(seq: Sequence, hdr_dir: Path, indices: list[int], white: float = 1.0) -> dict:
+def score(seq: Sequence, hdr_dir: Path, indices: list[int], white: float = 1.0,
+          window: int = DeAltHDRConfig.num_frames) -> dict:
     """PSNR-mu of the written EXR files against the sequence's ground truth, normalised at the
     short exposure's white as `dealthdr evaluate` does: over every written frame, and over the
-    frames evaluate scores (full 5-frame windows, t = 2 .. F-3)."""
+    frames evaluate scores (full windows of `window` frames: t = 2 .. F-3 for 5)."""
     values = {}
     for t in indices:
         pred = read_hdr(hdr_dir / f"{t:06d}.exr")
         values[t] = metrics.psnr_mu(pred, seq.hdr_loader(t), white)
-    full = [v for t, v in values.items() if 2 <= t <= len(seq) - 3]
+    half = window // 2
+    full = [v for t, v in values.items() if half <= t < len(seq) - half]
     mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     return {"psnr_mu_all_frames": mean(list(values.values())),
             "psnr_mu_full_windows": mean(full), "frames_full_windows": len(full),
@@ -222,7 +225,7 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
             (staging / "preview").mkdir()
         pngs = []
         for t in tqdm(frames, desc="reconstruct", unit="frame", disable=not progress):
-            idx = window_indices(t, n)
+            idx = window_indices(t, n, model.cfg.num_frames)
             win = np.stack([seq.frame(i) for i in idx])
             exp = seq.exposures[idx]
             centre_long = bool(seq.long[t])
@@ -253,13 +256,15 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
             "exr": "half" if half else "float32", "units": (
                 "linear radiance in units of the shortest short exposure "
                 f"({ref:g}); ldr^2.2 / (exposure / {ref:g}) of an unclipped frame"),
-            "edges": "5-frame window reflected about the sequence ends (keeps alternation)",
+            "edges": f"{model.cfg.num_frames}-frame window reflected about the sequence ends "
+                     "(keeps alternation)",
             "tile": tile, "overlap": overlap, "tile_passes": passes,
             "tile_statistics": "carried" if carry_statistics else "fresh",
             "stream": streamer is not None, "seconds": seconds,
             "seconds_per_frame": seconds / len(frames), "mp4": mp4_note, **(extra or {})}
         if seq.hdr_loader is not None:
-            manifest["ground_truth"] = score(seq, staging / "hdr", list(frames))
+            manifest["ground_truth"] = score(seq, staging / "hdr", list(frames),
+                                             window=model.cfg.num_frames)
         atomic_write_bytes(staging / "manifest.json", json.dumps(
             jsonable(manifest), indent=2, allow_nan=False).encode())
         _publish(staging, out)

@@ -100,6 +100,7 @@ def coreml_entries(items: list[Path], functions: list[str] | None) -> list[dict]
                         "ratio_budget": art["attention_ratio_budget"],
                         "tile": art.get("tile", 1),
                         "size": tuple(art["input_shape"]["frames"][-2:]),
+                        "frames": art["input_shape"]["frames"][1],
                         "sha256": art["sha256"]})
     if not out:
         raise ValueError(f"no Core ML artifacts (backend 'coreml') in {[str(i) for i in items]}"
@@ -188,7 +189,7 @@ def _plan_ops(plan, function: str) -> list[tuple[str, str, float | None]]:
 def _inputs(entry: dict) -> dict:
     from device_bench.worker import make_inputs
 
-    frames, exposures = make_inputs(entry["centre"], entry["size"])
+    frames, exposures = make_inputs(entry["centre"], entry["size"], frames=entry["frames"])
     return {"frames": frames, "exposures": exposures}
 
 
@@ -272,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
 
     def gflops(e):
         job = Job("coreml", "", e["precision"], e["variant"], e["s"], e["centre"],
-                  e["bucket_k"], e["ratio_budget"], e["size"], 1, e["sha256"], tile=e["tile"])
+                  e["bucket_k"], e["ratio_budget"], e["size"], 1, e["sha256"], e["frames"],
+                  tile=e["tile"])
         total = flops(job)[0]
         return None if total is None else round(total, 4)
 

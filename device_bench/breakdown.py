@@ -106,7 +106,7 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
     from dealthdr.profile import count_flops
     from export.buckets import BucketGraph, example_inputs
 
-    frames, exposures = example_inputs(bucket, size)
+    frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     budget = None if bucket.s == 0 else bucket.budget
     with torch.no_grad():
         total_flops, comps, _ = count_flops(model, frames, exposures, bucket.s, budget)

@@ -39,6 +39,8 @@ class Job:
     size: tuple[int, int]
     threads: int
     sha256: str                  # the artifact's, or the checkpoint's for eager
+    frames: int                  # window length: the artifact's input shape, or the eager
+                                 # checkpoint's num_frames
     path: str | None = None
     method: str | None = None
     checkpoint: str | None = None
@@ -116,7 +118,7 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
              centres: tuple[str, ...] = ("short", "long"), checkpoint: str | None = None,
              verify: bool = True) -> list[Job]:
     """Jobs for every artifact of the manifests (and eager for every bucket) that matches."""
-    from dealthdr.model import get_config
+    from dealthdr.checkpoint import read_config
 
     from calib.buckets import sha256_file
     from export.buckets import make_buckets
@@ -165,20 +167,21 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
                 artifact_jobs.append(Job(
                     rt[0], rt[1], art["precision"], variant, art["s"], art["centre"],
                     list(art["bucket_k"]), list(art["attention_ratio_budget"]), size, t,
-                    art["sha256"], path=str(path), method=art.get("method"),
-                    manifest=str(mpath), extra=extra, tile=art.get("tile", 1)))
+                    art["sha256"], art["input_shape"]["frames"][1], path=str(path),
+                    method=art.get("method"), manifest=str(mpath), extra=extra,
+                    tile=art.get("tile", 1)))
     eager_jobs = []
     if "torch" in runtimes:
         digests = {c: sha256_file(c) for c in set(eager_buckets.values())}
         for (variant, s, centre, ratio), ckpt in eager_buckets.items():
             cal = {"buckets": [{"s": s, "ratio": list(ratio)}]}
+            cfg = read_config(ckpt)[0]  # what the worker's eager model is built from
             for size in sizes:
-                b = make_buckets(cal, [float(s)], size, (centre,),
-                                 get_config(variant).attn_tile)[0]
+                b = make_buckets(cal, [float(s)], size, (centre,), cfg.attn_tile)[0]
                 for t in threads:
                     eager_jobs.append(Job("torch", "eager-cpu", "fp32", variant, s, centre,
                                           list(b.budget), list(ratio), size, t, digests[ckpt],
-                                          checkpoint=ckpt, tile=b.tile))
+                                          cfg.num_frames, checkpoint=ckpt, tile=b.tile))
     jobs = eager_jobs + artifact_jobs
     order = {r: i for i, r in enumerate(RUNTIMES)}
     jobs.sort(key=lambda j: (j.size, j.threads, float(j.s), j.centre, order[j.runtime],
@@ -188,27 +191,32 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
 
 class FlopCache:
     """GFLOPs (and per-component GFLOPs) of a bucket graph, computed once per
-    (variant, s, centre, K, size). FLOPs of a fixed-K graph depend on its shapes, not on its
-    weights or its input, so a freshly built model of the variant is counted."""
+    (variant, s, centre, K, size, window length). FLOPs of a fixed-K graph depend on its shapes,
+    not on its weights or its input, so a freshly built model of the variant is counted."""
 
     def __init__(self) -> None:
         self._models, self._done = {}, {}
 
     def __call__(self, job: Job) -> tuple[float, dict]:
-        k = (job.variant, job.s, job.centre, tuple(job.bucket_k), job.size)
+        k = (job.variant, job.s, job.centre, tuple(job.bucket_k), job.size, job.frames)
         if k not in self._done:
+            import dataclasses
+
             import torch
 
-            from dealthdr.model import VARIANTS, create_model
+            from dealthdr.model import VARIANTS, create_model, get_config
             from dealthdr.profile import count_flops
             from export.buckets import Bucket, example_inputs
 
             if job.variant not in VARIANTS:
                 return None, {}
-            model = self._models.setdefault(job.variant, create_model(job.variant).eval())
+            if (job.variant, job.frames) not in self._models:
+                cfg = dataclasses.replace(get_config(job.variant), num_frames=job.frames)
+                self._models[job.variant, job.frames] = create_model(cfg).eval()
+            model = self._models[job.variant, job.frames]
             b = Bucket(float(job.s), job.centre, tuple(job.ratio_budget), tuple(job.bucket_k),
                        job.tile)
-            frames, exposures = example_inputs(b, job.size)
+            frames, exposures = example_inputs(b, job.size, model.cfg.num_frames)
             with torch.no_grad():
                 total, comps, _ = count_flops(model, frames, exposures, b.s,
                                               None if b.s == 0 else b.budget)

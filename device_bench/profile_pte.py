@@ -71,7 +71,7 @@ def _load(path: Path, method: str | None):
     shape = tuple(meta.input_tensor_meta(0).sizes())
     if meta.num_inputs() != 2 or len(shape) != 5:
         raise ValueError(f"{path}:{method}: not a DeAltHDR bucket graph (inputs: frames "
-                         f"(1, 5, 3, H, W) and exposures (1, 5); got {meta.num_inputs()} "
+                         f"(1, T, 3, H, W) and exposures (1, T); got {meta.num_inputs()} "
                          f"inputs, frames {shape})")
     return module, method, shape
 
@@ -142,7 +142,8 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
         raise ValueError("--threads and --repeat must be >= 1, --warmup >= 0")
     _unsafe_reset_threadpool(threads)
     module, method, shape = _load(path, method)
-    frames, exposures = (torch.from_numpy(a) for a in make_inputs(_centre(method), shape[-2:]))
+    frames, exposures = (torch.from_numpy(a) for a in make_inputs(_centre(method), shape[-2:],
+                                                                  frames=shape[1]))
     started = time.perf_counter()
     for _ in range(warmup + repeat):
         module.run_method(method, (frames, exposures))

@@ -113,12 +113,13 @@ def host_fields(device: str) -> dict:
     return {"device": device, "cpu": cpu_model(), "os": f"{platform.system()} {platform.release()}"}
 
 
-def streamed_flops(window: dict) -> tuple[float | None, dict]:
-    """One output frame of a frame loop from the window graph's components: one of the five
-    encodes and four of the eight SpyNet directions (two pairs, both ways)."""
+def streamed_flops(window: dict, frames: int) -> tuple[float | None, dict]:
+    """One output frame of a frame loop from the components of a window graph of `frames`
+    frames: one of its encodes and two of its frames - 1 (centre, neighbour) pairs through
+    SpyNet, both ways (for 5 frames: one of five encodes, four of the eight directions)."""
     if not window:
         return None, {}
-    share = {"encoders": 1 / 5, "flow (SpyNet)": 1 / 2}
+    share = {"encoders": 1 / frames, "flow (SpyNet)": 2 / (frames - 1)}
     comps = {k: v * share.get(k, 1.0) for k, v in window.items()}
     return sum(comps.values()), comps
 
@@ -264,7 +265,7 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
             continue
         gflops, comps = flops(job)
         if job.backend.endswith("-stream"):
-            gflops, comps = streamed_flops(comps)
+            gflops, comps = streamed_flops(comps, job.frames)
         rec = build_record(job, merge_passes(have), host, gflops, comps, trim)
         if schema.key(rec) != job_key(job):  # the worker reports its runtime's own name
             raise RuntimeError(f"{job.label}: record key {schema.key(rec)} != job key")

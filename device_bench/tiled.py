@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     job = {"pte": str(args.pte), "method": method, "size": list(args.size),
            "tile": tile_h, "overlap": args.overlap, "threads": args.threads,
            "centre": art["centre"], "passes": passes,
+           "frames": art["input_shape"]["frames"][1],
            "sums_length": art["tiled"]["sums_length"] if tiled else None,
            "flow_scale": art["tiled"]["flow_scale"] if tiled else None}
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window(size: tuple[int, int], centre: str):
+def _window(size: tuple[int, int], centre: str, frames: int):
     from calib.windows import make_windows
 
-    windows = make_windows("heldout", *size, clips=1, seed=1)
+    windows = make_windows("heldout", *size, clips=1, seed=1, frames=frames)
     return next(w for w in windows if w.centre == centre)
 
 
@@ -143,7 +144,7 @@ def _against_eager(args: argparse.Namespace, art: dict, output: Path) -> dict:
 
     torch.set_num_threads(max(1, args.threads))
     model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), None)
-    win = _window(tuple(args.size), art["centre"])
+    win = _window(tuple(args.size), art["centre"], art["input_shape"]["frames"][1])
     s = math.inf if art["s"] == "inf" else float(art["s"])
     with torch.no_grad():
         ref = model.eval()(win.frames, win.exposures, s=s)
@@ -166,7 +167,7 @@ def _worker(job: dict) -> dict:
     from export.tiles import run_program_tiled
 
     _unsafe_reset_threadpool(job["threads"])
-    win = _window(tuple(job["size"]), job["centre"])
+    win = _window(tuple(job["size"]), job["centre"], job["frames"])
     frames, exposures = win.frames.contiguous(), win.exposures.contiguous()
     watch = start_memory_watch()
     start = time.perf_counter()

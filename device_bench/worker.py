@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-NUM_FRAMES = 5
-
 
 def _status_mb(field: str) -> float | None:
     try:
@@ -62,14 +60,17 @@ def peak_memory(watch: dict) -> dict:
             "baseline_rss_mb": watch["baseline_rss_mb"], "peak_mem_method": watch["method"]}
 
 
-def make_inputs(centre: str, size: tuple[int, int], seed: int = 0):
-    """frames (1, 5, 3, H, W) in [0, 1] and exposures (1, 5) with the centre's pattern, as float32
-    numpy arrays. A bucket graph's cost does not depend on the content (K is fixed)."""
+def make_inputs(centre: str, size: tuple[int, int], seed: int = 0, *, frames: int):
+    """A window of `frames` frames (1, T, 3, H, W) in [0, 1] and exposures (1, T) with the
+    centre's pattern, as float32 numpy arrays. A bucket graph's cost does not depend on the
+    content (K is fixed)."""
     rng = np.random.default_rng(seed)
-    frames = rng.random((1, NUM_FRAMES, 3, *size), dtype=np.float32)
-    long_ = [i % 2 == (0 if centre == "long" else 1) for i in range(NUM_FRAMES)]
+    window = rng.random((1, frames, 3, *size), dtype=np.float32)
+    # `dealthdr.model.inputs.window_pattern`, restated: importing it would load torch into
+    # the onnxruntime worker, which measures without it (tests/test_export.py holds them equal)
+    long_ = [((i - frames // 2) % 2 == 0) == (centre == "long") for i in range(frames)]
     exposures = np.array([[8.0 if p else 1.0 for p in long_]], dtype=np.float32)
-    return frames, exposures
+    return window, exposures
 
 
 def load_eager(job: dict):
@@ -188,7 +189,8 @@ def measure(job: dict) -> dict:
     """Load the job's artifact, check one output, then time `warmup` + `repeat` inferences."""
     size = tuple(job["size"])
     load, runtime, version, convert = LOADERS[job["runtime"]](job)  # imports: not timed
-    frames, exposures = (convert(a) for a in make_inputs(job["centre"], size))
+    frames, exposures = (convert(a) for a in make_inputs(job["centre"], size,
+                                                          frames=job["frames"]))
     watch = start_memory_watch()
     start = time.perf_counter()
     run = load()

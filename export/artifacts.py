@@ -102,7 +102,9 @@ def digest(path: Path) -> tuple[int, str]:
 
 
 def artifact_record(path: Path, root: Path, backend: str, precision: str, bucket,
-                    size: tuple[int, int], parity: dict, **extra) -> dict:
+                    size: tuple[int, int], parity: dict, *, frames: int, **extra) -> dict:
+    """The manifest record of one artifact; `frames`: its window length (the model's
+    `num_frames`)."""
     n_bytes, sha = digest(path)
     h, w = size
     # The tiles each level's attention runs in per neighbour: K, or every tile for a bucket of
@@ -110,7 +112,8 @@ def artifact_record(path: Path, root: Path, backend: str, precision: str, bucket
     runs = [bucket_tiles(k, n) for k, n in zip(bucket.budget, level_tiles(size, bucket.tile))]
     return {"file": str(path.relative_to(root)), "backend": backend, "precision": precision,
             **bucket.record(), "tiles_run": runs, "tiles_per_level": list(
-                level_tiles(size, bucket.tile)), "input_shape": {"frames": [1, 5, 3, h, w], "exposures": [1, 5]},
+                level_tiles(size, bucket.tile)),
+            "input_shape": {"frames": [1, frames, 3, h, w], "exposures": [1, frames]},
             "output_shape": [1, 3, h, w], "bytes": n_bytes, "sha256": sha, **extra,
             "parity": parity}
 
@@ -157,7 +160,7 @@ def prepare(args: argparse.Namespace):
     buckets = make_buckets(calibration, args.s_buckets, args.size, centres,
                            model.cfg.attn_tile)
     windows = make_windows("heldout", *args.size, clips=args.parity_clips, seed=1,
-                           progress=True)
+                           progress=True, frames=model.cfg.num_frames)
     return model, info, calibration, buckets, windows
 
 

@@ -15,12 +15,9 @@ import torch
 from torch import nn
 
 from dealthdr.model import DeAltHDR
+from dealthdr.model.inputs import window_pattern
 from dealthdr.model.network import level_tiles
 from dealthdr.sensitivity import s_text
-
-from calib.windows import pattern
-
-NUM_FRAMES = 5
 
 
 @dataclass(frozen=True)
@@ -73,27 +70,29 @@ def make_buckets(calibration: dict, s_values: list[float], size: tuple[int, int]
 class BucketGraph(nn.Module):
     """The network with s, K and the exposure pattern fixed: forward(frames, exposures) -> HDR.
 
-    frames (1, 5, 3, H, W) gamma LDR in [0, 1]; exposures (1, 5) relative exposure times (an
-    input, so auto-exposure may change the ratio at run time). Output (1, 3, H, W) linear HDR
-    in the short exposure's units."""
+    frames (1, T, 3, H, W) gamma LDR in [0, 1], T the model's `num_frames`; exposures (1, T)
+    relative exposure times (an input, so auto-exposure may change the ratio at run time).
+    Output (1, 3, H, W) linear HDR in the short exposure's units."""
 
     def __init__(self, model: DeAltHDR, bucket: Bucket) -> None:
         super().__init__()
         self.model = model
         self.bucket = bucket
-        self.long_pattern = pattern(bucket.centre)
+        self.long_pattern = window_pattern(bucket.centre, model.cfg.num_frames)
 
     def forward(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
         return self.model(frames, exposures, s=self.bucket.s, budget=self.bucket.budget,
                           long_pattern=self.long_pattern)
 
 
-def example_inputs(bucket: Bucket, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(bucket: Bucket, size: tuple[int, int],
+                   frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window of `frames` frames (the model's `num_frames`) with the bucket's pattern."""
     h, w = size
     gen = torch.Generator().manual_seed(0)
-    frames = torch.rand(1, NUM_FRAMES, 3, h, w, generator=gen)
-    exposures = torch.tensor([[8.0 if p else 1.0 for p in pattern(bucket.centre)]])
-    return frames, exposures
+    window = torch.rand(1, frames, 3, h, w, generator=gen)
+    exposures = torch.tensor([[8.0 if p else 1.0 for p in window_pattern(bucket.centre, frames)]])
+    return window, exposures
 
 
 def export_program(model: DeAltHDR, bucket: Bucket, size: tuple[int, int]):
@@ -101,4 +100,5 @@ def export_program(model: DeAltHDR, bucket: Bucket, size: tuple[int, int]):
     config, not traced state)."""
     graph = BucketGraph(model.eval(), bucket).eval()
     with torch.no_grad():
-        return torch.export.export(graph, example_inputs(bucket, size), strict=False)
+        return torch.export.export(graph, example_inputs(bucket, size, model.cfg.num_frames),
+                                   strict=False)

@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from dealthdr.model import DeAltHDR
-from dealthdr.model.inputs import relative_exposures
+from dealthdr.model.inputs import relative_exposures, window_pattern
 
-from calib.windows import pattern
 from export.buckets import Bucket, example_inputs
 
 LEVELS = 4  # encoder outputs: levels 1, 2, 3 and the latent
@@ -81,7 +80,7 @@ class FuseGraph(nn.Module):
 
 def stream_inputs(model: DeAltHDR, bucket: Bucket, size: tuple[int, int]) -> dict:
     """Example inputs per method (shapes are what the program is fixed to)."""
-    frames, exposures = example_inputs(bucket, size)
+    frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     with torch.no_grad():
         feats = [model.encoder_short(model.frame_inputs(frames[:, i], exposures[:, i:i + 1]))
                  for i in range(frames.shape[1])]
@@ -149,7 +148,7 @@ class StreamRunner:
         live = set(keys)
         self.features = {k: v for k, v in self.features.items() if k in live}
         self.flows = {p: v for p, v in self.flows.items() if p[0] in live and p[1] in live}
-        longs = pattern(centre)
+        longs = window_pattern(centre, len(keys))
         for j, k in enumerate(keys):
             if k not in self.features:
                 kind = "long" if longs[j] else "short"

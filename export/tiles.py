@@ -26,11 +26,10 @@ from torch import nn
 
 from dealthdr.model import DeAltHDR
 from dealthdr.model.framestats import frame_statistics, pack, sum_shapes, unpack
-from dealthdr.model.inputs import pad_frames
+from dealthdr.model.inputs import pad_frames, window_pattern
 from dealthdr.tiling import Tile, TileRun, eager_tile_run, network_align, run_tiled, tile_starts
 
-from calib.windows import pattern
-from export.buckets import NUM_FRAMES, Bucket, example_inputs
+from export.buckets import Bucket, example_inputs
 
 
 class GuideGraph(nn.Module):
@@ -57,7 +56,7 @@ class TileGraph(nn.Module):
         self.model = model
         self.bucket = bucket
         self.shapes = shapes
-        self.long_pattern = pattern(bucket.centre)
+        self.long_pattern = window_pattern(bucket.centre, model.cfg.num_frames)
 
     def forward(self, frames, exposures, flow_t_n, flow_n_t, share, frame_sums, frame_wide):
         given = unpack(frame_sums, self.shapes)
@@ -69,16 +68,16 @@ class TileGraph(nn.Module):
 
 def statistics_shapes(model: DeAltHDR, bucket: Bucket, size: tuple[int, int]) -> list:
     """Shapes of the channel-attention sums of one forward (independent of the size)."""
-    frames, exposures = example_inputs(bucket, size)
+    frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     with torch.no_grad(), frame_statistics(torch.ones(1, 1, *size)) as record:
         model.eval()(frames, exposures, s=0.0)
     return sum_shapes(record.partials)
 
 
 def tile_inputs(model: DeAltHDR, bucket: Bucket, size: tuple[int, int], shapes: list):
-    frames, exposures = example_inputs(bucket, size)
+    frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     fs = model.cfg.flow_scale
-    flow = torch.zeros(NUM_FRAMES - 1, 2, size[0] // fs, size[1] // fs)
+    flow = torch.zeros(model.cfg.num_frames - 1, 2, size[0] // fs, size[1] // fs)
     n = sum(torch.Size(s).numel() for group in shapes for s in group)
     return (frames, exposures, flow, flow.clone(), torch.ones(1, 1, *size), torch.zeros(n),
             torch.zeros(1))
@@ -93,13 +92,14 @@ def export_tiled(model: DeAltHDR, buckets: list[Bucket], tile: tuple[int, int],
     if tile[0] % align or tile[1] % align:
         raise ValueError(f"tile size {tile} must be a multiple of {align}")
     model = model.eval()
+    t = model.cfg.num_frames
     grid = [(n + (-n) % align) // fs for n in frame]
     shapes = statistics_shapes(model, buckets[0], tile)
     with torch.no_grad():
         out = {"guide": torch.export.export(GuideGraph(model).eval(),
-                                            example_inputs(buckets[0], tile), strict=False),
+                                            example_inputs(buckets[0], tile, t), strict=False),
                "flows": torch.export.export(FlowGraph(model).eval(),
-                                            (torch.rand(1, NUM_FRAMES, 3, *grid),), strict=False)}
+                                            (torch.rand(1, t, 3, *grid),), strict=False)}
         for b in buckets:
             out[f"tile_{b.centre}"] = torch.export.export(
                 TileGraph(model, b, shapes).eval(), tile_inputs(model, b, tile, shapes),
@@ -176,7 +176,8 @@ def gate_tiled(path, model: DeAltHDR, bucket: Bucket, frame: tuple[int, int], ti
     from calib.windows import make_windows
     from export.gate import THRESHOLD_DB, GateFailed
 
-    win = next(w for w in make_windows("heldout", *frame, clips=1, seed=1)
+    win = next(w for w in make_windows("heldout", *frame, clips=1, seed=1,
+                                       frames=model.cfg.num_frames)
                if w.centre == bucket.centre)
     got = run_program_tiled(path, bucket.centre, win.frames, win.exposures, tile, sums_length,
                             model.cfg.flow_scale, overlap, passes).hdr

@@ -58,13 +58,15 @@ def keep_in_fp16(op) -> bool:
 def convert(model, bucket, size, precision: str, target: str, units: str):
     from export.buckets import export_program
 
-    return convert_program(export_program(model, bucket, size), size, precision, target, units)
+    return convert_program(export_program(model, bucket, size), size, model.cfg.num_frames,
+                           precision, target, units)
 
 
-def convert_program(program, size, precision: str, target: str, units: str):
+def convert_program(program, size, frames: int, precision: str, target: str, units: str):
     """An exported bucket program -> mlprogram. `program` may hold pt2e quantize/dequantize
     pairs (quantize/qat.py): coremltools turns them into int8 weights and activations, and
-    `precision` is then that of the float ops left between them."""
+    `precision` is then that of the float ops left between them. `frames`: the window length
+    the program was exported for (the model's `num_frames`)."""
     import coremltools as ct
     import torch
 
@@ -77,26 +79,28 @@ def convert_program(program, size, precision: str, target: str, units: str):
             compute_precision=(ct.transform.FP16ComputePrecision(op_selector=keep_in_fp16)
                                if precision == "fp16" else ct.precision.FLOAT32),
             compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[units]),
-            inputs=[ct.TensorType(name="frames", shape=(1, 5, 3, h, w)),
-                    ct.TensorType(name="exposures", shape=(1, 5))],
+            inputs=[ct.TensorType(name="frames", shape=(1, frames, 3, h, w)),
+                    ct.TensorType(name="exposures", shape=(1, frames))],
             outputs=[ct.TensorType(name="hdr")], skip_model_load=True)
     return mlmodel
 
 
-def describe(mlmodel, info: dict, bucket, precision: str) -> None:
+def describe(mlmodel, info: dict, bucket, precision: str, frames: int) -> None:
     from dealthdr import __version__
 
     from export.artifacts import LICENSE
 
     mlmodel.short_description = (f"DeAltHDR {info['variant']}: HDR of the centre frame of a "
-                                 f"5-frame alternating-exposure window (s={bucket.s_key}, "
+                                 f"{frames}-frame alternating-exposure window (s={bucket.s_key}, "
                                  f"{bucket.centre}-exposure centre)")
     mlmodel.author = "dealthdr"
     mlmodel.license = LICENSE
     mlmodel.version = __version__
-    mlmodel.input_description["frames"] = ("(1, 5, 3, H, W) gamma-encoded LDR frames in [0, 1], "
-                                           "time order, alternating short/long exposures")
-    mlmodel.input_description["exposures"] = "(1, 5) relative exposure times (e.g. 1 and 8)"
+    mlmodel.input_description["frames"] = (f"(1, {frames}, 3, H, W) gamma-encoded LDR frames "
+                                           "in [0, 1], time order, alternating short/long "
+                                           "exposures")
+    mlmodel.input_description["exposures"] = (f"(1, {frames}) relative exposure times (e.g. 1 "
+                                              "and 8)")
     mlmodel.output_description["hdr"] = ("(1, 3, H, W) linear HDR of the centre frame, in units "
                                          "of the short exposure's white")
     mlmodel.user_defined_metadata.update({
@@ -107,7 +111,8 @@ def describe(mlmodel, info: dict, bucket, precision: str) -> None:
         "dealthdr.precision": precision, "dealthdr.checkpoint_sha256": info["checkpoint_sha256"]})
 
 
-def validate_package(path: Path, functions: list[str], size, precision: str) -> dict:
+def validate_package(path: Path, functions: list[str], size, frames: int,
+                     precision: str) -> dict:
     """Structure checks that need no macOS; raises ValueError on a malformed package."""
     import coremltools as ct
     from coremltools.proto import MIL_pb2
@@ -120,7 +125,7 @@ def validate_package(path: Path, functions: list[str], size, precision: str) -> 
     h, w = size
     for d in descs:
         shapes = {i.name: list(i.type.multiArrayType.shape) for i in d.input}
-        if shapes != {"frames": [1, 5, 3, h, w], "exposures": [1, 5]}:
+        if shapes != {"frames": [1, frames, 3, h, w], "exposures": [1, frames]}:
             raise ValueError(f"{path.name}: inputs {shapes}")
         if [o.name for o in d.output] != ["hdr"]:
             raise ValueError(f"{path.name}: outputs {[o.name for o in d.output]}")
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in tqdm(buckets, desc="coreml"):
                 mlmodel = convert(model, b, args.size, args.precision, args.deployment_target,
                                   args.compute_units)
-                describe(mlmodel, info, b, args.precision)
+                describe(mlmodel, info, b, args.precision, model.cfg.num_frames)
                 folder = stage if args.deployment_target == "iOS17" else Path(tmp)
                 path = folder / f"dealthdr_{info['variant']}_{b.name}.mlpackage"
                 mlmodel.save(str(path))
@@ -219,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 path, function = files[b.name]
                 if path not in structures:  # the multifunction package is read once
                     names = [x.name for x, _ in parts] if function else ["main"]
-                    structures[path] = validate_package(path, names, args.size, args.precision)
+                    structures[path] = validate_package(path, names, args.size,
+                                                        model.cfg.num_frames, args.precision)
                 structure = structures[path]
                 if on_mac:
                     parity = run_gate(coreml_runner(path, function), model, b, windows,
@@ -229,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "on Linux", args.precision)
                 records.append(artifact_record(
                     path, stage, "coreml", args.precision, b, args.size, parity,
-                    function=function or "main", deployment_target=args.deployment_target,
-                    compute_units=args.compute_units,
+                    frames=model.cfg.num_frames, function=function or "main",
+                    deployment_target=args.deployment_target, compute_units=args.compute_units,
                     structure=structure[function or "main"],
                     single_function_bytes=single_bytes[b.name]))
             notes = [] if on_mac else ["numeric parity pending: Core ML prediction needs macOS; "

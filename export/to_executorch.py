@@ -146,7 +146,8 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dic
                 size = tile if kind != "flows" else frame
                 extra = {} if kind == "tile" else {"centre": "any"}
                 records.append(artifact_record(
-                    path, stage, "executorch-xnnpack", "fp32", b, size, parity, method=method,
+                    path, stage, "executorch-xnnpack", "fp32", b, size, parity,
+                    frames=model.cfg.num_frames, method=method,
                     tiled={"kind": kind, **tiled}, delegation=cov[method],
                     planned_activation_bytes=arena[method], **extra))
         log.info("tiled s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
@@ -180,7 +181,8 @@ def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -
                 kind = method.split("_")[0]
                 extra = {} if kind == "fuse" else {"centre": "any"}
                 records.append(artifact_record(
-                    path, stage, "executorch-xnnpack", "fp32", b, size, parity, method=method,
+                    path, stage, "executorch-xnnpack", "fp32", b, size, parity,
+                    frames=model.cfg.num_frames, method=method,
                     stream={"kind": kind, **stream, **sig[method]}, delegation=cov[method],
                     planned_activation_bytes=arena[method], **extra))
         log.info("stream s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "OSes; run the gate there", args.precision)
                     records.append(artifact_record(
                         path, stage, f"executorch-{args.backend}", args.precision, b, args.size,
-                        parity, method=method, rewrites=not args.no_rewrites,
+                        parity, frames=model.cfg.num_frames, method=method,
+                        rewrites=not args.no_rewrites,
                         delegation=cov[method], planned_activation_bytes=arena[method]))
                 log.info("s=%s: %s", s_key, {m: f"{c['flop_share']:.1%} FLOPs, "
                                              f"{c['op_share']:.1%} ops delegated"

@@ -1,7 +1,8 @@
 """Export fixed-shape s-bucket graphs to ONNX (opset 18), simplified and checked, parity-gated.
 
-One .onnx per (s, centre exposure): inputs `frames` (1, 5, 3, H, W) gamma LDR in [0, 1] and
-`exposures` (1, 5); output `hdr` (1, 3, H, W) linear HDR in the short exposure's units. Each file
+One .onnx per (s, centre exposure): inputs `frames` (1, T, 3, H, W) gamma LDR in [0, 1] and
+`exposures` (1, T), T the model's window (`num_frames`, 5); output `hdr` (1, 3, H, W) linear
+HDR in the short exposure's units. Each file
 is simplified with onnxslim, validated with onnx.checker, run in onnxruntime on held-out windows
 and kept only if it matches the torch model (>= 45 dB PSNR-mu). A manifest.json records shapes,
 buckets, bytes, sha256 and parity.
@@ -33,7 +34,8 @@ def export_onnx(model, bucket, size, path: Path) -> None:
 
     program = export_program(model, bucket, size)
     raw = path.with_suffix(".raw.onnx")
-    torch.onnx.export(program, example_inputs(bucket, size), str(raw), dynamo=True,
+    torch.onnx.export(program, example_inputs(bucket, size, model.cfg.num_frames), str(raw),
+                      dynamo=True,
                       opset_version=OPSET, input_names=["frames", "exposures"],
                       output_names=["hdr"], external_data=False, verbose=False)
     slim = onnxslim.slim(onnx.load(str(raw)))
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 parity = run_gate(onnx_runner(path), model, bucket, windows, "fp32",
                                   "onnxruntime CPUExecutionProvider")
                 records.append(artifact_record(path, stage, "onnx", "fp32", bucket, args.size,
-                                               parity, opset=OPSET))
+                                               parity, frames=model.cfg.num_frames, opset=OPSET))
             write_manifest(stage, "export/to_onnx.py", args, info, calibration, records, started)
         log.info("wrote %d ONNX models to %s", len(records), args.out)
         return 0

@@ -16,10 +16,10 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def _program(gm, bucket, size):
+def _program(gm, bucket, size, frames: int):
     from export.buckets import example_inputs
 
-    return torch.export.export(gm, example_inputs(bucket, size), strict=False)
+    return torch.export.export(gm, example_inputs(bucket, size, frames), strict=False)
 
 
 def sensitivity(ctx: dict, args) -> dict:
@@ -46,10 +46,11 @@ def _xnnpack(converted: dict, ctx: dict, args, stage: Path, info: dict):
     records, by_s = [], {}
     for b in ctx["buckets"]:
         by_s.setdefault(b.s_key, []).append(b)
-    latency = None
+    latency, frames = None, ctx["model"].cfg.num_frames
     for s_key, group in by_s.items():
         methods = {f"forward_{b.centre}": b for b in group}
-        programs = {m: _program(converted[b.name], b, args.size) for m, b in methods.items()}
+        programs = {m: _program(converted[b.name], b, args.size, frames)
+                    for m, b in methods.items()}
         prog, cov = lower(programs, "xnnpack")
         path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
                        "_xnnpack_int8.pte"
@@ -64,7 +65,8 @@ def _xnnpack(converted: dict, ctx: dict, args, stage: Path, info: dict):
                                           ctx["windows"], b.centre)
             records.append(artifact_record(
                 path, stage, "executorch-xnnpack", "int8", b, args.size, parity,
-                method=method, delegation=cov[method], planned_activation_bytes=arena[method],
+                frames=frames, method=method, delegation=cov[method],
+                planned_activation_bytes=arena[method],
                 quantization="pt2e QAT, XNNPACKQuantizer symmetric per-channel"))
         if latency is None and group[0].s > 0 and not args.no_latency:
             latency = _latency(group[0], path, ctx, args, lower, export_program, pte_runner,
@@ -79,7 +81,7 @@ def _latency(b, int8_path, ctx, args, lower, export_program, pte_runner, example
     from dealthdr.sysinfo import machine_record
 
     method = f"forward_{b.centre}"
-    inputs = example_inputs(b, args.size)
+    inputs = example_inputs(b, args.size, ctx["model"].cfg.num_frames)
     with tempfile.TemporaryDirectory() as tmp:
         fp32_prog, _ = lower({method: export_program(ctx["model"], b, args.size)}, "xnnpack")
         fp32_path = Path(tmp) / "fp32.pte"
@@ -106,12 +108,12 @@ def _coreml(converted: dict, ctx: dict, args, stage: Path, info: dict):
     from export.gate import pending_gate
     from export.to_coreml import convert_program, describe, save_multifunction, validate_package
 
-    parts = []
+    parts, frames = [], ctx["model"].cfg.num_frames
     with tempfile.TemporaryDirectory() as tmp:
         for b in ctx["buckets"]:
-            ml = convert_program(_program(converted[b.name], b, args.size), args.size, "fp16",
-                                 args.deployment_target, "all")
-            describe(ml, info, b, "int8")
+            ml = convert_program(_program(converted[b.name], b, args.size, frames), args.size,
+                                 frames, "fp16", args.deployment_target, "all")
+            describe(ml, info, b, "int8", frames)
             folder = stage if args.deployment_target == "iOS17" else Path(tmp)
             path = folder / f"dealthdr_{info['variant']}_{b.name}_int8.mlpackage"
             ml.save(str(path))
@@ -128,13 +130,13 @@ def _coreml(converted: dict, ctx: dict, args, stage: Path, info: dict):
             path, fn = files[b.name]
             if path not in seen:
                 names = [x.name for x, _ in parts] if fn else ["main"]
-                seen[path] = validate_package(path, names, args.size, "fp16")
+                seen[path] = validate_package(path, names, args.size, frames, "fp16")
             structure = seen[path][fn or "main"]
             records.append(artifact_record(
                 path, stage, "coreml", "int8", b, args.size,
                 pending_gate("Core ML prediction needs macOS; structure validated on Linux",
                              "int8"),
-                function=fn or "main", deployment_target=args.deployment_target,
+                frames=frames, function=fn or "main", deployment_target=args.deployment_target,
                 structure=structure, single_function_bytes=single[b.name],
                 quantization="pt2e QAT, CoreMLQuantizer W8A8"))
     return records, {"bytes": {r["file"]: r["bytes"] for r in records}}

@@ -103,12 +103,13 @@ def run_onnx(ctx: dict, args, stage: Path, info: dict):
                               "onnxruntime CPUExecutionProvider (QDQ)")
             ops = [n.op_type for n in onnx.load(str(path)).graph.node]
             records.append(artifact_record(
-                path, stage, "onnx", "int8", b, args.size, parity, opset=OPSET,
+                path, stage, "onnx", "int8", b, args.size, parity,
+                frames=ctx["model"].cfg.num_frames, opset=OPSET,
                 quantization=quantizer,
                 qdq_pairs=ops.count("QuantizeLinear"),
                 fp32_bytes=fp32_path.stat().st_size))
             if latency is None and b.s > 0 and not args.no_latency:
-                inputs = example_inputs(b, args.size)
+                inputs = example_inputs(b, args.size, ctx["model"].cfg.num_frames)
                 latency = {"bucket": b.name, "fp32": latency_ms(fp32_run, inputs),
                            "int8": latency_ms(int8_run, inputs)}
             log.info("onnx %s: fp32 %.2f, NNCF int8 %.2f dB PSNR-mu", b.name, fp32, ptq)

@@ -121,7 +121,8 @@ def export_graphs(model, buckets, size) -> dict:
 
     from export.buckets import BucketGraph, example_inputs
 
-    return {b.name: torch.export.export(BucketGraph(model.eval(), b), example_inputs(b, size),
+    return {b.name: torch.export.export(BucketGraph(model.eval(), b),
+                                        example_inputs(b, size, model.cfg.num_frames),
                                         strict=False) for b in buckets}
 
 
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = {"model": model, "buckets": buckets, "windows": windows, "state": state,
                    "checkpoint_sha256": info["checkpoint_sha256"],
                    "train_windows": make_windows("train", *args.size, clips=args.train_clips,
-                                                 seed=2, progress=True),
+                                                 seed=2, progress=True,
+                                                 frames=model.cfg.num_frames),
                    "programs": export_graphs(model, buckets, args.size)}
             report = {"backends": {}, "size": list(args.size),
                       "float_groups": float_groups_by_centre(args),

@@ -66,7 +66,8 @@ def prepare_graphs(model, buckets, size, backend: str,
     own = copy.deepcopy(model).eval()
     graphs, policies = {}, {}
     for b in buckets:
-        gm = torch.export.export(BucketGraph(own, b), example_inputs(b, size),
+        gm = torch.export.export(BucketGraph(own, b),
+                                 example_inputs(b, size, own.cfg.num_frames),
                                  strict=False).module()
         groups = float_groups[b.centre] if isinstance(float_groups, dict) else float_groups
         policies[b.name] = FloatPolicy(gm, float_groups=groups)

@@ -94,9 +94,10 @@ def artifacts(tmp_path_factory):
     torch.onnx.export(prog, ex, str(onnx_path), dynamo=True, input_names=["frames", "exposures"],
                       output_names=["hdr"], external_data=False, verbose=False)
     for folder, rec in (("et", artifact_record(pte, root / "et", "executorch-xnnpack", "fp32",
-                                               bucket, SIZE, {}, method="forward_short")),
+                                               bucket, SIZE, {}, frames=5,
+                                               method="forward_short")),
                         ("onnx", artifact_record(onnx_path, root / "onnx", "onnx", "fp32",
-                                                 bucket, SIZE, {}))):
+                                                 bucket, SIZE, {}, frames=5))):
         (root / folder / "manifest.json").write_text(json.dumps(
             {"format": "dealthdr-export-manifest/1", "model": model, "artifacts": [rec]}))
     return root, bucket

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from calib.windows import make_windows, pattern
+from calib.windows import make_windows
 from export.artifacts import digest, staging_dir
+from dealthdr.model.inputs import neighbour_offsets, window_pattern
 from dealthdr.model.network import level_tiles
 from export.buckets import BucketGraph, make_buckets
 from export.gate import GateFailed, run_gate
@@ -28,11 +29,32 @@ def windows():
     return make_windows("heldout", *SIZE, clips=1, seed=1)
 
 
-def test_pattern_alternates_around_the_centre():
-    assert pattern("short") == (False, True, False, True, False)
-    assert pattern("long") == (True, False, True, False, True)
-    with pytest.raises(ValueError):
-        pattern("medium")
+def test_window_pattern_alternates_around_the_centre():
+    assert window_pattern("short", 5) == (False, True, False, True, False)
+    assert window_pattern("long", 5) == (True, False, True, False, True)
+    assert window_pattern("short", 7) == (True, False, True, False, True, False, True)
+    assert window_pattern("long", 7) == (False, True, False, True, False, True, False)
+    assert window_pattern("long", 3) == (False, True, False)
+    assert neighbour_offsets(5) == (-2, -1, 1, 2)
+    assert neighbour_offsets(7) == (-3, -2, -1, 1, 2, 3)
+    with pytest.raises(ValueError, match="centre must be one of"):
+        window_pattern("medium", 5)
+    for bad in (4, 1, 0):
+        with pytest.raises(ValueError, match="odd number of frames >= 3"):
+            window_pattern("short", bad)
+        with pytest.raises(ValueError, match="odd number of frames >= 3"):
+            neighbour_offsets(bad)
+
+
+def test_bench_inputs_follow_the_window_pattern():
+    """The benchmark worker builds its inputs without torch; they must match the export's."""
+    from device_bench.worker import make_inputs
+
+    for frames in (5, 7):
+        for centre in ("short", "long"):
+            f, e = make_inputs(centre, (8, 8), frames=frames)
+            assert f.shape == (1, frames, 3, 8, 8) and e.shape == (1, frames)
+            assert tuple(bool(v > 1) for v in e[0]) == window_pattern(centre, frames)
 
 
 def test_make_buckets_budgets():
@@ -55,7 +77,12 @@ def test_windows_have_both_centres_and_match_their_pattern(windows):
     for w in windows:
         assert w.frames.shape == (1, 5, 3, *SIZE) and w.exposures.shape == (1, 5)
         long_ = tuple(bool(e > 1) for e in w.exposures[0])
-        assert long_ == pattern(w.centre)
+        assert long_ == window_pattern(w.centre, 5)
+    seven = make_windows("heldout", 16, 16, clips=1, seed=1, frames=7)
+    assert sorted(w.centre for w in seven) == ["long", "short"]
+    for w in seven:
+        assert w.frames.shape == (1, 7, 3, 16, 16)
+        assert tuple(bool(e > 1) for e in w.exposures[0]) == window_pattern(w.centre, 7)
 
 
 def test_staging_dir_is_atomic(tmp_path):
@@ -172,7 +199,8 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
         ml.save(str(parts[-1][1]))
     merged = tmp_path / "all.mlpackage"
     save_multifunction(parts, merged)
-    report = validate_package(merged, ["s0_short", "s15_short"], SIZE, "fp16")
+    report = validate_package(merged, ["s0_short", "s15_short"], SIZE, tiny.cfg.num_frames,
+                              "fp16")
     assert report["s15_short"]["resample_ops"] > 0 and report["s15_short"]["resample_fp32"]
     assert report["s0_short"]["op_histogram"].get("topk", 0) == 0  # s=0: no attention path
     for r in report.values():  # no feature map of zeros stored as a constant (was 16 x 4 maps)
@@ -181,7 +209,7 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     single = max(digest(p)[0] for _, p in parts)
     assert digest(merged)[0] < 1.5 * single  # weights are shared, not stored per function
     with pytest.raises(ValueError, match="functions"):
-        validate_package(merged, ["s0_short"], SIZE, "fp16")
+        validate_package(merged, ["s0_short"], SIZE, tiny.cfg.num_frames, "fp16")
 
 
 def test_exporter_cli_refuses_bad_input(tmp_path, capsys):

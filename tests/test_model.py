@@ -178,9 +178,10 @@ def test_encoder_features_stay_in_time_order(tiny, centre_long):
         x = tiny._padded_inputs(frames, exposures)
         pattern = tuple(bool(e > exposures.min()) for e in exposures[0])
         feats = tiny._encode(x, pattern)
-        for i in range(5):
+        c = len(pattern) // 2
+        for i in range(len(pattern)):
             own = (tiny.encoder_long if pattern[i] else tiny.encoder_short)(x[:, i])
             for level in range(4):
                 centre, near = feats[level]
-                got = centre if i == 2 else near[i if i < 2 else i - 1:][:1]
+                got = centre if i == c else near[i if i < c else i - 1:][:1]
                 assert torch.allclose(got, own[level], atol=1e-5), (i, level)

@@ -28,7 +28,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def program(tiny):
     b = bucket(15.0)
-    return torch.export.export(BucketGraph(tiny, b), example_inputs(b, SIZE), strict=False)
+    return torch.export.export(BucketGraph(tiny, b),
+                               example_inputs(b, SIZE, tiny.cfg.num_frames), strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +264,7 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     assert pte["precision"] == "int8"
     assert pte["parity"]["passed"] and pte["parity"]["psnr_mu_db"] >= 30
     program = Runtime.get().load_program(str(out / pte["file"]))
-    frames, exposures = example_inputs(bucket(15.0), SIZE)
+    frames, exposures = example_inputs(bucket(15.0), SIZE, pte["input_shape"]["frames"][1])
     y = program.load_method("forward_short").execute([frames, exposures])[0]
     assert y.shape == (1, 3, 64, 64) and torch.isfinite(y).all()
     row = report["backends"]["xnnpack"]["buckets"]["s15_short"]

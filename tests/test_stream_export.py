@@ -128,6 +128,8 @@ def test_benchmark_step_runs_the_steady_state_and_returns_the_window_output(mode
 def test_a_streamed_frame_counts_one_encode_and_half_of_spynet():
     from device_bench.run import streamed_flops
 
-    total, comps = streamed_flops({"encoders": 5.0, "flow (SpyNet)": 2.0, "decoder": 3.0})
+    total, comps = streamed_flops({"encoders": 5.0, "flow (SpyNet)": 2.0, "decoder": 3.0}, 5)
     assert comps == {"encoders": 1.0, "flow (SpyNet)": 1.0, "decoder": 3.0} and total == 5.0
-    assert streamed_flops({}) == (None, {})
+    total, comps = streamed_flops({"encoders": 7.0, "flow (SpyNet)": 3.0}, 7)
+    assert comps == {"encoders": 1.0, "flow (SpyNet)": 1.0} and total == 2.0
+    assert streamed_flops({}, 5) == (None, {})

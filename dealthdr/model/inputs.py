@@ -5,6 +5,33 @@ import torch
 import torch.nn.functional as F
 
 
+CENTRES = ("short", "long")  # exposure of a window's centre frame
+
+
+def _check_window(frames: int) -> None:
+    if frames < 3 or frames % 2 == 0:
+        raise ValueError(f"a window needs an odd number of frames >= 3 (a centre and as many "
+                         f"neighbours before as after it), got {frames!r}")
+
+
+def window_pattern(centre: str, frames: int) -> tuple[bool, ...]:
+    """long_pattern of an alternating window of `frames` frames (odd, >= 3) whose centre has
+    exposure `centre` ("short" or "long")."""
+    if centre not in CENTRES:
+        raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
+    _check_window(frames)
+    # alternating: the frames an even distance from the centre have its exposure
+    return tuple(((i - frames // 2) % 2 == 0) == (centre == "long") for i in range(frames))
+
+
+def neighbour_offsets(frames: int) -> tuple[int, ...]:
+    """Time offsets of a window's neighbours from its centre, in time order:
+    (-2, -1, 1, 2) for 5 frames."""
+    _check_window(frames)
+    half = frames // 2
+    return tuple(o for o in range(-half, half + 1) if o != 0)
+
+
 def is_tracing() -> bool:
     """True under torch.export / torch.compile, where data-dependent checks cannot run."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()

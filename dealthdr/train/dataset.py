@@ -1,4 +1,4 @@
-"""5-frame training windows from clip folders, and a batch sampler that keeps DDP ranks in step.
+"""Training windows from clip folders, and a batch sampler that keeps DDP ranks in step.
 
 A batch must share the short/long pattern (the dual encoders split it by exposure), so batches
 are built per centre parity. Everything random is a pure function of (seed, epoch, index), so a
@@ -14,44 +14,50 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.clip import read_clip, list_clips
+from ..model.config import DeAltHDRConfig
+from ..model.inputs import neighbour_offsets
 
 log = logging.getLogger(__name__)
-WINDOW_OFFSETS = (-2, -1, 1, 2)  # neighbours of the centre, in time order
 
 
 class WindowDataset(Dataset):
-    """Every full 5-frame window of every clip under `root`, as tensors.
+    """Every full window of `frames` frames of every clip under `root`, as tensors.
 
-    Item: frames (5, 3, h, w) LDR, exposures (5,), hdr (3, h, w) centre ground truth, and, when
-    the clips carry ground-truth flow, flow_t_n / flow_n_t (4, 2, h, w): O_{t->n} and O_{n->t}
-    for the neighbours n = t-2, t-1, t+1, t+2 (NaN where unknown). Clips are decoded once and
-    kept in memory as float16.
+    Item: frames (T, 3, h, w) LDR, exposures (T,), hdr (3, h, w) centre ground truth, and, when
+    the clips carry ground-truth flow, flow_t_n / flow_n_t (T-1, 2, h, w): O_{t->n} and
+    O_{n->t} for the neighbours in time order (n = t-2, t-1, t+1, t+2 for T = 5; NaN where
+    unknown). Clips are decoded once and kept in memory as float16.
 
     Args:
         root: folder of clip folders (as written by `dealthdr synth`).
         patch: random crop size (square); None for whole frames.
         flip: random horizontal flips (the flow's dx is negated with the image).
         seed: base seed of the crops and flips.
+        frames: window length T, the network's `num_frames`.
     """
 
     def __init__(self, root: str | Path, patch: int | None = None, flip: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, frames: int = DeAltHDRConfig.num_frames) -> None:
         self.patch, self.flip, self.seed, self.epoch = patch, flip, seed, 0
+        self.offsets, self.half = neighbour_offsets(frames), frames // 2
         self.clips = []
         for path in list_clips(root):
             clip = read_clip(path)
             if clip.hdr is None:
                 raise ValueError(f"{path}: no hdr/ ground truth; training needs it")
-            if len(clip) < 5:
-                raise ValueError(f"{path}: {len(clip)} frames, a window needs 5")
+            if len(clip) < frames:
+                raise ValueError(f"{path}: {len(clip)} frames, a window needs {frames}")
             if patch and (patch > clip.ldr.shape[1] or patch > clip.ldr.shape[2]):
                 raise ValueError(f"{path}: frames smaller than the {patch}px patch")
+            if clip.flow is not None and not set(self.offsets) <= set(clip.flow_offsets):
+                raise ValueError(f"{path}: ground-truth flow for offsets {clip.flow_offsets}, a "
+                                 f"{frames}-frame window needs {self.offsets}")
             self.clips.append({
                 "ldr": clip.ldr.astype(np.float16), "hdr": clip.hdr.astype(np.float16),
                 "flow": None if clip.flow is None else clip.flow.astype(np.float16),
                 "offsets": clip.flow_offsets, "exposures": clip.exposures.astype(np.float32)})
         self.index = [(c, t) for c, clip in enumerate(self.clips)
-                      for t in range(2, len(clip["ldr"]) - 2)]
+                      for t in range(self.half, len(clip["ldr"]) - self.half)]
         self.has_flow = all(c["flow"] is not None for c in self.clips)
         log.info("%d windows from %d clips (flow: %s)", len(self.index), len(self.clips),
                  self.has_flow)
@@ -78,14 +84,14 @@ class WindowDataset(Dataset):
             ph = pw = self.patch
             y, x = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         sl = (slice(y, y + ph), slice(x, x + pw))
-        frames = clip["ldr"][t - 2:t + 3, sl[0], sl[1]]
-        item = {"frames": _chw(frames), "exposures": torch.from_numpy(
-                    clip["exposures"][t - 2:t + 3].copy()),
+        win = slice(t - self.half, t + self.half + 1)
+        item = {"frames": _chw(clip["ldr"][win, sl[0], sl[1]]), "exposures": torch.from_numpy(
+                    clip["exposures"][win].copy()),
                 "hdr": _chw(clip["hdr"][t, sl[0], sl[1]])}
         if clip["flow"] is not None:
             k = {o: j for j, o in enumerate(clip["offsets"])}
-            t_n = np.stack([clip["flow"][t, k[o], :, sl[0], sl[1]] for o in WINDOW_OFFSETS])
-            n_t = np.stack([clip["flow"][t + o, k[-o], :, sl[0], sl[1]] for o in WINDOW_OFFSETS])
+            t_n = np.stack([clip["flow"][t, k[o], :, sl[0], sl[1]] for o in self.offsets])
+            n_t = np.stack([clip["flow"][t + o, k[-o], :, sl[0], sl[1]] for o in self.offsets])
             item["flow_t_n"] = torch.from_numpy(t_n.astype(np.float32))
             item["flow_n_t"] = torch.from_numpy(n_t.astype(np.float32))
         if self.flip and rng.random() < 0.5:

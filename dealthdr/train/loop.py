@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from ..model import DeAltHDR, create_model
+from ..model import DeAltHDR, create_model, get_config
 from ..model.inputs import prepare_inputs
 from ..model.spynet import load_basicsr_spynet, resize_flow
 from ..sysinfo import machine_record
@@ -106,7 +106,10 @@ class Trainer:
                  vgg_weights: str | Path | None = None) -> None:
         self.cfg, self.out = cfg, Path(out)
         self.rank, self.world, self.device = _distributed()
-        self.dataset = WindowDataset(data, patch=cfg.patch, seed=cfg.seed)
+        # the variant's window, read before _restore builds the model (a checkpoint of another
+        # variant is refused, and the model checks the frame count of every batch)
+        self.dataset = WindowDataset(data, patch=cfg.patch, seed=cfg.seed,
+                                     frames=get_config(cfg.variant).num_frames)
         if (cfg.spynet_steps or cfg.flow_weight) and not self.dataset.has_flow:
             raise ValueError(f"{data}: clips without ground-truth flow; use --spynet-steps 0 "
                              "--flow-weight 0")
