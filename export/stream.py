@@ -205,7 +205,10 @@ def program_methods(path) -> dict:
             for name, m in loaded.items()}
 
 
-def gate_stream(methods: dict, model: DeAltHDR, bucket: Bucket, windows) -> dict:
+def gate_stream(methods: dict, model: DeAltHDR, bucket: Bucket, windows,
+                precision: str = "fp32",
+                ran_on: str = "executorch runtime (XNNPACK + portable kernels), streaming "
+                              "methods") -> dict:
     """The parity gate of one centre's fuse: each held-out window through a fresh loop (five
     encodes, four flows, the fuse) against the eager window network."""
     from export.gate import run_gate
@@ -213,5 +216,4 @@ def gate_stream(methods: dict, model: DeAltHDR, bucket: Bucket, windows) -> dict
     def run(frames, exposures):
         return StreamRunner(methods)(list(range(frames.shape[1])), frames, exposures,
                                      bucket.centre)
-    return run_gate(run, model, bucket, windows, "fp32",
-                    "executorch runtime (XNNPACK + portable kernels), streaming methods")
+    return run_gate(run, model, bucket, windows, precision, ran_on)

@@ -11,7 +11,11 @@ model. On Linux the exporter validates the package instead (functions, inputs/ou
 histogram, that `resample` stayed fp32, size) and records the numeric gate as pending; it never
 reports a parity figure it did not measure.
 
+`--stream` adds one multifunction package per s for a phone app's frame loop (encoders and flow
+once per input frame, fusion once per output frame: `export/coreml_stream.py`).
+
     python export/to_coreml.py --s-buckets 0,1,15,100
+    python export/to_coreml.py --s-buckets 0,15 --stream
 """
 from __future__ import annotations
 
@@ -190,15 +194,25 @@ def main(argv: list[str] | None = None) -> int:
                         ".mlpackage per bucket (default iOS18)")
     p.add_argument("--compute-units", choices=sorted(COMPUTE_UNITS), default="all",
                    help="Core ML compute units the model is configured for (default all)")
+    p.add_argument("--stream", action="store_true",
+                   help="also write <name>_stream.mlpackage per s: the streaming functions of "
+                        "a phone's frame loop (encode_short, encode_long, flow: once per input "
+                        "frame; fuse_<centre>: once per output frame) in one multifunction "
+                        "package (iOS18), gated as a frame loop on macOS")
     args = p.parse_args(argv)
 
     def run() -> int:
         from tqdm import tqdm
 
+        from export.coreml_stream import stream_packages
+
         from export.artifacts import (artifact_record, digest, prepare, staging_dir,
                                       write_manifest)
         from export.gate import pending_gate, run_gate
 
+        if args.stream and args.deployment_target != "iOS18":
+            raise ValueError("--stream needs --deployment-target iOS18: its functions share "
+                             "one multifunction package")
         started = time.time()
         on_mac = platform.system() == "Darwin"
         with staging_dir(args.out, args.force) as stage, tempfile.TemporaryDirectory() as tmp:
@@ -239,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                     deployment_target=args.deployment_target, compute_units=args.compute_units,
                     structure=structure[function or "main"],
                     single_function_bytes=single_bytes[b.name]))
+            if args.stream:
+                by_s: dict[str, list] = {}
+                for b in buckets:
+                    by_s.setdefault(b.s_key, []).append(b)
+                records.extend(stream_packages(
+                    stage, model, info, by_s, args.size, windows, precision=args.precision,
+                    target=args.deployment_target, units=args.compute_units))
             notes = [] if on_mac else ["numeric parity pending: Core ML prediction needs macOS; "
                                        "run this exporter on a Mac to gate"]
             write_manifest(stage, "export/to_coreml.py", args, info, calibration, records,

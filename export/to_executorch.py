@@ -7,7 +7,12 @@ pending, never faked). Before lowering, graph rewrites (`export/rewrites.py`) tu
 fall back to portable kernels into delegate-friendly equivalents; `--no-rewrites` shows the
 difference. The manifest records the delegation coverage (ops and FLOPs) per method.
 
+`--stream` adds, per s-bucket, a program for a phone app's frame loop: `encode_short`,
+`encode_long` and `flow` run once per input frame, `fuse_short` / `fuse_long` once per output
+frame, all methods of one .pte sharing one weight set (`export/stream.py`).
+
     python export/to_executorch.py --s-buckets 0,1,15,100 --backend xnnpack
+    python export/to_executorch.py --s-buckets 0,15 --stream
 """
 from __future__ import annotations
 

@@ -133,3 +133,39 @@ def test_a_streamed_frame_counts_one_encode_and_half_of_spynet():
     total, comps = streamed_flops({"encoders": 7.0, "flow (SpyNet)": 3.0}, 7)
     assert comps == {"encoders": 1.0, "flow (SpyNet)": 1.0} and total == 2.0
     assert streamed_flops({}, 5) == (None, {})
+
+
+@pytest.mark.e2e   # Core ML conversion of five functions
+def test_coreml_stream_package(model, tmp_path):
+    pytest.importorskip("coremltools")
+    from export.artifacts import digest
+    from export.coreml_stream import NAMES, stream_packages, validate_stream_package
+
+    buckets = _buckets(15.0, 0.2)
+    records = stream_packages(tmp_path, model, {"variant": "tiny"}, {"15": buckets}, SIZE, [],
+                              precision="fp16", target="iOS18", units="all")
+    path = tmp_path / "dealthdr_tiny_s15_stream.mlpackage"
+    assert path.is_dir()
+    funcs = {r["function"]: r for r in records}
+    assert sorted(funcs) == ["encode_long", "encode_short", "flow", "fuse_long", "fuse_short"]
+    for name, r in funcs.items():
+        assert r["stream"]["input_names"] == NAMES[name.split("_")[0]][0]
+        assert r["parity"]["passed"] is None and "macOS" in r["parity"]["pending"]
+    assert funcs["encode_short"]["centre"] == "any" and funcs["fuse_long"]["centre"] == "long"
+    assert funcs["fuse_short"]["stream"]["inputs"][0] == [1, 5, 3, *SIZE]
+    # the two fuse functions store their weights once
+    assert digest(path)[0] < sum(r["single_function_bytes"] for r in records) - \
+        0.8 * funcs["fuse_long"]["single_function_bytes"]
+    sig = signatures(export_stream(model, buckets, SIZE))
+    validate_stream_package(path, sig)
+    sig["flow"]["inputs"][0] = [1, 3, 64, 64]
+    with pytest.raises(ValueError, match="flow: inputs"):
+        validate_stream_package(path, sig)
+
+
+def test_coreml_stream_needs_ios18(tmp_path, capsys):
+    from export.to_coreml import main
+
+    assert main(["--s-buckets", "15", "--stream", "--deployment-target", "iOS17",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "iOS18" in capsys.readouterr().err and not (tmp_path / "x").exists()
