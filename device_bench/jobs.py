@@ -140,6 +140,11 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
             elif ckpt is not None:
                 eager_buckets.setdefault(key, ckpt)
             rt = _runtime_of(art["backend"])
+            if rt is None:
+                if art["backend"] in APPLE_BACKENDS:
+                    log.info("skipping %s (%s): Core ML runs on Apple OSes; use "
+                             "`python -m device_bench apple`", art["file"], art["backend"])
+                continue
             if "tiled" in art:
                 log.info("skipping %s:%s: a tiled program; use `python -m device_bench tiled`",
                          art["file"], art.get("method"))
@@ -148,10 +153,6 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
                 if art["stream"]["kind"] != "fuse":
                     continue  # timed inside the fuse job: one output frame's steady state
                 rt = (rt[0], "xnnpack-stream")
-                if art["backend"] in APPLE_BACKENDS:
-                    log.info("skipping %s (%s): Core ML runs on Apple OSes; use "
-                             "`python -m device_bench apple`", art["file"], art["backend"])
-                continue
             if rt[0] not in runtimes or size not in sizes:
                 continue
             path = mpath.parent / art["file"]

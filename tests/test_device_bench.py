@@ -444,3 +444,36 @@ def test_stream_benchmark_records_both_modes(tmp_path):
         assert rec[mode]["seconds_median"] > 0 and rec[mode]["peak_rss_mb_max"] > 0
         assert rec[mode]["runs"][0]["psnr_mu_full_windows"] is not None
     assert rec["speedup"] > 0 and rec["machine"]["threads"] == 1
+
+
+def test_discover_plans_stream_fuse_jobs_and_skips_apple_and_per_frame_methods(tmp_path):
+    """A streaming program is timed once per centre through its fuse method (one output frame's
+    steady state); its per-frame methods and Core ML packages are not jobs of their own."""
+    from export.artifacts import artifact_record
+    from export.buckets import make_buckets
+
+    from device_bench.jobs import discover
+
+    cal = {"buckets": [{"s": "15", "ratio": [0.5, 0.25, 0.1]}]}
+    bucket = make_buckets(cal, [15.0], SIZE, ("short",), 8)[0]
+    for name in ("w.pte", "st.pte", "st.mlpackage", "w.mlpackage"):
+        (tmp_path / name).write_bytes(name.encode())
+    stream = {"kind": "fuse", "methods": ["encode_short", "fuse_short"]}
+    recs = [artifact_record(tmp_path / "w.pte", tmp_path, "executorch-xnnpack", "fp32", bucket,
+                            SIZE, {}, frames=5, method="forward_short"),
+            artifact_record(tmp_path / "st.pte", tmp_path, "executorch-xnnpack", "fp32", bucket,
+                            SIZE, {}, frames=5, method="fuse_short", stream=stream),
+            artifact_record(tmp_path / "st.pte", tmp_path, "executorch-xnnpack", "fp32", bucket,
+                            SIZE, {}, frames=5, method="encode_short",
+                            stream={**stream, "kind": "encode"}),
+            artifact_record(tmp_path / "st.mlpackage", tmp_path, "coreml", "fp16", bucket, SIZE,
+                            {}, frames=5, function="fuse_short", stream=stream),
+            artifact_record(tmp_path / "w.mlpackage", tmp_path, "coreml", "fp16", bucket, SIZE,
+                            {}, frames=5, function="s15_short")]
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": "dealthdr-export-manifest/1", "artifacts": recs,
+         "model": {"variant": "tiny", "checkpoint_sha256": "0" * 64}}))
+    jobs = discover([tmp_path], [SIZE], [1], runtimes=("executorch",), verify=False)
+    got = sorted((j.backend, j.method) for j in jobs)
+    assert got == [("xnnpack", "forward_short"), ("xnnpack-stream", "fuse_short")]
+    assert all(("stream" in j.extra) == (j.backend == "xnnpack-stream") for j in jobs)
