@@ -33,9 +33,14 @@ class Bucket:
         return s_text(self.s)
 
     @property
+    def s_stem(self) -> str:
+        """s in file and function names: s15, sinf, s0.5 -> s0p5."""
+        return f"s{self.s_key.replace('.', 'p')}"
+
+    @property
     def name(self) -> str:
         """Function / method / file stem: s15_short, sinf_long, s0.5_short -> s0p5_short."""
-        return f"s{self.s_key.replace('.', 'p')}_{self.centre}"
+        return f"{self.s_stem}_{self.centre}"
 
     def record(self) -> dict:
         return {"s": self.s_key, "centre": self.centre, "bucket_k": list(self.budget),
@@ -64,6 +69,14 @@ def make_buckets(calibration: dict, s_values: list[float], size: tuple[int, int]
         budget = tuple(0 if s == 0 else n if math.isinf(s) else min(n, max(1, math.ceil(r * n)))
                        for r, n in zip(ratio, tiles))
         out.extend(Bucket(s, c, ratio, budget, tile) for c in centres)
+    return out
+
+
+def group_by_s(buckets: list[Bucket]) -> dict[str, list[Bucket]]:
+    """{s_key: that s's buckets (one per centre)}, in the buckets' order: one program per s."""
+    out: dict[str, list[Bucket]] = {}
+    for b in buckets:
+        out.setdefault(b.s_key, []).append(b)
     return out
 
 

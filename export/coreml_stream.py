@@ -15,6 +15,9 @@ import platform
 import tempfile
 from pathlib import Path
 
+from export.stream import (export_stream, gate_stream, method_kind, recorded_methods, signatures,
+                           stream_record)
+
 log = logging.getLogger("export.coreml_stream")
 
 # (input names, output names) per method kind; the encoders' outputs are the fuse's f1-f4
@@ -26,30 +29,16 @@ NAMES = {
 }
 
 
-def kind_of(method: str) -> str:
-    return method.split("_")[0]
-
-
 def convert_method(program, method: str, shapes: dict, precision: str, target: str, units: str):
     """One streaming method's ExportedProgram -> mlprogram with named inputs and outputs."""
-    import coremltools as ct
-    import torch
+    from export.to_coreml import convert_named
 
-    from export.to_coreml import COMPUTE_UNITS, keep_in_fp16
-
-    ins, outs = NAMES[kind_of(method)]
+    ins, outs = NAMES[method_kind(method)]
     if len(ins) != len(shapes["inputs"]) or len(outs) != len(shapes["outputs"]):
         raise ValueError(f"{method}: {len(shapes['inputs'])} inputs / {len(shapes['outputs'])} "
                          f"outputs, expected {ins} -> {outs}")
-    with torch.no_grad():
-        return ct.convert(
-            program.run_decompositions({}), convert_to="mlprogram",
-            minimum_deployment_target=getattr(ct.target, target),
-            compute_precision=(ct.transform.FP16ComputePrecision(op_selector=keep_in_fp16)
-                               if precision == "fp16" else ct.precision.FLOAT32),
-            compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[units]),
-            inputs=[ct.TensorType(name=n, shape=tuple(s)) for n, s in zip(ins, shapes["inputs"])],
-            outputs=[ct.TensorType(name=n) for n in outs], skip_model_load=True)
+    return convert_named(program, dict(zip(ins, shapes["inputs"])), outs, precision, target,
+                         units)
 
 
 def validate_stream_package(path: Path, sig: dict) -> None:
@@ -62,7 +51,7 @@ def validate_stream_package(path: Path, sig: dict) -> None:
     if sorted(found) != sorted(sig):
         raise ValueError(f"{path.name}: functions {sorted(found)}, expected {sorted(sig)}")
     for method, d in found.items():
-        ins, outs = NAMES[kind_of(method)]
+        ins, outs = NAMES[method_kind(method)]
         shapes = {i.name: list(i.type.multiArrayType.shape) for i in d.input}
         want = dict(zip(ins, sig[method]["inputs"]))
         if shapes != want:
@@ -79,7 +68,7 @@ def coreml_methods(path: Path, names: list[str]) -> dict:
 
     def load(method):
         mlmodel = ct.models.MLModel(str(path), function_name=method)
-        ins, outs = NAMES[kind_of(method)]
+        ins, outs = NAMES[method_kind(method)]
 
         def run(inputs):
             got = mlmodel.predict({n: t.numpy() for n, t in zip(ins, inputs)})
@@ -94,7 +83,6 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
     streaming program's)."""
     from export.artifacts import artifact_record, digest
     from export.gate import pending_gate
-    from export.stream import export_stream, gate_stream, signatures
     from export.to_coreml import save_multifunction
 
     if target != "iOS18":
@@ -105,7 +93,7 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
     for group in by_s.values():
         programs = export_stream(model, group, size)
         sig = signatures(programs)
-        path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+        path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                        "_stream.mlpackage"
         with tempfile.TemporaryDirectory() as tmp:
             parts, single = [], {}
@@ -119,8 +107,6 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
                 single[method] = digest(part)[0]
             save_multifunction(parts, path)
         validate_stream_package(path, sig)
-        stream = {"methods": sorted(programs), "per_output_frame": {
-            "encode": 1, "flow": 2, "fuse": 1}}
         methods = coreml_methods(path, sorted(programs)) if on_mac else None
         for b in group:
             if on_mac:
@@ -130,17 +116,14 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
             else:
                 parity = pending_gate("Core ML prediction needs macOS; structure validated on "
                                       "Linux", precision)
-            names = [f"fuse_{b.centre}"] + (["encode_short", "encode_long", "flow"]
-                                            if b is group[0] else [])
-            for method in names:
-                extra = {} if kind_of(method) == "fuse" else {"centre": "any"}
-                ins, outs = NAMES[kind_of(method)]
+            for method, extra in recorded_methods(b, group):
+                ins, outs = NAMES[method_kind(method)]
                 records.append(artifact_record(
                     path, stage, "coreml", precision, b, size, parity,
                     frames=model.cfg.num_frames, function=method, deployment_target=target,
                     compute_units=units, single_function_bytes=single[method],
-                    stream={"kind": kind_of(method), **stream, "input_names": ins,
-                            "output_names": outs, **sig[method]}, **extra))
+                    stream=stream_record(method, programs, sig, input_names=ins,
+                                         output_names=outs), **extra))
         log.info("stream s=%s: %s (%d bytes; functions alone: %d bytes)", group[0].s_key,
                  path.name, digest(path)[0], sum(single.values()))
     return records

@@ -114,6 +114,25 @@ def export_stream(model: DeAltHDR, buckets: list[Bucket], size: tuple[int, int])
     return out
 
 
+def method_kind(method: str) -> str:
+    """"encode", "flow" or "fuse"."""
+    return method.split("_")[0]
+
+
+def recorded_methods(bucket: Bucket, group: list[Bucket]) -> list[tuple[str, dict]]:
+    """(method, record extras) for the manifest records of one bucket of an s: its fuse, and
+    with the first bucket the per-frame methods both centres share (centre "any")."""
+    shared = ["encode_short", "encode_long", "flow"] if bucket is group[0] else []
+    return [(f"fuse_{bucket.centre}", {})] + [(m, {"centre": "any"}) for m in shared]
+
+
+def stream_record(method: str, programs: dict, sig: dict, **names) -> dict:
+    """The manifest's `stream` entry of one method: what it is, how often a frame loop calls
+    it, and the shapes (and names, where the backend names them) it takes and returns."""
+    return {"kind": method_kind(method), "methods": sorted(programs),
+            "per_output_frame": {"encode": 1, "flow": 2, "fuse": 1}, **names, **sig[method]}
+
+
 def signatures(programs: dict) -> dict:
     """{method: {"inputs": [shape...], "outputs": [shape...]}} for the manifest."""
     out = {}

@@ -71,22 +71,27 @@ def convert_program(program, size, frames: int, precision: str, target: str, uni
     pairs (quantize/qat.py): coremltools turns them into int8 weights and activations, and
     `precision` is then that of the float ops left between them. `frames`: the window length
     the program was exported for (the model's `num_frames`)."""
+    h, w = size
+    return convert_named(program, {"frames": (1, frames, 3, h, w), "exposures": (1, frames)},
+                         ["hdr"], precision, target, units)
+
+
+def convert_named(program, inputs: dict, outputs: list[str], precision: str, target: str,
+                  units: str):
+    """An ExportedProgram -> mlprogram whose inputs ({name: shape}, in the program's order) and
+    outputs carry these names; the warp and its coordinates stay fp32 under fp16."""
     import coremltools as ct
     import torch
 
-    program = program.run_decompositions({})
-    h, w = size
     with torch.no_grad():
-        mlmodel = ct.convert(
-            program, convert_to="mlprogram",
+        return ct.convert(
+            program.run_decompositions({}), convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, target),
             compute_precision=(ct.transform.FP16ComputePrecision(op_selector=keep_in_fp16)
                                if precision == "fp16" else ct.precision.FLOAT32),
             compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[units]),
-            inputs=[ct.TensorType(name="frames", shape=(1, frames, 3, h, w)),
-                    ct.TensorType(name="exposures", shape=(1, frames))],
-            outputs=[ct.TensorType(name="hdr")], skip_model_load=True)
-    return mlmodel
+            inputs=[ct.TensorType(name=n, shape=tuple(s)) for n, s in inputs.items()],
+            outputs=[ct.TensorType(name=n) for n in outputs], skip_model_load=True)
 
 
 def describe(mlmodel, info: dict, bucket, precision: str, frames: int) -> None:
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from tqdm import tqdm
 
+        from export.buckets import group_by_s
         from export.coreml_stream import stream_packages
 
         from export.artifacts import (artifact_record, digest, prepare, staging_dir,
@@ -254,11 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                     structure=structure[function or "main"],
                     single_function_bytes=single_bytes[b.name]))
             if args.stream:
-                by_s: dict[str, list] = {}
-                for b in buckets:
-                    by_s.setdefault(b.s_key, []).append(b)
                 records.extend(stream_packages(
-                    stage, model, info, by_s, args.size, windows, precision=args.precision,
+                    stage, model, info, group_by_s(buckets), args.size, windows,
+                    precision=args.precision,
                     target=args.deployment_target, units=args.compute_units))
             notes = [] if on_mac else ["numeric parity pending: Core ML prediction needs macOS; "
                                        "run this exporter on a Mac to gate"]

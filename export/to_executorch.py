@@ -137,7 +137,7 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dic
     for group in by_s.values():
         programs, sums_length = export_tiled(model, group, tile, frame)
         exec_prog, cov = lower(programs, "xnnpack")
-        path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+        path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                        f"_xnnpack_tiled{frame[0]}x{frame[1]}.pte"
         path.write_bytes(exec_prog.buffer)
         arena = planned_bytes(exec_prog)
@@ -164,31 +164,26 @@ def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -
     """One streaming .pte per s (`export/stream.py`: encode_short, encode_long, flow and a fuse
     per centre, sharing weights), each fuse gated as a frame loop; their records."""
     from export.artifacts import artifact_record
-    from export.stream import export_stream, gate_stream, program_methods, signatures
+    from export.stream import (export_stream, gate_stream, program_methods, recorded_methods,
+                               signatures, stream_record)
 
     records = []
     for group in by_s.values():
         programs = export_stream(model, group, size)
         exec_prog, cov = lower(programs, "xnnpack")
-        path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+        path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                        "_xnnpack_stream.pte"
         path.write_bytes(exec_prog.buffer)
         arena, sig = planned_bytes(exec_prog), signatures(programs)
         methods = program_methods(path)
-        stream = {"methods": sorted(programs), "per_output_frame": {
-            "encode": 1, "flow": 2, "fuse": 1}}
         for b in group:
             check_runnable(f"fuse_{b.centre}", arena[f"fuse_{b.centre}"])
             parity = gate_stream(methods, model, b, windows)
-            names = [f"fuse_{b.centre}"] + (["encode_short", "encode_long", "flow"]
-                                            if b is group[0] else [])
-            for method in names:
-                kind = method.split("_")[0]
-                extra = {} if kind == "fuse" else {"centre": "any"}
+            for method, extra in recorded_methods(b, group):
                 records.append(artifact_record(
                     path, stage, "executorch-xnnpack", "fp32", b, size, parity,
                     frames=model.cfg.num_frames, method=method,
-                    stream={"kind": kind, **stream, **sig[method]}, delegation=cov[method],
+                    stream=stream_record(method, programs, sig), delegation=cov[method],
                     planned_activation_bytes=arena[method], **extra))
         log.info("stream s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
                                                      for m, a in arena.items()})
@@ -232,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from export.artifacts import artifact_record, prepare, staging_dir, write_manifest
-        from export.buckets import export_program
+        from export.buckets import export_program, group_by_s
         from export.gate import pending_gate, run_gate
 
         if args.tiled_frame is not None:
@@ -250,16 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         with staging_dir(args.out, args.force) as stage:
             model, info, calibration, buckets, windows = prepare(args)
-            by_s: dict[str, list] = {}
-            for b in buckets:
-                by_s.setdefault(b.s_key, []).append(b)
+            by_s = group_by_s(buckets)
             records, notes = [], []
             for s_key, group in tqdm(by_s.items(), desc=f"executorch/{args.backend}"):
                 methods = {f"forward_{b.centre}": b for b in group}
                 programs = {m: export_program(model, b, args.size) for m, b in methods.items()}
                 exec_prog, cov = lower(programs, args.backend, args.precision,
                                        not args.no_rewrites)
-                path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
+                path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                                f"_{args.backend}.pte"
                 path.write_bytes(exec_prog.buffer)
                 arena = planned_bytes(exec_prog)

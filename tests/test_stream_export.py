@@ -169,3 +169,25 @@ def test_coreml_stream_needs_ios18(tmp_path, capsys):
     assert main(["--s-buckets", "15", "--stream", "--deployment-target", "iOS17",
                  "--out", str(tmp_path / "x")]) == 2
     assert "iOS18" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow   # lowers five methods to XNNPACK (~5 min here): kept out of CI
+def test_executorch_stream_program_records_and_gates(model, tmp_path):
+    from calib.windows import make_windows
+    from export.buckets import group_by_s
+    from export.to_executorch import stream_programs
+
+    windows = make_windows("heldout", *SIZE, clips=1, seed=1)
+    buckets = _buckets(15.0, 0.2)
+    records = stream_programs(tmp_path, model, {"variant": "tiny"}, group_by_s(buckets), SIZE,
+                              windows)
+    assert (tmp_path / "dealthdr_tiny_s15_xnnpack_stream.pte").is_file()
+    by_method = {r["method"]: r for r in records}
+    assert sorted(by_method) == ["encode_long", "encode_short", "flow", "fuse_long",
+                                 "fuse_short"]
+    for name, r in by_method.items():
+        assert r["stream"]["kind"] == name.split("_")[0]
+        assert r["stream"]["per_output_frame"] == {"encode": 1, "flow": 2, "fuse": 1}
+        assert r["parity"]["passed"] and r["planned_activation_bytes"] > 0
+        assert r["centre"] == ("any" if r["stream"]["kind"] != "fuse" else name[5:])
+    assert by_method["fuse_short"]["stream"]["outputs"] == [[1, 3, *SIZE]]
