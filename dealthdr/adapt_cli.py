@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import apply_threads
+    from .cliargs import apply_threads
     from .checkpoint import resolve_checkpoint
     from .data.sequence import open_sequence
     from .reconstruct_cli import frame_range

@@ -1,33 +1,59 @@
-"""`dealthdr` command line: one subcommand per job, each in its own module."""
+"""`dealthdr` command line: one subcommand per job, each in its own module.
+
+The tools (export, quantize, bench, calib) have their own flag parsers; `dealthdr TOOL ...`
+hands the rest of the command line to the tool's `main`, imported only then, so the network's
+commands never load the exporters or their heavy dependencies.
+"""
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import sys
 
 from . import __version__
+from .cliargs import configure_logging
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x256' -> (256, 256) as (height, width)."""
+# Tool -> its module, or -> {job: module} where the tool has several jobs.
+TOOLS = {
+    "export": {"executorch": "dealthdr.export.to_executorch",
+               "coreml": "dealthdr.export.to_coreml",
+               "onnx": "dealthdr.export.to_onnx"},
+    "quantize": "dealthdr.quantize.qat",
+    "bench": "dealthdr.bench.cli",
+    "calib": {"buckets": "dealthdr.calib.buckets",
+              "noise": "dealthdr.calib.noise",
+              "darktable": "dealthdr.calib.darktable"},
+}
+TOOL_HELP = {
+    "export": "fixed-shape s-bucket exports: executorch | coreml | onnx (then --help)",
+    "quantize": "int8: QAT, a PTQ baseline and the int8 artifacts (--help)",
+    "bench": "latency harness, records, Fig. 1 / Table I (--help lists its commands)",
+    "calib": "calibration: buckets (attention ratio) | noise (RAW) | darktable (presets)",
+}
+
+
+def run_tool(argv: list[str]) -> int:
+    """`dealthdr TOOL [JOB] ARGS...`: the tool's own `main(ARGS)`."""
+    tool, rest = argv[0], argv[1:]
+    target = TOOLS[tool]
+    if isinstance(target, dict):
+        if not rest or rest[0] not in target:
+            jobs = " | ".join(target)
+            if rest and rest[0] in ("-h", "--help"):
+                print(f"usage: dealthdr {tool} {{{jobs}}} [--help | ARGS...]\n\n"
+                      f"{TOOL_HELP[tool]}")
+                return 0
+            print(f"usage: dealthdr {tool} {{{jobs}}} [--help | ARGS...]\n"
+                  f"dealthdr {tool}: error: choose one of {jobs}", file=sys.stderr)
+            return 2
+        tool, target, rest = f"{tool} {rest[0]}", target[rest[0]], rest[1:]
+    # The tools' parsers name themselves after argv[0] (their script when run by path).
+    saved, sys.argv[0] = sys.argv[0], f"dealthdr {tool}"
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 256x256, got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size {text} is below the 8x8 minimum")
-    return h, w
-
-
-def apply_threads(threads: int | None) -> None:
-    """--threads of a subcommand: torch intra-op threads, None leaves torch's default."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError("--threads must be >= 1")
-    import torch
-
-    torch.set_num_threads(threads)
+        return importlib.import_module(target).main(rest) or 0
+    finally:
+        sys.argv[0] = saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,21 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(sub)
     reconstruct_cli.add_parser(sub)
     adapt_cli.add_parser(sub)
+    for tool, text in TOOL_HELP.items():  # listed for --help; `main` dispatches them first
+        sub.add_parser(tool, help=text, add_help=False)
     return parser
 
 
-OUR_PACKAGES = ("dealthdr", "export", "calib", "quantize", "device_bench")
-
-
-def configure_logging(verbose: bool = True) -> None:
-    """INFO for this project's loggers, WARNING for everything else: the ONNX exporter and
-    onnxscript alone log thousands of INFO lines per graph."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in OUR_PACKAGES:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        return run_tool(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)

@@ -21,7 +21,7 @@ PAPER_GMACS = {0: 98, 15: 128, 100: 159, math.inf: 168}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import parse_size
+    from .cliargs import parse_size
     from .sensitivity import parse_s_list
 
     p = sub.add_parser("profile", help="cost table of the variants (MACs, FLOPs, latency)",

@@ -107,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import apply_threads
+    from .cliargs import apply_threads
     from .checkpoint import load_checkpoint
     from .data.sequence import open_sequence
     from .reconstruct import reconstruct

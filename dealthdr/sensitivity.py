@@ -36,3 +36,8 @@ def parse_s_list(text: str) -> list[float]:
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"s values have duplicates: {text!r}")
     return values
+
+
+def parse_s_texts(text: str) -> list[str]:
+    """'0,15,inf' -> ["0", "15", "inf"]: `parse_s_list` in the text form records use."""
+    return [s_text(v) for v in parse_s_list(text)]

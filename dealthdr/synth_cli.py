@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import parse_size
+    from .cliargs import parse_size
     from .data.synth import BUNDLED_HDRI, HELDOUT, SPLITS
 
     p = sub.add_parser(

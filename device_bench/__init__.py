@@ -1,1 +1,1 @@
-"""Latency harness and Fig. 1 / Table I reproduction (imports dealthdr, never the reverse)."""
+"""`python -m device_bench` from a checkout; the code lives in `dealthdr.bench`."""

@@ -1,52 +1,11 @@
-"""device_bench: latency of the exported s-buckets per runtime, device records, Fig. 1 / Table I.
+"""`python -m device_bench COMMAND`: latency harness, records, Fig. 1 / Table I.
 
-    python -m device_bench run --artifacts exports/executorch exports/onnx --sizes 256x256
-    python -m device_bench summary RESULTS.jsonl
-    python -m device_bench plot RESULTS.jsonl --out runs/plots
-    python -m device_bench pick --budget-ms 33 --records RESULTS.jsonl --runtime executorch
-    python -m device_bench ingest PHONE.jsonl --into RESULTS.jsonl
-    python -m device_bench breakdown --size 256x256          # Table G: eager per component
-    python -m device_bench apple --artifacts exports/coreml   # macOS: Core ML + compute plan
-    python -m device_bench profile-pte PROGRAM.pte --method forward_short   # per-op ETDump
-    python -m device_bench tiled PROGRAM.pte --size 1080x1920    # large frames as tiles
-    python -m device_bench stream --frames 32         # reconstruct: streaming vs every window
-
-Run from the repository root (device_bench imports dealthdr, export and quantize).
+The same as `dealthdr bench COMMAND`; the code lives in `dealthdr.bench` (`--help` lists the
+commands).
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from device_bench import (apple, breakdown, ingest, pick, plot, profile_pte, run, stream,
-                              summary, tiled)
-
-    parser = argparse.ArgumentParser(prog="python -m device_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="log warnings only (default: progress at INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, summary, plot, pick, ingest, breakdown, apple, profile_pte, tiled,
-                   stream):
-        module.add_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from dealthdr.cli import configure_logging
-    from device_bench.schema import RecordError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(not args.quiet)
-    try:
-        return args.run(args) or 0
-    except (ValueError, FileNotFoundError, RecordError) as err:
-        print(f"device_bench {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
+from dealthdr.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -88,7 +88,7 @@ TRUE = {100: (3.23e-4, 2.67e-6), 800: (2.584e-3, 4.0e-5), 3200: (1.0336e-2, 2.4e
 
 @pytest.mark.parametrize("frames", [2, 1], ids=["burst", "single"])
 def test_calibration_recovers_lambdas_from_dngs(tmp_path, frames):
-    from calib.noise import main, write_synthetic_raws
+    from dealthdr.calib.noise import main, write_synthetic_raws
 
     raw = tmp_path / "raw"
     write_synthetic_raws(raw, TRUE, frames=frames, size=(384, 512), black=2048, seed=frames)
@@ -114,7 +114,7 @@ def test_calibration_recovers_lambdas_from_dngs(tmp_path, frames):
 
 
 def _assert_cli_fails(tmp_path, args, message, capsys):
-    from calib.noise import main
+    from dealthdr.calib.noise import main
 
     out = tmp_path / "out" / "prof.json"
     assert main([*args, "--out", str(out)]) == 2
@@ -123,7 +123,7 @@ def _assert_cli_fails(tmp_path, args, message, capsys):
 
 
 def test_calibration_bad_input_is_a_clear_error(tmp_path, capsys):
-    from calib.noise import write_synthetic_raws
+    from dealthdr.calib.noise import write_synthetic_raws
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -145,7 +145,7 @@ def test_calibration_bad_input_is_a_clear_error(tmp_path, capsys):
 
 
 def test_calibration_help_explains_every_flag(capsys):
-    from calib.noise import main
+    from dealthdr.calib.noise import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -177,7 +177,7 @@ def _darktable_file(tmp_path) -> Path:
 
 
 def test_darktable_entry_converts_and_round_trips(tmp_path, monkeypatch):
-    from calib.darktable import main as dt_main
+    from dealthdr.calib.darktable import main as dt_main
     from dealthdr.data import noise_profile as npf
 
     src = _darktable_file(tmp_path)
@@ -231,7 +231,7 @@ def test_darktable_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_kappa_constant_matches_its_simulation():
-    from calib.darktable import derive_kappa
+    from dealthdr.calib.darktable import derive_kappa
     from dealthdr.data.noise_profile import DARKTABLE_KAPPA, DARKTABLE_KAPPA_RB
 
     k = derive_kappa(size=512)
@@ -244,7 +244,7 @@ def test_kappa_constant_matches_its_simulation():
 def test_synth_with_profile_is_deterministic_and_its_noise_matches(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from calib.noise import clip_raw_noise
+    from dealthdr.calib.noise import clip_raw_noise
     from dealthdr.cli import main as cli_main
     from dealthdr.data.degrade import DegradeConfig
     from dealthdr.data.noise_profile import DARKTABLE_ENV, resolve_profile

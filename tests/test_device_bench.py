@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from device_bench import schema
-from device_bench.__main__ import main
-from device_bench.stats import fit_line, latency_stats, percentile, trimmed
+from dealthdr.bench import schema
+from dealthdr.bench.cli import main
+from dealthdr.bench.stats import fit_line, latency_stats, percentile, trimmed
 
 SIZE = (32, 32)
 
@@ -73,11 +73,11 @@ class Stand(nn.Module):
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from calib.buckets import sha256_file
+    from dealthdr.calib.buckets import sha256_file
     from dealthdr.checkpoint import resolve_checkpoint
-    from export.artifacts import artifact_record
-    from export.buckets import make_buckets
-    from export.to_executorch import lower
+    from dealthdr.export.artifacts import artifact_record
+    from dealthdr.export.buckets import make_buckets
+    from dealthdr.export.to_executorch import lower
 
     root = tmp_path_factory.mktemp("artifacts")
     cal = {"buckets": [{"s": "15", "ratio": [0.5, 0.25, 0.1]}]}
@@ -105,7 +105,7 @@ def artifacts(tmp_path_factory):
 
 @pytest.mark.e2e   # exported artifacts, real runs
 def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, capsys):
-    from device_bench import run as run_mod
+    from dealthdr.bench import run as run_mod
     from dealthdr.model.network import level_tiles
 
     root, bucket = artifacts
@@ -143,7 +143,7 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
 def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch, capsys):
     """--passes 2: forward then reverse order, one record per job pooling both passes, and a
     run killed between passes resumes with only the missing pass."""
-    from device_bench import run as run_mod
+    from dealthdr.bench import run as run_mod
 
     root, _ = artifacts
     out = tmp_path / "host.jsonl"
@@ -187,7 +187,7 @@ def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch, cap
 
 
 def test_worker_peak_memory_sees_native_allocations():
-    from device_bench.worker import peak_memory, start_memory_watch
+    from dealthdr.bench.worker import peak_memory, start_memory_watch
 
     import mmap
 
@@ -209,7 +209,7 @@ class WithPortableSum(Stand):
 
 @pytest.mark.e2e   # ExecuTorch lowering + profile
 def test_profile_pte_splits_execute_into_delegate_portable_and_runtime(tmp_path, capsys):
-    from export.to_executorch import lower
+    from dealthdr.export.to_executorch import lower
 
     ex = (torch.rand(1, 5, 3, *SIZE), torch.tensor([[1.0, 8, 1, 8, 1]]))
     prog = torch.export.export(WithPortableSum().eval(), ex, strict=False)
@@ -322,8 +322,8 @@ def test_pick_best_quality_within_budget_and_refusal(tmp_path, capsys):
 
 def test_breakdown_rows_add_up_and_hooks_are_removed():
     from dealthdr.checkpoint import load_checkpoint
-    from device_bench.breakdown import ATTENTION, FGMA_REST, ROWS, measure
-    from export.buckets import make_buckets
+    from dealthdr.bench.breakdown import ATTENTION, FGMA_REST, ROWS, measure
+    from dealthdr.export.buckets import make_buckets
 
     model, _ = load_checkpoint("default")
     cal = {"buckets": [{"s": "0", "ratio": [0, 0, 0]}, {"s": "15", "ratio": [0.5, 0.25, 0.1]}]}
@@ -340,7 +340,7 @@ def test_breakdown_rows_add_up_and_hooks_are_removed():
 
 
 def test_plot_writes_figures_and_tables(tmp_path):
-    from device_bench.plot import draw
+    from dealthdr.bench.plot import draw
 
     recs = []
     for runtime, scale in (("torch", 1.0), ("onnxruntime", 0.8), ("executorch", 0.9)):
@@ -383,7 +383,7 @@ def test_plot_writes_figures_and_tables(tmp_path):
 def test_apple_refuses_off_macos_and_builds_records_and_commands(capsys):
     import platform
 
-    from device_bench.apple import (apple_record, coreml_entries, plan_summary, require_macos,
+    from dealthdr.bench.apple import (apple_record, coreml_entries, plan_summary, require_macos,
                                     xcode_commands)
 
     manifest = str(Path(__file__).resolve().parents[1] / "export/results/coreml_ios18_256.json")
@@ -449,10 +449,10 @@ def test_stream_benchmark_records_both_modes(tmp_path):
 def test_discover_plans_stream_fuse_jobs_and_skips_apple_and_per_frame_methods(tmp_path):
     """A streaming program is timed once per centre through its fuse method (one output frame's
     steady state); its per-frame methods and Core ML packages are not jobs of their own."""
-    from export.artifacts import artifact_record
-    from export.buckets import make_buckets
+    from dealthdr.export.artifacts import artifact_record
+    from dealthdr.export.buckets import make_buckets
 
-    from device_bench.jobs import discover
+    from dealthdr.bench.jobs import discover
 
     cal = {"buckets": [{"s": "15", "ratio": [0.5, 0.25, 0.1]}]}
     bucket = make_buckets(cal, [15.0], SIZE, ("short",), 8)[0]

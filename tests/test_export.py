@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from calib.windows import make_windows
-from export.artifacts import digest, staging_dir
+from dealthdr.calib.windows import make_windows
+from dealthdr.export.artifacts import digest, staging_dir
 from dealthdr.model.inputs import neighbour_offsets, window_pattern
 from dealthdr.model.network import level_tiles
-from export.buckets import BucketGraph, make_buckets
-from export.gate import GateFailed, run_gate
+from dealthdr.export.buckets import BucketGraph, make_buckets
+from dealthdr.export.gate import GateFailed, run_gate
 from tests.conftest import untrained_tiny
 
 SIZE = (64, 64)
@@ -48,7 +48,7 @@ def test_window_pattern_alternates_around_the_centre():
 
 def test_bench_inputs_follow_the_window_pattern():
     """The benchmark worker builds its inputs without torch; they must match the export's."""
-    from device_bench.worker import make_inputs
+    from dealthdr.bench.worker import make_inputs
 
     for frames in (5, 7):
         for centre in ("short", "long"):
@@ -117,7 +117,7 @@ def test_gate_passes_the_model_itself_and_fails_a_wrong_artifact(tiny, windows):
 @pytest.mark.e2e   # ONNX export of the network
 def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
     pytest.importorskip("onnxruntime")
-    from export.to_onnx import export_onnx, onnx_runner
+    from dealthdr.export.to_onnx import export_onnx, onnx_runner
 
     bucket = make_buckets(CAL, [15.0], SIZE, ("long",), 8)[0]
     path = tmp_path / "m.onnx"
@@ -130,8 +130,8 @@ def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
 
 @pytest.mark.e2e   # ExecuTorch lowering + bundled program
 def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
-    from export.buckets import export_program
-    from export.to_executorch import lower, pte_runner
+    from dealthdr.export.buckets import export_program
+    from dealthdr.export.to_executorch import lower, pte_runner
 
     b = make_buckets(CAL, [15.0], SIZE, ("short", "long"), 8)
     progs = {f"forward_{x.centre}": export_program(tiny, x, SIZE) for x in b}
@@ -148,7 +148,7 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
     # BundledProgram: held-out inputs and expected outputs travel with the program. This
     # runtime build has no bundled-IO verifier, so the test does what a device harness does:
     # run the bundled program on its bundled inputs and compare with its expected outputs.
-    from export.to_executorch import bundle
+    from dealthdr.export.to_executorch import bundle
     assert _bundle_max_error(bundle(exec_prog, {f"forward_{x.centre}": (tiny, x) for x in b},
                                     windows)) < 1e-5
     swapped = bundle(exec_prog, {"forward_short": (tiny, b[1]), "forward_long": (tiny, b[0])},
@@ -156,7 +156,7 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
     assert _bundle_max_error(swapped) > 1e-3
 
     # The planned activation arena is reported, and a run that cannot fit is refused up front.
-    from export import to_executorch
+    from dealthdr.export import to_executorch
     arena = to_executorch.planned_bytes(exec_prog)
     frame_bytes = 4 * 5 * 3 * SIZE[0] * SIZE[1]
     assert set(arena) == set(progs) and all(v > 10 * frame_bytes for v in arena.values())
@@ -189,7 +189,7 @@ def _bundle_max_error(data: bytes) -> float:
 @pytest.mark.e2e   # Core ML conversion
 def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     pytest.importorskip("coremltools")
-    from export.to_coreml import convert, save_multifunction, validate_package
+    from dealthdr.export.coreml import convert, save_multifunction, validate_package
 
     bs = make_buckets(CAL, [0.0, 15.0], SIZE, ("short",), 8)
     parts = []
@@ -213,7 +213,7 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
 
 
 def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
-    from export.to_onnx import main
+    from dealthdr.export.to_onnx import main
 
     for bad in ("15,15", "-1", "fast"):
         with pytest.raises(SystemExit) as exc:
@@ -229,7 +229,7 @@ def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
 
 @pytest.mark.e2e   # exporter CLI end to end
 def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
-    from export.to_onnx import main
+    from dealthdr.export.to_onnx import main
 
     out = tmp_path / "onnx"
     assert main(["--s-buckets", "0", "--size", "64x64", "--centre", "short",
@@ -252,8 +252,8 @@ def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
     from executorch.runtime import Runtime
 
     from dealthdr.model.framestats import pack
-    from export.tiles import export_tiled, gate_tiled, run_program_tiled
-    from export.to_executorch import lower
+    from dealthdr.export.tiles import export_tiled, gate_tiled, run_program_tiled
+    from dealthdr.export.to_executorch import lower
 
     frame, tile = (64, 128), (64, 64)
     b = make_buckets(CAL, [15.0], tile, ("short",), 8)[0]

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from calib.windows import make_windows
+from dealthdr.calib.windows import make_windows
 from dealthdr.model.network import level_tiles
-from export.buckets import Bucket, BucketGraph, example_inputs
+from dealthdr.export.buckets import Bucket, BucketGraph, example_inputs
 from tests.conftest import untrained_tiny
 
 SIZE = (64, 64)
@@ -38,7 +38,7 @@ def windows():
 
 
 def test_policy_keeps_coordinates_indices_and_statistics_float(program):
-    from quantize.policy import GRID_CONSUMERS, FloatPolicy, group_of
+    from dealthdr.quantize.policy import GRID_CONSUMERS, FloatPolicy, group_of
 
     gm = program.module()
     policy = FloatPolicy(gm, float_groups=("merge",))
@@ -65,8 +65,8 @@ def test_prepared_graph_quantizes_the_weights_of_int8_blocks_only(program):
     every conv's partition whenever `io` stayed float, leaving all weights fp32."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from quantize.policy import FloatPolicy, group_of
-    from quantize.quantizers import make_quantizer
+    from dealthdr.quantize.policy import FloatPolicy, group_of
+    from dealthdr.quantize.quantizers import make_quantizer
 
     gm = program.module()
     params = {n for n, _ in gm.named_parameters()}
@@ -93,8 +93,8 @@ def test_int8_graph_keeps_the_attention_branch(program, windows):
     """The s15 graph's top-k selections still feed the output after convert_pt2e (with the
     model's former in-place scatter, the quantize/dequantize pair pt2e put after the zero map
     dropped the write: no top-k fed the output, and lowering removed the branch)."""
-    from quantize.quantizers import check_attention_kept
-    from quantize.sensitivity import ptq
+    from dealthdr.quantize.quantizers import check_attention_kept
+    from dealthdr.quantize.sensitivity import ptq
 
     assert any(n.target == torch.ops.aten.topk.default for n in program.graph.nodes)
     assert not [n for n in program.graph.nodes if getattr(n.target, "_schema", None) is not None
@@ -110,8 +110,8 @@ def test_int8_graph_keeps_the_attention_branch(program, windows):
 def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
     """Without the integer-scalar fix the prepared graph does not run (int64 * float), and
     without the float islands its output is NaN (merge) or far off."""
-    from quantize.measure import agreement
-    from quantize.sensitivity import ptq
+    from dealthdr.quantize.measure import agreement
+    from dealthdr.quantize.sensitivity import ptq
 
     b = bucket(15.0)
     model = ptq(program, "xnnpack", {"float_groups": ("merge", "io")}, windows, "minmax",
@@ -121,7 +121,7 @@ def test_ptq_graph_runs_and_stays_close_to_float(program, tiny, windows):
 
 
 def test_tie_parameters_within_a_centre_only():
-    from quantize.qat_train import tie_parameters
+    from dealthdr.quantize.qat_train import tie_parameters
 
     base = torch.nn.Linear(3, 3)
 
@@ -147,7 +147,7 @@ def test_tie_parameters_within_a_centre_only():
 
 @pytest.mark.e2e   # QAT training runs
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
-    from quantize.qat_train import QATConfig, prepare_graphs, train
+    from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train
 
     buckets = [bucket(0.0), bucket(15.0)]
 
@@ -201,8 +201,8 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
 
 
 def test_finished_stages_are_reused_only_with_the_same_settings(tmp_path):
-    from quantize.qat import build_parser
-    from quantize.resume import Finished, fingerprint
+    from dealthdr.quantize.qat import build_parser
+    from dealthdr.quantize.resume import Finished, fingerprint
 
     parse = build_parser().parse_args
     key = fingerprint(parse([]), "abc")
@@ -234,9 +234,9 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     run is killed after both legs; the rerun reuses them instead of running them again."""
     from executorch.runtime import Runtime
 
-    import quantize.qat as qat
-    import quantize.report
-    from quantize.qat import main
+    import dealthdr.quantize.qat as qat
+    import dealthdr.quantize.report
+    from dealthdr.quantize.qat import main
 
     out = tmp_path / "int8"
     argv = ["--size", "64x64", "--s-buckets", "15", "--centre", "short", "--steps", "1",
@@ -246,7 +246,7 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     def killed(*a, **k):
         raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(quantize.report, "write_report", killed)
+        m.setattr(dealthdr.quantize.report, "write_report", killed)
         with pytest.raises(KeyboardInterrupt):
             main(argv)
     assert not out.exists()
@@ -283,7 +283,7 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
 def test_qat_cli_coreml_package_is_w8a8_with_fp32_warp(tmp_path):
     """The Core ML leg (flow-only bucket, the smallest graph): quantize/dequantize ops in the
     package (W8A8, not fp16), resample kept fp32, numeric parity recorded as pending."""
-    from quantize.qat import main
+    from dealthdr.quantize.qat import main
 
     out = tmp_path / "ml"
     assert main(["--size", "32x32", "--s-buckets", "0", "--centre", "short", "--steps", "1",
@@ -298,7 +298,7 @@ def test_qat_cli_coreml_package_is_w8a8_with_fp32_warp(tmp_path):
 
 
 def test_qat_cli_refuses_bad_input(tmp_path, capsys):
-    from quantize.qat import main
+    from dealthdr.quantize.qat import main
 
     for argv in (["--backend", "tpu"], ["--float-groups", "everything"]):
         with pytest.raises(SystemExit) as exc:

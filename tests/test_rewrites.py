@@ -25,8 +25,8 @@ def _int8_conv_program():
 def test_constant_propagation_keeps_weight_dequantize_and_int8_storage():
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    from export.rewrites import apply_rewrites
-    from export.to_executorch import lower
+    from dealthdr.export.rewrites import apply_rewrites
+    from dealthdr.export.to_executorch import lower
 
     program, converted, x = _int8_conv_program()
     folded = apply_rewrites(program)
@@ -51,7 +51,7 @@ def test_constant_propagation_keeps_weight_dequantize_and_int8_storage():
 def test_grid_sample_by_gathers_equals_grid_sample_inside_and_outside_the_map():
     import torch.nn.functional as F
 
-    from export.rewrites import grid_sample_by_gathers
+    from dealthdr.export.rewrites import grid_sample_by_gathers
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 9, 13, generator=g)
@@ -68,7 +68,7 @@ def test_grid_sample_by_gathers_equals_grid_sample_inside_and_outside_the_map():
 
 def test_decomposed_warp_program_has_no_grid_sampler_and_the_same_output():
     from dealthdr.model.spynet import flow_warp
-    from export.rewrites import decompose_portable_ops
+    from dealthdr.export.rewrites import decompose_portable_ops
 
     class Warp(nn.Module):
         def forward(self, x, flow):
@@ -83,7 +83,7 @@ def test_decomposed_warp_program_has_no_grid_sampler_and_the_same_output():
 
 
 def test_pow_and_amax_decompositions_match():
-    from export.rewrites import amax_by_maximum, decompose_portable_ops, pow_by_exp_log
+    from dealthdr.export.rewrites import amax_by_maximum, decompose_portable_ops, pow_by_exp_log
 
     x = torch.rand(2, 5, 3, 6, 7)
     x[0, 0, 0, 0, :3] = 0.0

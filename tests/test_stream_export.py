@@ -1,4 +1,4 @@
-"""Streaming programs (`export/stream.py`): the per-frame methods and the per-window fuse,
+"""Streaming programs (`dealthdr/export/stream.py`): the per-frame methods and the per-window fuse,
 run as a frame loop, against the window network they replace."""
 import math
 
@@ -9,8 +9,8 @@ from dealthdr.model.inputs import long_pattern_from_exposures
 from dealthdr.model.network import bucket_budget
 from dealthdr.reconstruct import window_indices
 from dealthdr.testclip import make_clip
-from export.buckets import Bucket, BucketGraph
-from export.stream import StreamRunner, eager_methods, export_stream, signatures
+from dealthdr.export.buckets import Bucket, BucketGraph
+from dealthdr.export.stream import StreamRunner, eager_methods, export_stream, signatures
 from tests.conftest import untrained_tiny
 
 SIZE = (32, 48)
@@ -100,7 +100,7 @@ def _call(graph):
 
 
 def test_benchmark_step_runs_the_steady_state_and_returns_the_window_output(model):
-    from device_bench.worker import stream_step
+    from dealthdr.bench.worker import stream_step
 
     class Method:  # a loaded ExecuTorch method's calling convention, counting calls
         def __init__(self, run):
@@ -126,7 +126,7 @@ def test_benchmark_step_runs_the_steady_state_and_returns_the_window_output(mode
 
 
 def test_a_streamed_frame_counts_one_encode_and_half_of_spynet():
-    from device_bench.run import streamed_flops
+    from dealthdr.bench.run import streamed_flops
 
     total, comps = streamed_flops({"encoders": 5.0, "flow (SpyNet)": 2.0, "decoder": 3.0}, 5)
     assert comps == {"encoders": 1.0, "flow (SpyNet)": 1.0, "decoder": 3.0} and total == 5.0
@@ -138,8 +138,8 @@ def test_a_streamed_frame_counts_one_encode_and_half_of_spynet():
 @pytest.mark.e2e   # Core ML conversion of five functions
 def test_coreml_stream_package(model, tmp_path):
     pytest.importorskip("coremltools")
-    from export.artifacts import digest
-    from export.coreml_stream import NAMES, stream_packages, validate_stream_package
+    from dealthdr.export.artifacts import digest
+    from dealthdr.export.coreml_stream import NAMES, stream_packages, validate_stream_package
 
     buckets = _buckets(15.0, 0.2)
     records = stream_packages(tmp_path, model, {"variant": "tiny"}, {"15": buckets}, SIZE, [],
@@ -164,7 +164,7 @@ def test_coreml_stream_package(model, tmp_path):
 
 
 def test_coreml_stream_needs_ios18(tmp_path, capsys):
-    from export.to_coreml import main
+    from dealthdr.export.to_coreml import main
 
     assert main(["--s-buckets", "15", "--stream", "--deployment-target", "iOS17",
                  "--out", str(tmp_path / "x")]) == 2
@@ -173,9 +173,9 @@ def test_coreml_stream_needs_ios18(tmp_path, capsys):
 
 @pytest.mark.slow   # lowers five methods to XNNPACK (~5 min here): kept out of CI
 def test_executorch_stream_program_records_and_gates(model, tmp_path):
-    from calib.windows import make_windows
-    from export.buckets import group_by_s
-    from export.to_executorch import stream_programs
+    from dealthdr.calib.windows import make_windows
+    from dealthdr.export.buckets import group_by_s
+    from dealthdr.export.to_executorch import stream_programs
 
     windows = make_windows("heldout", *SIZE, clips=1, seed=1)
     buckets = _buckets(15.0, 0.2)

@@ -18,11 +18,9 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import numpy as np
 
-from calib.noise import clip_raw_noise, main as calib_main, write_synthetic_raws
+from dealthdr.calib.noise import clip_raw_noise, main as calib_main, write_synthetic_raws
 
 HERE = Path(__file__).resolve().parent
 TRUE = {100: (3.23e-4, 2.67e-6), 800: (2.584e-3, 4.0e-5), 3200: (1.0336e-2, 2.4e-4)}

@@ -99,7 +99,7 @@ def alternate(video: str | Path, out: str | Path, frames: int = 160, start: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import configure_logging, parse_size
+    from ..cliargs import configure_logging, parse_size
 
     p = argparse.ArgumentParser(prog="python -m dealthdr.demo.alternate",
                                 description=__doc__,

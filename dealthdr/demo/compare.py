@@ -98,7 +98,7 @@ def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import configure_logging
+    from ..cliargs import configure_logging
     from ..reconstruct_cli import frame_range, parse_range
 
     p = argparse.ArgumentParser(prog="python -m dealthdr.demo.compare", description=__doc__,

@@ -1,0 +1,183 @@
+"""`python -m device_bench profile-pte`: where an ExecuTorch program's time goes, op by op.
+
+    python -m device_bench profile-pte exports/executorch/dealthdr_tiny_s15_256x256.pte \\
+        --method forward_short --threads 1 --repeat 3
+
+Loads the .pte with ETDump event tracing, runs the method `--warmup` + `--repeat` times on
+random frames with the method's centre exposure pattern (a bucket graph's cost does not depend
+on content: K is fixed), and reads the trace with `executorch.devtools.Inspector`. Per timed
+run it splits Method::execute into XNNPACK delegate calls, portable (non-delegated) kernels and
+the runtime's own glue, and ranks the portable kernels and the delegate's internal operators by
+time (medians over the timed runs; each part is its own median, so they add up to
+execute's only approximately). The portable ops are the ones to move into the delegate:
+this is how FGMA's element-wise gathers and scatters were found (export/README.md).
+Traced times run a little slower than `device_bench run`'s untraced ones; compare shares, not
+absolute figures, across the two.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_SUFFIX = re.compile(r"\s+#\d+$")         # XNNPACK numbers its operator instances: "... #12"
+# Events that span others: the whole run, one delegate call, one portable kernel with its glue.
+_TOTALS = {"Method::execute": "execute", "DELEGATE_CALL": "delegate", "OPERATOR_CALL": "operator"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile-pte", help="per-op time of one ExecuTorch program (ETDump)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pte", type=Path, help="the .pte to profile (an export/ or quantize/ artifact)")
+    p.add_argument("--method", default=None,
+                   help="method to run, forward_short or forward_long (default: the first of "
+                        "the program's methods)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="ExecuTorch threadpool size (default 1, as device_bench run's default "
+                        "acceptance runs)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs (default 3)")
+    p.add_argument("--top", type=int, default=12, help="rows of each table logged (default 12)")
+    p.add_argument("--etdump", type=Path, default=None,
+                   help="also keep the raw trace here, for executorch.devtools.Inspector "
+                        "(default: not kept)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON output (default runs/profile_<pte stem>_<method>.json, outside "
+                        "the source tree)")
+    p.set_defaults(run=run)
+
+
+def _load(path: Path, method: str | None):
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such .pte")
+    try:
+        module = _load_for_executorch(str(path), enable_etdump=True)
+        names = list(module.method_names())
+    except RuntimeError as err:
+        raise ValueError(f"{path}: not a loadable ExecuTorch program ({err})") from None
+    method = method or sorted(names)[0]
+    if method not in names:
+        raise ValueError(f"{path}: no method {method!r}; it has {sorted(names)}")
+    meta = module.method_meta(method)
+    shape = tuple(meta.input_tensor_meta(0).sizes())
+    if meta.num_inputs() != 2 or len(shape) != 5:
+        raise ValueError(f"{path}:{method}: not a DeAltHDR bucket graph (inputs: frames "
+                         f"(1, T, 3, H, W) and exposures (1, T); got {meta.num_inputs()} "
+                         f"inputs, frames {shape})")
+    return module, method, shape
+
+
+def _centre(method: str) -> str:
+    centre = method.rsplit("_", 1)[-1]
+    if centre not in ("short", "long"):
+        raise ValueError(f"method {method!r}: expected forward_short or forward_long, whose "
+                         "name gives the centre exposure of the inputs")
+    return centre
+
+
+def aggregate(events, warmup: int) -> dict:
+    """Medians over the timed runs (each event's raw times list one entry per run)."""
+    def med(values):
+        return round(statistics.median(values), 3) if values else 0.0
+
+    sums = defaultdict(lambda: defaultdict(float))     # (kind, name) -> run -> ms
+    calls = defaultdict(int)                           # (kind, name) -> instances per run
+    for e in events:
+        if e.is_delegated_op:
+            key = ("delegated", _SUFFIX.sub("", e.name))
+        elif e.name.startswith("native_call_"):
+            key = ("portable", e.name.removeprefix("native_call_"))
+        elif e.name in _TOTALS:
+            key = ("total", _TOTALS[e.name])
+        else:
+            continue
+        calls[key] += 1
+        timed = list(e.perf_data.raw)[warmup:] if e.perf_data is not None else []
+        for i, t in enumerate(timed):
+            sums[key][i] += t
+    n = len(sums[("total", "execute")])
+    if not n:
+        raise ValueError("the trace holds no timed Method::execute: raise --repeat")
+
+    def per_run(key):
+        return [sums[key].get(i, 0.0) for i in range(n)]
+
+    def table(kind):
+        rows = [{"op": name, "calls_per_run": calls[(k, name)], "ms": med(per_run((k, name)))}
+                for k, name in list(sums) if k == kind]
+        return sorted(rows, key=lambda r: -r["ms"])
+
+    execute, delegate, operator = (per_run(("total", k)) for k in _TOTALS.values())
+    portable = table("portable")
+    return {"runs": n, "execute_ms": med(execute), "delegate_calls_ms": med(delegate),
+            "portable_ops_ms": med(operator),
+            "runtime_other_ms": med([e - d - o for e, d, o in zip(execute, delegate, operator)]),
+            "delegate_calls_per_run": calls[("total", "delegate")],
+            "portable_calls_per_run": sum(r["calls_per_run"] for r in portable),
+            "portable_ops": portable, "delegated_ops": table("delegated")}
+
+
+def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: int,
+            keep: Path | None = None) -> dict:
+    import importlib.metadata
+
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                             _unsafe_reset_threadpool)
+
+    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.bench.worker import make_inputs
+
+    if threads < 1 or warmup < 0 or repeat < 1:
+        raise ValueError("--threads and --repeat must be >= 1, --warmup >= 0")
+    _unsafe_reset_threadpool(threads)
+    module, method, shape = _load(path, method)
+    frames, exposures = (torch.from_numpy(a) for a in make_inputs(_centre(method), shape[-2:],
+                                                                  frames=shape[1]))
+    started = time.perf_counter()
+    for _ in range(warmup + repeat):
+        module.run_method(method, (frames, exposures))
+    log.info("%s:%s: %d runs in %.1f s", path.name, method, warmup + repeat,
+             time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.etdp"
+        module.write_etdump_result_to_file(str(trace))
+        blocks = Inspector(etdump_path=str(trace)).event_blocks
+        if keep is not None:
+            from dealthdr.checkpoint import atomic_write_bytes
+            atomic_write_bytes(keep, trace.read_bytes())
+    events = [e for b in blocks if b.name == "Execute" for e in b.events]
+    return {"artifact": path.name, "sha256": sha256_file(path), "method": method,
+            "size": f"{shape[-2]}x{shape[-1]}", "threads": threads,
+            "threads_effective": int(_threadpool_get_thread_count()), "warmup": warmup,
+            "executorch": importlib.metadata.version("executorch"), "torch": torch.__version__,
+            **aggregate(events, warmup)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.bench.run import host_fields
+
+    rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,
+                                            args.repeat, args.etdump)}
+    out = args.out or Path("runs") / f"profile_{args.pte.stem}_{rec['method']}.json"
+    atomic_write_bytes(out, json.dumps(rec, indent=2).encode())
+    log.info("execute %.1f ms = delegate calls %.1f (%d) + portable ops %.1f (%d) + runtime %.1f",
+             rec["execute_ms"], rec["delegate_calls_ms"], rec["delegate_calls_per_run"],
+             rec["portable_ops_ms"], rec["portable_calls_per_run"], rec["runtime_other_ms"])
+    for kind in ("portable_ops", "delegated_ops"):
+        for r in rec[kind][:args.top]:
+            log.info("  %-9s %-40s %4d calls %9.2f ms", kind.split("_")[0], r["op"],
+                     r["calls_per_run"], r["ms"])
+    log.info("wrote %s", out)
+    return 0

@@ -1,0 +1,142 @@
+"""Markdown tables: Table I-style (quality and cost per runtime and s-bucket) and Table G-style
+(eager latency per component), plus the per-s aggregation the plots share."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from dealthdr.bench import paper
+from dealthdr.profile import COMPONENTS
+
+# Table G's rows -> (module attribute names of DeAltHDR): the profiler's components, with the
+# merge shown on its own; FGMA is split into two sub-rows.
+ROWS = {**COMPONENTS, "merge": ("merge",)}
+ATTENTION = "FGMA attention"
+FGMA_REST = "FGMA warp + mask + selection"
+
+
+def line_key(r: dict) -> tuple:
+    """One curve: device, runtime, backend, precision, size, threads, variant."""
+    return (r["device"], r["runtime"], r["backend"], r["precision"], r["size"], r["threads"],
+            r["variant"])
+
+
+def runtime_name(runtime: str, backend: str) -> str:
+    return {"torch": "torch eager", "onnxruntime": "onnxruntime",
+            "executorch": f"ExecuTorch {backend}"}.get(runtime, f"{runtime} {backend}")
+
+
+def line_label(k: tuple, with_device: bool = False) -> str:
+    device, runtime, backend, precision, size, threads, _ = k
+    name = runtime_name(runtime, backend)
+    t = "" if threads is None else f", {threads}T"
+    return f"{device}: {name} {precision}{t}" if with_device else f"{name} {precision}{t}"
+
+
+def aggregate(records: list[dict], quality) -> dict[tuple, list[dict]]:
+    """Per curve, per s (both centres averaged): ratio, gflops, latency, PSNR-mu, x eager."""
+    from dealthdr.bench.schema import is_reference
+
+    ours = [r for r in records if not is_reference(r)]
+    eager = {(r["device"], r["size"], r["threads"], r["variant"], r["s"], r.get("centre")):
+             r["latency_ms_median"] for r in ours if r["runtime"] == "torch"}
+    lines = defaultdict(lambda: defaultdict(list))
+    for r in ours:
+        lines[line_key(r)][r["s"]].append(r)
+    out = {}
+    for k, by_s in lines.items():
+        pts = []
+        for s, rs in by_s.items():
+            n = len(rs)
+            q = [quality.of(r) for r in rs]
+            speed = [eager[(r["device"], r["size"], r["threads"], r["variant"], r["s"],
+                            r.get("centre"))] / r["latency_ms_median"] for r in rs
+                     if (r["device"], r["size"], r["threads"], r["variant"], r["s"],
+                         r.get("centre")) in eager]
+            gf = [r["gflops"] for r in rs if r["gflops"] is not None]
+            pts.append({
+                "s": s, "ratio": sum(r["attention_ratio"] for r in rs) / n,
+                "gflops": sum(gf) / len(gf) if gf else None,
+                "ms": sum(r["latency_ms_median"] for r in rs) / n,
+                "p10": sum(r["latency_ms_p10"] for r in rs) / n,
+                "p90": sum(r["latency_ms_p90"] for r in rs) / n,
+                "load_ms": sum(r["load_ms"] for r in rs) / n,
+                "peak_mb": max((r["peak_mem_mb"] for r in rs if r["peak_mem_mb"] is not None),
+                               default=None),
+                "psnr": sum(v for v, _ in q) / n if all(v is not None for v, _ in q) else None,
+                "psnr_source": sorted({src for _, src in q if src}),
+                "vs_eager": sum(speed) / len(speed) if speed else None, "centres": n})
+        out[k] = sorted(pts, key=lambda p: (p["ratio"], float(p["s"])))
+    return out
+
+
+def _f(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def table_i(records: list[dict], quality) -> str:
+    from dealthdr.bench.schema import is_reference
+
+    agg = aggregate(records, quality)
+    out = ["| device | runtime | precision | threads | size | s | R | PSNR-mu dB | GFLOPs | "
+           "ms median | ms p10-p90 | x eager | load ms | peak MB |",
+           "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in sorted(agg, key=lambda k: tuple(str(v) for v in k)):
+        for p in agg[k]:
+            out.append(f"| {k[0]} | {runtime_name(k[1], k[2])} | {k[3]} | "
+                       f"{_f(k[5], 'd')} | {k[4]} | {p['s']} | {p['ratio']:.3f} | "
+                       f"{_f(p['psnr'], '.2f')} | {_f(p['gflops'], '.2f')} | {p['ms']:.1f} | "
+                       f"{p['p10']:.1f}-{p['p90']:.1f} | {_f(p['vs_eager'], '.2f')} | "
+                       f"{p['load_ms']:.0f} | {_f(p['peak_mb'], '.0f')} |")
+    refs = [r for r in records if is_reference(r)]
+    if refs:
+        out += ["", "Reference records (other models):", "",
+                "| model | device | runtime | precision | size | ms median | PSNR-mu dB |",
+                "|---|---|---|---|---|---:|---:|"]
+        for r in refs:
+            out.append(f"| {r['variant']} | {r['device']} | {r['runtime']} {r['backend']} | "
+                       f"{r['precision']} | {r['size']} | {r['latency_ms_median']:.1f} | "
+                       f"{_f(r.get('psnr_mu'), '.2f')} |")
+    first, last = paper.TABLE_I[0], paper.TABLE_I[-1]
+    out += ["", f"Paper, Table I (default model, RTX A6000, 256x256): s=0 {first[4]} GFLOPs "
+            f"{first[5]} ms {first[1]} dB; s=inf {last[4]} GFLOPs {last[5]} ms {last[1]} dB "
+            f"(x{last[4] / first[4]:.2f} FLOPs, x{last[5] / first[5]:.2f} time, "
+            f"+{last[1] - first[1]:.2f} dB). PSNR sources: "
+            + "; ".join(sorted({s for pts in agg.values() for p in pts
+                                for s in p["psnr_source"]}) or ["none given"]) + "."]
+    return "\n".join(out) + "\n"
+
+
+def table_g(doc: dict) -> str:
+    """Component x s-bucket: eager ms and share; GFLOPs at the last bucket; the paper's share."""
+    buckets = doc.get("buckets", [])
+    if not buckets:
+        return "No component breakdown (no eager buckets were measured).\n"
+    last = buckets[-1]
+    head = ("| component | " + " | ".join(f"s={b['s']} ms (share)" for b in buckets)
+            + f" | GFLOPs s={last['s']} | paper s=15 share |")
+    out = [f"Eager per-component latency, {last['size']}, {last['threads']} thread(s), "
+           f"{last['centre']}-centred window (hooks on the top-level modules; paper Table G: "
+           "RTX A6000, default model)", "", head,
+           "|---|" + "---:|" * (len(buckets) + 2)]
+    paper_share = {"encoders": "encoders", "FGMA": "FGMA (incl. flow)",
+                   "flow (SpyNet)": "flow (SpyNet)", ATTENTION: "FGMA attention",
+                   FGMA_REST: "FGMA mask", "router": "router", "decoder": "decoder",
+                   "other (inputs, padding, glue)": "input processing"}
+    order = [r for r in last["rows"] if r not in (ATTENTION, FGMA_REST)]
+    order[order.index("FGMA") + 1:order.index("FGMA") + 1] = [ATTENTION, FGMA_REST]
+    for row in order:
+        name = f"&nbsp;&nbsp;{row}" if row in (ATTENTION, FGMA_REST) else row
+        cells = []
+        for b in buckets:
+            r = b["rows"].get(row)
+            cells.append("-" if r is None else f"{r['ms']:.1f} ({100 * r['share']:.0f}%)")
+        gf = last["rows"][row]["gflops"]
+        p = paper.TABLE_G.get(paper_share.get(row, ""), None)
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {_f(gf, '.2f')} | "
+                   f"{'-' if p is None else f'{100 * p[1]:.1f}%'} |")
+    out.append("| total | " + " | ".join(f"{b['total_ms']:.1f}" for b in buckets)
+               + f" | {last['total_gflops']:.2f} | 100% (152 ms) |")
+    out += ["", "FGMA's row includes its attention and warp/mask sub-rows. The paper counts "
+            "SpyNet inside FGMA alignment and runs it at full resolution; ours runs once at 1/4 "
+            "resolution for all levels. Paper 'input processing' is compared with our 'other'."]
+    return "\n".join(out) + "\n"

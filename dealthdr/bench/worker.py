@@ -1,0 +1,228 @@
+"""Time one artifact in this (fresh) process: load, warm up, timed inferences, peak memory.
+
+    python -m device_bench.worker JOB.json RESULT.json
+
+`device_bench run` starts one such process per (artifact, size, threads), so that every
+measurement starts from the same state: no other runtime's thread pool, allocator caches or
+loaded weights around, and a peak-memory figure that belongs to this artifact alone.
+
+Peak memory: the RSS high-water mark of this process, minus its RSS just before the load. On
+Linux the kernel's high-water mark (VmHWM) is reset after the imports and the inputs are made
+(`/proc/self/clear_refs`, "5"), so import-time peaks do not count. Elsewhere (macOS) the
+process's `ru_maxrss` is used, which includes the imports' own peak; the record says which.
+tracemalloc would miss it all: the runtimes allocate in native code.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def start_memory_watch() -> dict:
+    """Reset the high-water mark where the OS allows it; return the baseline."""
+    # Garbage freed during the measurement would lower RSS below the baseline and hide the
+    # artifact's own peak (seen in the full test run: 64 MB allocated, < 50 MB measured).
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        method = "VmHWM after reset (Linux /proc/self/clear_refs)"
+    except OSError:
+        method = "ru_maxrss (includes import-time peak)"
+    rss = _status_mb("VmRSS")
+    if rss is None:  # no /proc: macOS reports ru_maxrss in bytes
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return {"baseline_rss_mb": rss, "method": method}
+
+
+def peak_memory(watch: dict) -> dict:
+    hwm = _status_mb("VmHWM")
+    if hwm is None or not watch["method"].startswith("VmHWM"):
+        scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    return {"peak_mem_mb": max(0.0, hwm - watch["baseline_rss_mb"]), "peak_rss_mb": hwm,
+            "baseline_rss_mb": watch["baseline_rss_mb"], "peak_mem_method": watch["method"]}
+
+
+def make_inputs(centre: str, size: tuple[int, int], seed: int = 0, *, frames: int):
+    """A window of `frames` frames (1, T, 3, H, W) in [0, 1] and exposures (1, T) with the
+    centre's pattern, as float32 numpy arrays. A bucket graph's cost does not depend on the
+    content (K is fixed)."""
+    rng = np.random.default_rng(seed)
+    window = rng.random((1, frames, 3, *size), dtype=np.float32)
+    # `dealthdr.model.inputs.window_pattern`, restated: importing it would load torch into
+    # the onnxruntime worker, which measures without it (tests/test_export.py holds them equal)
+    long_ = [((i - frames // 2) % 2 == 0) == (centre == "long") for i in range(frames)]
+    exposures = np.array([[8.0 if p else 1.0 for p in long_]], dtype=np.float32)
+    return window, exposures
+
+
+def load_eager(job: dict):
+    import torch
+
+    from dealthdr.checkpoint import load_checkpoint
+    from dealthdr.export.buckets import Bucket, BucketGraph
+
+    torch.set_num_threads(job["threads"])
+
+    def load():
+        model, _ = load_checkpoint(job["checkpoint"], job["variant"])
+        bucket = Bucket(float(job["s"]), job["centre"], tuple(job["ratio_budget"]),
+                        tuple(job["bucket_k"]), job["tile"])
+        graph = BucketGraph(model.eval(), bucket).eval()
+
+        def run(frames, exposures):
+            with torch.inference_mode():
+                return graph(frames, exposures)
+        return run
+    return load, "torch", torch.__version__, torch.from_numpy
+
+
+def load_executorch(job: dict):
+    import importlib.metadata
+
+    import torch
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                             _unsafe_reset_threadpool)
+    from executorch.runtime import Runtime
+
+    # One process per job, so resetting the global pool cannot race another program.
+    _unsafe_reset_threadpool(job["threads"])
+    job["threads_effective"] = int(_threadpool_get_thread_count())
+
+    def load():
+        program = Runtime.get().load_program(job["path"])
+        if "stream" in job.get("extra", {}):
+            return stream_step({name: program.load_method(name)
+                                for name in program.method_names}, job["centre"])
+        method = program.load_method(job["method"])
+
+        def run(frames, exposures):
+            return method.execute([frames, exposures])[0]
+        return run
+    return load, "executorch", importlib.metadata.version("executorch"), torch.from_numpy
+
+
+def stream_step(methods: dict, centre: str):
+    """One output frame of a streaming program's frame loop per call, on a fixed window.
+
+    The first call fills the ring: all frames encoded, the centre's four pairs through `flow`.
+    Every later call is what the loop runs when a new frame arrives: its encode (the newest
+    frame, position 4, has the centre's exposure), `flow` for its pairs with the two frames
+    before it (positions 2 and 3; the second serves the next window, and a loop computes it
+    now), and the fuse. Costs do not depend on the content, so the window stays the same."""
+    import torch
+
+    state: dict = {}
+
+    def call(name, *inputs):
+        return methods[name].execute([t.contiguous() for t in inputs])
+
+    def run(frames, exposures):
+        rel = exposures / exposures.min(dim=1, keepdim=True).values
+        t = frames.shape[1]
+        c = t // 2
+        kind = ["long" if r > 1.01 else "short" for r in rel[0].tolist()]
+
+        def encode(j):
+            return call(f"encode_{kind[j]}", frames[:, j], rel[:, j:j + 1])
+
+        def flow(a, b):
+            return call("flow", frames[:, a], rel[:, a:a + 1], frames[:, b], rel[:, b:b + 1])
+
+        if not state:
+            state["feats"] = [encode(j) for j in range(t)]
+            state["flows"] = {j: flow(c, j) for j in range(t) if j != c}
+        else:
+            state["feats"][t - 1] = encode(t - 1)
+            state["flows"][t - 1] = flow(c, t - 1)
+            flow(t - 2, t - 1)
+        near = [j for j in range(t) if j != c]
+        stacks = [torch.cat([state["feats"][j][lv] for j in near])
+                  for lv in range(len(state["feats"][c]))]
+        t_n = torch.cat([state["flows"][j][0] for j in near])
+        n_t = torch.cat([state["flows"][j][1] for j in near])
+        return call(f"fuse_{centre}", frames, exposures, *state["feats"][c], *stacks, t_n,
+                    n_t)[0]
+    return run
+
+
+def load_onnxruntime(job: dict):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = job["threads"]
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+
+    def load():
+        session = ort.InferenceSession(job["path"], opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run(frames, exposures):
+            return session.run(None, dict(zip(names, (frames, exposures))))[0]
+        return run
+    return load, "onnxruntime", ort.__version__, lambda a: a
+
+
+LOADERS = {"torch": load_eager, "executorch": load_executorch, "onnxruntime": load_onnxruntime}
+
+
+def measure(job: dict) -> dict:
+    """Load the job's artifact, check one output, then time `warmup` + `repeat` inferences."""
+    size = tuple(job["size"])
+    load, runtime, version, convert = LOADERS[job["runtime"]](job)  # imports: not timed
+    frames, exposures = (convert(a) for a in make_inputs(job["centre"], size,
+                                                          frames=job["frames"]))
+    watch = start_memory_watch()
+    start = time.perf_counter()
+    run = load()
+    load_ms = (time.perf_counter() - start) * 1e3
+    out = np.asarray(run(frames, exposures))
+    if out.shape != (1, 3, *size) or not np.isfinite(out).all():
+        raise RuntimeError(f"{job.get('path') or 'eager'}: output {out.shape} "
+                           f"(finite: {bool(np.isfinite(out).all())}), expected (1, 3, {size[0]}, "
+                           f"{size[1]}) finite")
+    for _ in range(max(0, job["warmup"] - 1)):  # the checked inference was the first warm-up
+        run(frames, exposures)
+    samples = []
+    for _ in range(job["repeat"]):
+        t = time.perf_counter_ns()
+        run(frames, exposures)
+        samples.append((time.perf_counter_ns() - t) / 1e6)
+    return {"runtime": runtime, "runtime_version": version, "load_ms": load_ms,
+            "samples_ms": samples, "threads_effective": job.get("threads_effective"),
+            **peak_memory(watch)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m device_bench.worker JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
+    result = measure(job)
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

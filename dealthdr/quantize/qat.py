@@ -1,0 +1,249 @@
+"""int8 DeAltHDR: quantization-aware fine-tuning, a post-training baseline, and the artifacts.
+
+For every backend: export each (s, centre) bucket at the deployment shape, prepare it with the
+backend's pt2e quantizer (`prepare_qat_pt2e`), fine-tune all graphs together with the paper's
+mu-law L1 on synthetic windows (one set of weights per centre exposure, shared by that centre's
+s-buckets, round-robin over the buckets; `--tie all`: one set for every graph), then
+`convert_pt2e` and lower through `export/` (one path to artifacts):
+
+  xnnpack  int8 .pte per s (methods forward_short / forward_long), run and gated here in the
+           ExecuTorch runtime against the converted torch graph
+  coreml   one W8A8 multifunction .mlpackage (iOS18) or one per bucket (iOS17); structure
+           validated on Linux, numeric gate pending macOS
+  onnx     NNCF post-training QDQ of the exported ONNX model, run in onnxruntime (no QAT
+           column: NNCF's torch QAT routes do not export, see quantize/README.md)
+
+A PTQ baseline (same calibration windows, same float islands) and the fp32 model are scored on
+held-out windows beside QAT; QAT's activation ranges start from the PTQ baseline's (min/max over
+the same windows). Float islands: sampling coordinates, indices and the attention mask's
+statistics always; whole blocks via --float-groups (default: the weight-free exposure merge,
+whose int8 output is NaN, and the linear-HDR input/output arithmetic) and per centre exposure
+(--float-groups-short, default head, routers and decoder; see quantize/README.md). Writes
+quantize_report.json, quantize_report.md and manifest.json into --out. A killed run resumes:
+QAT from its last checkpoint, and the sweep and every finished backend from <state>/finished.
+
+    python quantize/qat.py
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+BACKENDS = ("xnnpack", "coreml", "onnx")
+
+
+def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad} not in {list(allowed)}")
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dealthdr.export.artifacts import add_common_flags
+    from dealthdr.quantize.policy import group_names
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p, "exports/int8")
+    p.set_defaults(parity_clips=4)  # 4 windows per centre score fp32 / PTQ / QAT
+    p.add_argument("--backend", type=lambda t: parse_list(t, BACKENDS),
+                   default=["xnnpack", "coreml"],
+                   help="comma-separated: xnnpack, coreml, onnx (default xnnpack,coreml)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="QAT steps, shared by all buckets round-robin (default 100)")
+    p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate, cosine to 1e-7 "
+                   "(default 1e-5)")
+    p.add_argument("--distill", type=float, default=1.0,
+                   help="share of the mu-law L1 taken against the fp32 model's output "
+                        "instead of the ground truth: 0 = ground truth only, 1 = "
+                        "distillation only (default 1: at 128x128, s15_short it kept QAT "
+                        "0.2 dB closer to fp32 than ground truth did)")
+    p.add_argument("--tie", choices=("centre", "all"), default="centre",
+                   help="centre: short- and long-centre graphs fine-tune separate weights (each "
+                        "centre is its own method in the artifacts); all: one set for every "
+                        "graph (default centre: tied across centres, the long graphs' int8 "
+                        "decoder training cost the float-decoder short graphs 0.7-0.9 dB)")
+    p.add_argument("--train-clips", type=int, default=4,
+                   help="synthetic training clips (2 windows each) for QAT and for PTQ "
+                        "calibration (default 4)")
+    groups = lambda t: parse_list(t, group_names())  # noqa: E731
+    p.add_argument("--float-groups", type=groups, default=["merge", "io"],
+                   help=f"block groups kept float in every graph, comma-separated, from "
+                        f"{list(group_names())}; io = input linearisation and output "
+                        "composition (default merge,io: int8 gives NaN / 15 dB)")
+    p.add_argument("--float-groups-short", type=groups,
+                   default=["head", "router", "decoder", "decoder_l1"],
+                   help="more groups kept float in the short-centre graphs, whose output "
+                        "leans on the decoder's residual over a noisy short frame (default "
+                        "head,router,decoder,decoder_l1; the report's sensitivity table measures each group)")
+    p.add_argument("--float-groups-long", type=groups, default=[],
+                   help="more groups kept float in the long-centre graphs (default none: "
+                        "fully int8 they are within 0.1 dB of fp32)")
+    p.add_argument("--ptq-observer", choices=("minmax", "histogram"), default="minmax",
+                   help="PTQ activation observer: minmax, the range QAT's fake quantizers "
+                        "start from (so the gap measures what training buys), or histogram "
+                        "(upstream's clipping search, ~2.5 min per graph) (default minmax)")
+    p.add_argument("--onnx-max-drop", type=float, default=None, metavar="DB",
+                   help="onnx backend: NNCF accuracy control, reverting quantizers until "
+                        "PSNR-mu on the calibration windows is within DB of fp32 (default: "
+                        "plain nncf.quantize)")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip the host latency comparison (it lowers one extra fp32 .pte)")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the per-block sensitivity sweep (9 PTQ runs at one bucket)")
+    p.add_argument("--deployment-target", choices=("iOS17", "iOS18"), default="iOS18",
+                   help="Core ML: iOS18 multifunction package or iOS17 one per bucket")
+    p.add_argument("--state", type=Path, default=None,
+                   help="resume folder: QAT checkpoints per backend and, under finished/, "
+                        "every finished stage (sweep, backends) a rerun with the same settings "
+                        "reuses (default: <out>.qat-state)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    return p
+
+
+def float_groups_by_centre(args) -> dict[str, tuple[str, ...]]:
+    return {"short": tuple(dict.fromkeys(args.float_groups + args.float_groups_short)),
+            "long": tuple(dict.fromkeys(args.float_groups + args.float_groups_long))}
+
+
+def export_graphs(model, buckets, size) -> dict:
+    """{bucket name: ExportedProgram} of the float model (no no_grad: QAT trains them)."""
+    import torch
+
+    from dealthdr.export.buckets import BucketGraph, example_inputs
+
+    return {b.name: torch.export.export(BucketGraph(model.eval(), b),
+                                        example_inputs(b, size, model.cfg.num_frames),
+                                        strict=False) for b in buckets}
+
+
+def run_stage(backend: str, ctx: dict, args, stage: Path, info: dict):
+    """One backend, start to finish: (report section, artifact records), files in `stage`."""
+    from dealthdr.quantize import artifacts as arts
+
+    if backend == "onnx":
+        from dealthdr.quantize.onnx_nncf import run_onnx
+        return run_onnx(ctx, args, stage, info)
+    section, converted = run_backend(backend, ctx, args)
+    recs, extra = arts.write_artifacts(backend, converted, ctx, args, stage, info)
+    section.update(extra)
+    return section, recs
+
+
+def run_backend(backend: str, ctx: dict, args) -> dict:
+    """QAT + PTQ + artifacts of one backend; returns its report section."""
+    import torch
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    from dealthdr.export.buckets import BucketGraph
+    from dealthdr.quantize.measure import quality
+    from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train
+    from dealthdr.quantize.quantizers import check_attention_kept
+    from dealthdr.quantize.sensitivity import ptq
+
+    model, buckets, programs = ctx["model"], ctx["buckets"], ctx["programs"]
+    float_for = float_groups_by_centre(args)
+    graphs, policies = prepare_graphs(model, buckets, args.size, backend, float_for)
+    cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill, tie=args.tie)
+    teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
+    settings = {"backend": backend, "size": list(args.size), "float_groups": float_for,
+                "buckets": {b.name: list(b.budget) for b in buckets},
+                "checkpoint_sha256": ctx["checkpoint_sha256"], "train_clips": args.train_clips}
+    record = train(graphs, {b.name: b.centre for b in buckets}, ctx["train_windows"], cfg,
+                   ctx["state"] / backend, teachers, settings)
+    converted = {}
+    for name, gm in graphs.items():
+        move_exported_model_to_eval(gm)
+        converted[name] = convert_pt2e(gm)
+        check_attention_kept(converted[name])
+    section = {"qat": record, "buckets": {},
+               "float_islands": {n: p.describe() for n, p in policies.items()}}
+    for b in buckets:
+        ptq_model = ptq(programs[b.name], backend, {"float_groups": float_for[b.centre]},
+                        ctx["train_windows"], args.ptq_observer, b.centre)
+        with torch.no_grad():
+            fp32 = quality(BucketGraph(model, b).eval(), ctx["windows"], b.centre)
+            q_ptq = quality(ptq_model, ctx["windows"], b.centre)
+            q_qat = quality(converted[b.name], ctx["windows"], b.centre)
+        section["buckets"][b.name] = {
+            "s": b.s_key, "centre": b.centre, "fp32": fp32["psnr_mu"],
+            "ptq": q_ptq["psnr_mu"], "qat": q_qat["psnr_mu"],
+            "ptq_gap_db": q_ptq["psnr_mu"] - fp32["psnr_mu"],
+            "qat_gap_db": q_qat["psnr_mu"] - fp32["psnr_mu"], "windows": fp32["windows"]}
+        log.info("%s %s: fp32 %.2f, PTQ %.2f, QAT %.2f dB PSNR-mu", backend, b.name,
+                 fp32["psnr_mu"], q_ptq["psnr_mu"], q_qat["psnr_mu"])
+    return section, converted
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dealthdr.export.artifacts import main_wrapper
+
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        import torch
+
+        from dealthdr.calib.windows import make_windows
+        from dealthdr.export.artifacts import prepare, staging_dir, write_manifest
+        from dealthdr.quantize import artifacts as arts
+        from dealthdr.quantize.report import write_report
+        from dealthdr.quantize.resume import Finished, fingerprint, new_files
+
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if args.onnx_max_drop is not None and args.onnx_max_drop <= 0:
+            raise ValueError(f"--onnx-max-drop must be > 0 dB, got {args.onnx_max_drop}")
+        if not 0 <= args.distill <= 1:
+            raise ValueError(f"--distill must be in [0, 1], got {args.distill}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        started = time.time()
+        state = args.state or args.out.with_name(args.out.name + ".qat-state")
+        with staging_dir(args.out, args.force) as stage:
+            model, info, calibration, buckets, windows = prepare(args)
+            ctx = {"model": model, "buckets": buckets, "windows": windows, "state": state,
+                   "checkpoint_sha256": info["checkpoint_sha256"],
+                   "train_windows": make_windows("train", *args.size, clips=args.train_clips,
+                                                 seed=2, progress=True,
+                                                 frames=model.cfg.num_frames),
+                   "programs": export_graphs(model, buckets, args.size)}
+            report = {"backends": {}, "size": list(args.size),
+                      "float_groups": float_groups_by_centre(args),
+                      "ptq_observer": args.ptq_observer}
+            finished = Finished(state, fingerprint(args, info["checkpoint_sha256"]))
+            if not args.no_sensitivity:
+                report["sensitivity"] = finished.load("sensitivity", stage)
+                if report["sensitivity"] is None:
+                    report["sensitivity"] = arts.sensitivity(ctx, args)
+                    finished.save("sensitivity", stage, [], report["sensitivity"])
+            records, notes = [], []
+            for backend in args.backend:
+                done = finished.load(backend, stage)
+                if done is None:
+                    before = {p.name for p in stage.iterdir()}
+                    section, recs = run_stage(backend, ctx, args, stage, info)
+                    done = {"section": section, "records": recs}
+                    finished.save(backend, stage, new_files(stage, before), done)
+                report["backends"][backend] = done["section"]
+                records += done["records"]
+            if "coreml" in args.backend:
+                notes.append("Core ML W8A8: numeric parity pending (Core ML predicts only on "
+                             "macOS); structure validated on Linux")
+            write_manifest(stage, "quantize/qat.py", args, info, calibration, records,
+                           started, notes)
+            write_report(stage, report, info, args)
+        log.info("wrote %s (%d artifacts) in %.0f s", args.out, len(records),
+                 time.time() - started)
+        return 0
+    return main_wrapper(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Quantization-aware fine-tuning on the exported bucket graphs themselves.
+
+Each (s, centre) bucket is exported at the deployment shape and prepared with
+`prepare_qat_pt2e`; the graphs of one centre exposure then share one set of parameters (tied
+after preparation; `tie="all"`: one set for every graph), so a step on any of them trains the
+same weights while each graph keeps its own fake quantizers. Centres get separate sets because
+each is its own method in the artifacts and their float islands differ: tied across centres,
+the long graphs' int8 decoder training cost the float-decoder short graphs 0.7-0.9 dB.
+Steps go round-robin over the graphs: the flow-only, mixed and attention-only buckets are
+trained together, as the paper mixes alignment modes in training, and every graph that will
+be converted has seen its own activation ranges.
+
+State (shared parameters, each graph's quantizer buffers, optimizer, step) is saved every
+`ckpt_every` steps as safetensors + JSON and resumed from; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import fx
+
+from dealthdr.checkpoint import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QATConfig:
+    steps: int = 100
+    lr: float = 1e-5
+    lr_min: float = 1e-7
+    white: float = 1.0           # the loss clip of the shipped checkpoint's training
+    freeze_observers_at: float = 0.75  # fraction of steps after which ranges stop moving
+    ckpt_every: int = 25
+    seed: int = 0
+    # share of the loss (the same mu-law L1) taken against the fp32 model's output instead of
+    # the ground truth (self-distillation); quantize/README.md says how to measure it
+    distill: float = 1.0
+    # "centre": short- and long-centre graphs train separate weights (each centre is its own
+    # method / function in the artifacts); "all": one set. Tied across centres, 100 steps
+    # moved the short graphs 0.7-0.9 dB below their PTQ baseline at 256x256 (the long graphs
+    # train the decoder in int8, which the short graphs keep float), measured.
+    tie: str = "centre"
+
+
+def prepare_graphs(model, buckets, size, backend: str,
+                   float_groups: tuple[str, ...] | dict[str, tuple[str, ...]]):
+    """{bucket name: prepare_qat_pt2e graph}, {name: FloatPolicy}, exported from a copy of
+    `model` (`float_groups`: one set, or one per centre exposure). Exported from a copy of
+    `model`: an exported module shares its parameters' storage with the module it came from,
+    and QAT must not move the float model the report compares against."""
+    import copy
+
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from dealthdr.export.buckets import BucketGraph, example_inputs
+    from dealthdr.quantize.policy import FloatPolicy
+    from dealthdr.quantize.quantizers import make_quantizer
+
+    own = copy.deepcopy(model).eval()
+    graphs, policies = {}, {}
+    for b in buckets:
+        gm = torch.export.export(BucketGraph(own, b),
+                                 example_inputs(b, size, own.cfg.num_frames),
+                                 strict=False).module()
+        groups = float_groups[b.centre] if isinstance(float_groups, dict) else float_groups
+        policies[b.name] = FloatPolicy(gm, float_groups=groups)
+        graphs[b.name] = prepare_qat_pt2e(gm, make_quantizer(backend, policies[b.name],
+                                                             qat=True))
+    return graphs, policies
+
+
+def _set_param(gm: fx.GraphModule, name: str, param: torch.nn.Parameter) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(gm.get_submodule(owner) if owner else gm, leaf, param)
+
+
+def tie_parameters(graphs: dict[str, fx.GraphModule],
+                   sets: dict[str, str] | None = None) -> dict[str, torch.nn.Parameter]:
+    """Make graphs use one parameter per name (a flow-only graph has no attention projections,
+    so the set is the union); returns them by name. `sets` ({graph: set name}) ties only graphs
+    of the same set, and the names become 'set:name'."""
+    shared: dict[str, torch.nn.Parameter] = {}
+    for name, gm in graphs.items():
+        for pname, p in list(gm.named_parameters()):
+            key = pname if sets is None else f"{sets[name]}:{pname}"
+            if key in shared:
+                if shared[key].shape != p.shape:
+                    raise ValueError(f"parameter {pname} differs in shape between graphs")
+                _set_param(gm, pname, shared[key])
+                continue
+            if any(q.data_ptr() == p.data_ptr() for q in shared.values()):
+                # graphs exported from one module share its storage: a set of its own needs
+                # its own copy (else one tensor twice in the optimizer)
+                p = torch.nn.Parameter(p.detach().clone())
+                _set_param(gm, pname, p)
+            shared[key] = p
+    return shared
+
+
+def quantizer_state(gm: fx.GraphModule, params: set[str]) -> dict[str, torch.Tensor]:
+    """The buffers that are not the network's (fake-quantizer scales, ranges, flags)."""
+    return {k: v.detach().clone().contiguous() for k, v in gm.state_dict().items()
+            if k not in params}
+
+
+def _fake_quantizers(gm: fx.GraphModule) -> list:
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    return [m for m in gm.modules() if isinstance(m, FakeQuantizeBase)]
+
+
+def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
+    """Weight ranges follow the weights until the freeze point; activation ranges were set by
+    `calibrate_ranges` and stay."""
+    for gm in graphs.values():
+        for mod in _fake_quantizers(gm):
+            if getattr(mod, "is_per_channel", False):
+                (mod.enable_observer if enabled else mod.disable_observer)()
+            else:
+                mod.disable_observer()
+
+
+def sync_weight_ranges(graphs: dict[str, fx.GraphModule]) -> int:
+    """Set every weight fake quantizer to the per-channel min/max of its weight as it is now.
+
+    The upstream weight observers are moving averages, updated only when their graph runs, so
+    graphs that share (tied) weights froze different scales and converted them to different
+    int8 bytes: the two methods of one .pte then store two weight sets (ExecuTorch deduplicates
+    constant data by content hash). A range that is a function of the weight alone gives tied
+    weights identical int8 tensors. Returns the number of quantizers set."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    count = 0
+    for gm in graphs.values():
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or not node.args or \
+                    getattr(node.args[0], "op", None) != "get_attr":
+                continue
+            mod = gm.get_submodule(node.target)
+            if not isinstance(mod, FakeQuantizeBase) or not getattr(mod, "is_per_channel", False):
+                continue
+            weight = gm.get_parameter(node.args[0].target).detach()
+            obs = mod.activation_post_process
+            flat = weight.transpose(0, obs.ch_axis).reshape(weight.shape[obs.ch_axis], -1)
+            lo, hi = torch.aminmax(flat, dim=1)
+            obs.min_val.resize_(lo.shape).copy_(lo)
+            obs.max_val.resize_(hi.shape).copy_(hi)
+            scale, zero_point = obs.calculate_qparams()
+            mod.scale.resize_(scale.shape).copy_(scale)
+            mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            count += 1
+    return count
+
+
+def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
+                     windows: list) -> None:
+    """Set every activation fake quantizer to the min/max over all calibration windows of
+    its graph's centre, with fake quantization off (float activations, as PTQ calibrates).
+
+    The upstream QAT observers are moving averages (constant 0.01) seeded by the first batch:
+    with a few steps per graph their ranges stayed those of one window and clipped the
+    brighter ones (128², s15: QAT at lr 0 was 0.1-0.5 dB below minmax PTQ). Calibrated this
+    way, QAT starts from exactly the ranges of the PTQ baseline, so the report's QAT-vs-PTQ
+    gap is what training buys."""
+    for name, gm in graphs.items():
+        fqs = _fake_quantizers(gm)
+        acts = [m for m in fqs if not getattr(m, "is_per_channel", False)]
+        lo: dict[int, torch.Tensor] = {}
+        hi: dict[int, torch.Tensor] = {}
+
+        def hook(mod, inputs, lo=lo, hi=hi):
+            a, b = torch.aminmax(inputs[0].detach().float())
+            k = id(mod)
+            lo[k] = a if k not in lo else torch.minimum(lo[k], a)
+            hi[k] = b if k not in hi else torch.maximum(hi[k], b)
+
+        for m in fqs:
+            m.disable_fake_quant()
+            m.disable_observer()
+        handles = [m.register_forward_pre_hook(hook) for m in acts]
+        try:
+            with torch.no_grad():
+                for w in windows:
+                    if w.centre == centres[name]:
+                        gm(w.frames, w.exposures)
+        finally:
+            for h in handles:
+                h.remove()
+        for m in acts:
+            if id(m) not in lo:
+                continue
+            obs = m.activation_post_process
+            obs.min_val.resize_(()).copy_(lo[id(m)])
+            obs.max_val.resize_(()).copy_(hi[id(m)])
+            scale, zero_point = obs.calculate_qparams()
+            m.scale.resize_(scale.shape).copy_(scale)
+            m.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        for m in fqs:
+            m.enable_fake_quant()
+
+
+def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list,
+               settings: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    from dealthdr.train.state import save_optimizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param/{k}": v.detach().contiguous() for k, v in shared.items()}
+    for name, gm in graphs.items():
+        for k, v in quantizer_state(gm, set(shared)).items():
+            tensors[f"{name}/{k}"] = v
+    atomic_write_bytes(folder / f"step_{step:06d}.safetensors", save(tensors))
+    save_optimizer(opt, folder / f"step_{step:06d}_optim")
+    atomic_write_bytes(folder / "latest.json",
+                       json.dumps({"step": step, "losses": losses,
+                                   "settings": settings}).encode())
+    for old in sorted(folder.glob("step_??????.safetensors"))[:-2]:
+        for p in folder.glob(old.stem + "*"):
+            p.unlink(missing_ok=True)
+
+
+def load_state(folder: Path, graphs: dict, shared: dict, opt,
+               settings: dict | None = None) -> tuple[int, list]:
+    """Resume from `folder`; returns (step, losses), (0, []) when there is nothing to resume."""
+    from safetensors.torch import load_file
+
+    from dealthdr.train.state import load_optimizer
+
+    pointer = folder / "latest.json"
+    if not pointer.exists():
+        return 0, []
+    doc = json.loads(pointer.read_text())
+    if doc.get("settings") != settings:
+        raise ValueError(f"{folder} holds QAT state of other settings ({doc.get('settings')}); "
+                         f"this run has {settings}: delete it or pass another --state")
+    step = doc["step"]
+    tensors = load_file(str(folder / f"step_{step:06d}.safetensors"))
+    with torch.no_grad():
+        for k, p in shared.items():
+            p.copy_(tensors[f"param/{k}"])
+    for name, gm in graphs.items():
+        state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "/")}
+        missing = gm.load_state_dict(state, strict=False).unexpected_keys
+        if missing:
+            raise ValueError(f"{folder}: state of {name} does not match its graph: {missing[:3]}")
+    load_optimizer(opt, folder / f"step_{step:06d}_optim")
+    log.info("resumed QAT at step %d from %s", step, folder)
+    return step, doc["losses"]
+
+
+def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: list,
+          cfg: QATConfig, state_dir: Path, teachers: dict | None = None,
+          settings: dict | None = None) -> dict:
+    """Fine-tune the tied graphs in place. `windows` are training windows at the graphs'
+    shape; a graph trains on windows with its centre exposure. `teachers` ({name: fp32
+    callable}) are the distillation targets when `cfg.distill` > 0; `settings` (JSON) is what
+    else defines the graphs (backend, float islands, buckets, size, checkpoint): a state saved
+    under other settings is refused, not loaded into graphs it does not fit. Returns a
+    training record."""
+    from torchao.quantization.pt2e import move_exported_model_to_train
+    from tqdm import tqdm
+
+    from dealthdr.train.loop import cosine_lr
+    from dealthdr.train.losses import HDRLoss
+
+    settings = json.loads(json.dumps({"config": asdict(cfg), **(settings or {})}))
+    names = list(graphs)
+    if not 0 <= cfg.distill <= 1:
+        raise ValueError(f"distill is a share of the loss in [0, 1], got {cfg.distill}")
+    if cfg.distill > 0 and set(teachers or ()) != set(names):
+        raise ValueError("distillation needs an fp32 teacher for every graph")
+    if cfg.steps < len(names):
+        raise ValueError(f"QAT needs at least one step per graph: {cfg.steps} steps for "
+                         f"{len(names)} graphs")
+    by_centre = {c: [w for w in windows if w.centre == c] for c in set(centres.values())}
+    for c, ws in by_centre.items():
+        if not ws:
+            raise ValueError(f"no training windows with a {c}-exposure centre")
+    if cfg.tie not in ("centre", "all"):
+        raise ValueError(f"tie must be 'centre' or 'all', got {cfg.tie!r}")
+    shared = tie_parameters(graphs, centres if cfg.tie == "centre" else None)
+    for gm in graphs.values():
+        move_exported_model_to_train(gm)
+    opt = torch.optim.Adam(shared.values(), lr=cfg.lr)
+    loss_fn = HDRLoss(vgg_weight=0.0, white=cfg.white)
+    start, losses = load_state(state_dir, graphs, shared, opt, settings)
+    if start == 0:  # a resumed state carries its calibrated ranges
+        calibrate_ranges(graphs, centres, windows)
+    # every graph observes on its first round, whatever the freeze point
+    freeze = max(len(names), math.ceil(cfg.freeze_observers_at * cfg.steps))
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="QAT")
+    for step in bar:
+        if step == freeze:  # tied weights get one range in every graph, then keep it
+            sync_weight_ranges(graphs)
+        set_observers(graphs, step < freeze)
+        name = names[step % len(names)]
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        w = rng.choice(by_centre[centres[name]])
+        frames, hdr = w.frames, w.hdr
+        if rng.random() < 0.5:  # horizontal flip: the flow and attention are symmetric
+            frames, hdr = frames.flip(-1), hdr.flip(-1)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.lr_min)
+        pred = graphs[name](frames, w.exposures)
+        loss = (1 - cfg.distill) * loss_fn(pred, hdr)[0] if cfg.distill < 1 else 0.0
+        if cfg.distill > 0:
+            with torch.no_grad():
+                target = teachers[name](frames, w.exposures)
+            loss = loss + cfg.distill * loss_fn(pred, target)[0]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"QAT loss is {loss.item()} at step {step} ({name})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(shared.values(), 1.0)
+        opt.step()
+        losses.append(round(float(loss), 6))
+        bar.set_postfix(loss=f"{loss.item():.4f}", graph=name)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            save_state(state_dir, graphs, shared, opt, step + 1, losses, settings)
+    if freeze >= cfg.steps:  # no frozen phase: the ranges followed the weights to the end
+        sync_weight_ranges(graphs)
+    return {"config": asdict(cfg), "graphs": names, "losses": losses,
+            "first_loss": losses[0] if losses else None,
+            "last_loss_mean10": sum(losses[-10:]) / max(1, len(losses[-10:]))}

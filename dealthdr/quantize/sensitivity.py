@@ -1,0 +1,53 @@
+"""Per-block quantization sensitivity: quantize one block group, keep the rest float.
+
+For each group of `dealthdr/quantize/policy.py` (encoders, SpyNet, routers, middle, FGMA, decoder,
+head, merge, io) a post-training int8 model with only that group quantized is compared with the
+float model on held-out windows (PSNR-mu, peak 1). A group whose int8 costs far more than the
+others, or breaks the output (NaN/Inf), is what `--float-groups` should keep float.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dealthdr.quantize.policy import FloatPolicy, group_names
+
+log = logging.getLogger(__name__)
+
+
+def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str,
+        centre: str):
+    """Post-training int8 of one exported bucket program; returns the converted module."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from dealthdr.quantize.quantizers import check_attention_kept, make_quantizer
+
+    gm = program.module()
+    prepared = prepare_pt2e(gm, make_quantizer(backend, FloatPolicy(gm, **policy_kw),
+                                               observer=observer))
+    with torch.no_grad():
+        for w in calibration:
+            if w.centre == centre:
+                prepared(w.frames, w.exposures)
+    converted = convert_pt2e(prepared)
+    check_attention_kept(converted)
+    return converted
+
+
+def block_sensitivity(program, reference, backend: str, calibration: list, windows: list,
+                      centre: str, observer: str = "minmax") -> dict:
+    """{group: {"psnr_mu_vs_fp32": dB or None, "non_finite": bool}} for one bucket graph."""
+    from dealthdr.quantize.measure import agreement
+
+    out = {}
+    for group in group_names():
+        model = ptq(program, backend, {"only_groups": (group,)}, calibration, observer, centre)
+        try:
+            figure = agreement(model, reference, windows, centre)
+            out[group] = {"psnr_mu_vs_fp32": round(figure["psnr_mu_db"], 2),
+                          "non_finite": False}
+        except ValueError as err:  # psnr_mu refuses NaN/Inf
+            out[group] = {"psnr_mu_vs_fp32": None, "non_finite": True, "error": str(err)}
+        log.info("sensitivity %s: %s", group, out[group])
+    return out
