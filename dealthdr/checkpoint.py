@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .fileio import atomic_write_bytes
 from .model import DeAltHDR, DeAltHDRConfig
 
 log = logging.getLogger(__name__)
@@ -44,29 +43,6 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-
-
-def default_file_mode() -> int:
-    """The mode a plain open() would give a new file (0o666 less the umask); mkstemp uses 0o600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, default_file_mode())
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: DeAltHDR, path: str | Path, meta: dict | None = None) -> Path:

@@ -309,15 +309,3 @@ def markdown_table(records: list[dict]) -> str:
             f"{_fmt(r['hard_share'], 3)} | {r['frames']} | {r['clips']} | "
             f"{_fmt(r['ms_per_frame'], 1)} |")
     return "\n".join(lines)
-
-
-def jsonable(obj: object) -> object:
-    """Replace non-finite floats (s = inf, PSNR of identical images) by strings / None, so the
-    file is strict JSON (the same "inf" spelling as `dealthdr profile`)."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj

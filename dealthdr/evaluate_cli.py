@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, load_checkpoint
-from .evaluate import (SHORT_WHITE, baseline_methods, evaluate, jsonable, markdown_table,
-                       model_method)
+from .fileio import atomic_write_bytes
+
+from .checkpoint import load_checkpoint
+from .fileio import jsonable
+from .evaluate import SHORT_WHITE, baseline_methods, evaluate, markdown_table, model_method
 from .sysinfo import machine_record
 
 

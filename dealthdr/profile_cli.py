@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, load_checkpoint, shipped_variant
-from .evaluate import jsonable
+from .fileio import atomic_write_bytes
+
+from .checkpoint import load_checkpoint, shipped_variant
+from .fileio import jsonable
 from .model import VARIANTS, create_model
 from .profile import linear_fit, profile_model
 from .sysinfo import machine_record

@@ -55,10 +55,10 @@ import numpy as np
 import torch
 
 from . import metrics
-from .checkpoint import atomic_write_bytes
+from .fileio import atomic_write_bytes
 from .data.io import read_hdr, write_exr
 from .data.sequence import Sequence
-from .evaluate import jsonable
+from .fileio import jsonable
 from .model import DeAltHDR, DeAltHDRConfig
 from .stream import FrameStream
 from .tiling import eager_tile_run, network_align, run_tiled

@@ -73,7 +73,7 @@ class Stand(nn.Module):
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.fileio import sha256_file
     from dealthdr.checkpoint import resolve_checkpoint
     from dealthdr.export.artifacts import artifact_record
     from dealthdr.export.buckets import make_buckets

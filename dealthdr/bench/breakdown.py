@@ -166,7 +166,7 @@ def _doc(results: list[dict], checkpoint: str) -> dict:
 
 
 def write(path: Path, doc: dict) -> None:
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
 
     atomic_write_bytes(Path(path), (json.dumps(doc, indent=2) + "\n").encode())
 

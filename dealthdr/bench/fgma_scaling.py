@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dealthdr.checkpoint import atomic_write_bytes
+from dealthdr.fileio import atomic_write_bytes
 from dealthdr.cliargs import parse_size
 from dealthdr.model import get_config
 from dealthdr.sysinfo import machine_record

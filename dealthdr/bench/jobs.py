@@ -88,7 +88,7 @@ def manifest_paths(items: list[Path]) -> list[Path]:
 
 def _checkpoint(manifest: dict, override: str | None) -> str | None:
     """A local checkpoint with the manifest's sha256: its recorded path, else the shipped one."""
-    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.fileio import sha256_file
     from dealthdr.checkpoint import resolve_checkpoint
 
     if override:
@@ -120,7 +120,7 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
     """Jobs for every artifact of the manifests (and eager for every bucket) that matches."""
     from dealthdr.checkpoint import read_config
 
-    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.fileio import sha256_file
     from dealthdr.export.buckets import make_buckets
 
     artifact_jobs, eager_buckets = [], {}

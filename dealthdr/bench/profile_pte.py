@@ -135,7 +135,7 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
     from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
                                                              _unsafe_reset_threadpool)
 
-    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.fileio import sha256_file
     from dealthdr.bench.worker import make_inputs
 
     if threads < 1 or warmup < 0 or repeat < 1:
@@ -154,7 +154,7 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
         module.write_etdump_result_to_file(str(trace))
         blocks = Inspector(etdump_path=str(trace)).event_blocks
         if keep is not None:
-            from dealthdr.checkpoint import atomic_write_bytes
+            from dealthdr.fileio import atomic_write_bytes
             atomic_write_bytes(keep, trace.read_bytes())
     events = [e for b in blocks if b.name == "Execute" for e in b.events]
     return {"artifact": path.name, "sha256": sha256_file(path), "method": method,
@@ -165,7 +165,7 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
     from dealthdr.bench.run import host_fields
 
     rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,

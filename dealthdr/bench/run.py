@@ -210,7 +210,7 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
     run only measures what is missing."""
     from tqdm import tqdm
 
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
     from dealthdr.bench import schema
     from dealthdr.bench.jobs import FlopCache
 

@@ -144,7 +144,7 @@ def read_records(path: Path) -> list[dict]:
 def write_records(path: Path, records: list[dict]) -> None:
     """All records, one JSON object a line, replacing `path` atomically (a reader or a kill
     mid-write never sees half a file)."""
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
 
     text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
     atomic_write_bytes(Path(path), text.encode())

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
 
     if args.repeats < 1 or args.threads < 1:
         raise ValueError("--repeats and --threads must be >= 1")

@@ -118,7 +118,7 @@ def text(report: dict) -> str:
 
 
 def write_json(path: Path, report: dict) -> None:
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
 
     atomic_write_bytes(Path(path), (json.dumps(report, indent=2) + "\n").encode())
 

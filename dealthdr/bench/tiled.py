@@ -69,11 +69,11 @@ def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.checkpoint import atomic_write_bytes
-    from dealthdr.evaluate import jsonable
+    from dealthdr.fileio import atomic_write_bytes
+    from dealthdr.fileio import jsonable
     from dealthdr.sysinfo import machine_record
 
-    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.fileio import sha256_file
 
     manifest, arts = _artifacts(args.pte)
     tiled = any("tiled" in a for a in arts)

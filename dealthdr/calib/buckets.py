@@ -14,7 +14,6 @@ no selection (K = all tiles).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dealthdr.fileio import sha256_file
 from dealthdr.sensitivity import s_text
 
 FORMAT = "dealthdr-buckets/2"  # /1 counted positions, /2 counts tiles
@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 def s_key(s: float) -> str:
     """The bucket's name for s (the project's text form)."""
     return s_text(s)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def item_ratios(model, window, s: float) -> list[np.ndarray]:
@@ -150,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from dealthdr.cliargs import configure_logging
     configure_logging()
     try:
-        from dealthdr.checkpoint import atomic_write_bytes
+        from dealthdr.fileio import atomic_write_bytes
         data = run_calibration(args.checkpoint, args.variant, args.s_buckets,
                                args.size, args.clips, args.quantile, args.seed)
         atomic_write_bytes(args.out, (json.dumps(data, indent=2) + "\n").encode())

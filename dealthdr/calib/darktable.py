@@ -95,7 +95,7 @@ def derive_kappa(size: int = 1024, level: float = 0.3, var: float = 1e-4, seed: 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from dealthdr.checkpoint import atomic_write_bytes
+    from dealthdr.fileio import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 

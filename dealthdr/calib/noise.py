@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 or not 0 < args.max_level <= 1:
             raise ValueError("need --bins >= 3, --block >= 3, 0 < --flat-quantile < 1 and "
                              "0 < --max-level <= 1")
-        from dealthdr.checkpoint import atomic_write_bytes
+        from dealthdr.fileio import atomic_write_bytes
         frames = load_frames(list_raw_files(args.raw))
         profile = calibrate(frames, args.method, args.bins, args.block, args.max_level,
                             args.flat_quantile, args.camera or args.raw.resolve().name,

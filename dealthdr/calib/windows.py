@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from dealthdr.model.config import DeAltHDRConfig
-from dealthdr.model.inputs import CENTRES  # noqa: F401  (re-exported: its home before)
 
 log = logging.getLogger(__name__)
 

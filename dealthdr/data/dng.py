@@ -167,7 +167,7 @@ def write_dng(path: str | Path, mosaic: np.ndarray, black_level=0, white_level: 
         color_matrix: ColorMatrix1, XYZ (D65) -> camera RGB; default: camera = linear sRGB.
         make, model: Make / Model; UniqueCameraModel is "make model".
     """
-    from ..checkpoint import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     path = Path(path)
     data = dng_bytes(mosaic, black_level, white_level, cfa, exposure_time, iso, wb_gains,

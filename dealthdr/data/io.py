@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import default_file_mode
+from ..fileio import default_file_mode
 
 HDR_SUFFIXES = (".exr", ".hdr")
 

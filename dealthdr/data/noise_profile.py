@@ -179,7 +179,7 @@ def read_profile(path: str | Path) -> NoiseProfile:
 
 
 def write_profile(path: str | Path, profile: NoiseProfile) -> Path:
-    from ..checkpoint import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(profile.to_dict(), indent=1) + "\n").encode())
     return path

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..data.io import write_png16
 
 log = logging.getLogger(__name__)

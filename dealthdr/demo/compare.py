@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..data.io import read_hdr
 from ..data.sequence import open_sequence
 from ..noref import MEASURES, measure

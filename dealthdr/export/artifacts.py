@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from dealthdr import __version__
-from dealthdr.checkpoint import atomic_write_bytes
-from dealthdr.evaluate import jsonable
+from dealthdr.fileio import atomic_write_bytes
+from dealthdr.fileio import jsonable
 from dealthdr.model.fgma import bucket_tiles
 from dealthdr.model.network import level_tiles
 from dealthdr.sysinfo import machine_record
@@ -92,7 +92,7 @@ def staging_dir(out: Path, force: bool):
 def digest(path: Path) -> tuple[int, str]:
     """(bytes, sha256) of a file, or of a folder (.mlpackage): then the sha256 of its sorted
     'relative path, file sha256' lines."""
-    from dealthdr.calib.buckets import sha256_file
+    from dealthdr.fileio import sha256_file
 
     if path.is_file():
         return path.stat().st_size, sha256_file(path)
@@ -138,7 +138,9 @@ def prepare(args: argparse.Namespace):
     Returns (model, model_info, calibration, buckets, windows)."""
     from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
 
-    from dealthdr.calib.buckets import read_buckets, run_calibration, sha256_file
+    from dealthdr.fileio import sha256_file
+
+    from dealthdr.calib.buckets import read_buckets, run_calibration
     from dealthdr.calib.windows import make_windows
     from dealthdr.export.buckets import make_buckets
 

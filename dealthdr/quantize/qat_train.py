@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import fx
 
-from dealthdr.checkpoint import atomic_write_bytes
+from dealthdr.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

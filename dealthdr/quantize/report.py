@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from dealthdr import __version__
-from dealthdr.checkpoint import atomic_write_bytes
-from dealthdr.evaluate import jsonable
+from dealthdr.fileio import atomic_write_bytes
+from dealthdr.fileio import jsonable
 from dealthdr.sysinfo import machine_record
 
 

@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ..fileio import atomic_write_bytes
+
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.sequence import Sequence
 from ..metrics import MU
 from ..model import DeAltHDR

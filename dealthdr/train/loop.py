@@ -21,7 +21,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ..fileio import atomic_write_bytes
+
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..model import DeAltHDR, create_model, get_config
 from ..model.inputs import prepare_inputs
 from ..model.spynet import load_basicsr_spynet, resize_flow

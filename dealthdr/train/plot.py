@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 
 def plot_loss_curve(log_path: Path, png: Path) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ..fileio import atomic_write_bytes
+
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..model import DeAltHDR
 
 
