@@ -13,7 +13,6 @@ import sys
 from . import __version__
 from .cliargs import configure_logging
 
-
 # Tool -> its module, or -> {job: module} where the tool has several jobs.
 TOOLS = {
     "export": {"executorch": "dealthdr.export.to_executorch",
@@ -57,12 +56,7 @@ def run_tool(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import adapt_cli
-    from . import evaluate_cli
-    from . import profile_cli
-    from . import reconstruct_cli
-    from . import synth_cli
-    from . import train_cli
+    from . import adapt_cli, evaluate_cli, profile_cli, reconstruct_cli, synth_cli, train_cli
 
     parser = argparse.ArgumentParser(prog="dealthdr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dealthdr {__version__}")

@@ -164,3 +164,30 @@ def test_wheel_holds_the_tools_and_runs_them_without_the_checkout(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith(str(site)) and "--s-buckets" in res.stdout
+
+
+def test_every_tool_parses_its_flags_into_its_config_and_defaults_agree():
+    """Flags and typed configs are one set of names (parse_config refuses a mismatch), and an
+    empty command line gives the dataclass's own defaults: the library called without the CLI
+    runs the same job as the script with no flags."""
+    from dataclasses import fields
+
+    from dealthdr.export import to_coreml, to_executorch, to_onnx
+    from dealthdr.export.config import (CoreMLConfig, ExecuTorchConfig, OnnxConfig,
+                                        parse_config)
+    from dealthdr.quantize import qat
+    from dealthdr.quantize.config import QuantizeConfig
+
+    for module, cls in ((to_executorch, ExecuTorchConfig), (to_coreml, CoreMLConfig),
+                        (to_onnx, OnnxConfig), (qat, QuantizeConfig)):
+        parsed = parse_config(module.build_parser(), cls, [])
+        assert parsed == cls(), [(f.name, getattr(parsed, f.name), getattr(cls(), f.name))
+                                 for f in fields(cls) if getattr(parsed, f.name)
+                                 != getattr(cls(), f.name)]
+    cfg = parse_config(to_executorch.build_parser(), ExecuTorchConfig,
+                       ["--s-buckets", "0,inf", "--size", "64x96", "--stream"])
+    assert cfg.s_buckets == (0.0, float("inf")) and cfg.size == (64, 96) and cfg.stream
+    parser = to_onnx.build_parser()
+    parser.add_argument("--stray", default=1)
+    with pytest.raises(TypeError, match="stray"):
+        parse_config(parser, OnnxConfig, [])

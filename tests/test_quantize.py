@@ -201,10 +201,13 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
 
 
 def test_finished_stages_are_reused_only_with_the_same_settings(tmp_path):
+    from dealthdr.export.config import parse_config
+    from dealthdr.quantize.config import QuantizeConfig
     from dealthdr.quantize.qat import build_parser
     from dealthdr.quantize.resume import Finished, fingerprint
 
-    parse = build_parser().parse_args
+    def parse(argv):
+        return parse_config(build_parser(), QuantizeConfig, argv)
     key = fingerprint(parse([]), "abc")
     assert key == fingerprint(parse(["--out", "x", "--threads", "1", "--backend", "coreml"]),
                               "abc")                       # where and how fast: same result

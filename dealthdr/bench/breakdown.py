@@ -22,14 +22,15 @@ from collections import defaultdict
 from pathlib import Path
 
 from dealthdr.bench.tables import ATTENTION, FGMA_REST, ROWS, table_g
+from dealthdr.cliargs import parse_sizes
+from dealthdr.fileio import atomic_write_bytes
+from dealthdr.sensitivity import parse_s_texts
+from dealthdr.sysinfo import machine_record
 
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    from dealthdr.cliargs import parse_sizes
-    from dealthdr.sensitivity import parse_s_texts
-
     p = sub.add_parser("breakdown", help="per-component eager latency (Table G)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="default",
@@ -98,8 +99,8 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
     """{s, centre, bucket_k, size, total_ms, rows: {row: {ms, share, gflops}}} for one bucket."""
     import torch
 
-    from dealthdr.profile import count_flops
     from dealthdr.export.buckets import BucketGraph, example_inputs
+    from dealthdr.profile import count_flops
 
     frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     budget = None if bucket.s == 0 else bucket.budget
@@ -159,15 +160,11 @@ def measure_for_jobs(jobs: list, threads: int) -> dict:
 
 
 def _doc(results: list[dict], checkpoint: str) -> dict:
-    from dealthdr.sysinfo import machine_record
-
     return {"format": "dealthdr-breakdown/1", "checkpoint": str(checkpoint),
             "buckets": results, "machine": machine_record()}
 
 
 def write(path: Path, doc: dict) -> None:
-    from dealthdr.fileio import atomic_write_bytes
-
     atomic_write_bytes(Path(path), (json.dumps(doc, indent=2) + "\n").encode())
 
 

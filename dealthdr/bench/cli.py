@@ -18,10 +18,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dealthdr.cliargs import configure_logging
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from dealthdr.bench import (apple, breakdown, ingest, pick, plot, profile_pte, run, stream,
-                              summary, tiled)
+    from dealthdr.bench import (
+        apple,
+        breakdown,
+        ingest,
+        pick,
+        plot,
+        profile_pte,
+        run,
+        stream,
+        summary,
+        tiled,
+    )
 
     # `dealthdr bench` names itself in argv[0]; the checkout's `python -m device_bench` does not.
     prog = sys.argv[0] if sys.argv[0].startswith("dealthdr ") else "python -m device_bench"
@@ -37,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.cliargs import configure_logging
     from dealthdr.bench.schema import RecordError
 
     parser = build_parser()

@@ -22,13 +22,18 @@ from pathlib import Path
 
 import torch
 
-from dealthdr.fileio import atomic_write_bytes
 from dealthdr.cliargs import parse_size
+from dealthdr.fileio import atomic_write_bytes
 from dealthdr.model import get_config
+from dealthdr.model.fgma import (
+    FGMA,
+    attention_mask,
+    consistency_difference,
+    select_bucket,
+    select_dynamic,
+    tile_grid,
+)
 from dealthdr.sysinfo import machine_record
-from dealthdr.model.fgma import (FGMA, attention_mask, consistency_difference, select_bucket,
-                                  select_dynamic, tile_grid)
-
 
 log = logging.getLogger("fgma_scaling")
 

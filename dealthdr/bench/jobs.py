@@ -88,8 +88,8 @@ def manifest_paths(items: list[Path]) -> list[Path]:
 
 def _checkpoint(manifest: dict, override: str | None) -> str | None:
     """A local checkpoint with the manifest's sha256: its recorded path, else the shipped one."""
-    from dealthdr.fileio import sha256_file
     from dealthdr.checkpoint import resolve_checkpoint
+    from dealthdr.fileio import sha256_file
 
     if override:
         return str(resolve_checkpoint(override))
@@ -119,9 +119,8 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
              verify: bool = True) -> list[Job]:
     """Jobs for every artifact of the manifests (and eager for every bucket) that matches."""
     from dealthdr.checkpoint import read_config
-
-    from dealthdr.fileio import sha256_file
     from dealthdr.export.buckets import make_buckets
+    from dealthdr.fileio import sha256_file
 
     artifact_jobs, eager_buckets = [], {}
     for mpath in manifest_paths(items):
@@ -205,9 +204,9 @@ class FlopCache:
 
             import torch
 
+            from dealthdr.export.buckets import Bucket, example_inputs
             from dealthdr.model import VARIANTS, create_model, get_config
             from dealthdr.profile import count_flops
-            from dealthdr.export.buckets import Bucket, example_inputs
 
             if job.variant not in VARIANTS:
                 return None, {}

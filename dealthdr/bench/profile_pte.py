@@ -26,6 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from dealthdr.fileio import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 _SUFFIX = re.compile(r"\s+#\d+$")         # XNNPACK numbers its operator instances: "... #12"
 # Events that span others: the whole run, one delegate call, one portable kernel with its glue.
@@ -132,11 +134,13 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
 
     import torch
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
-                                                             _unsafe_reset_threadpool)
+    from executorch.extension.pybindings.portable_lib import (
+        _threadpool_get_thread_count,
+        _unsafe_reset_threadpool,
+    )
 
-    from dealthdr.fileio import sha256_file
     from dealthdr.bench.worker import make_inputs
+    from dealthdr.fileio import sha256_file
 
     if threads < 1 or warmup < 0 or repeat < 1:
         raise ValueError("--threads and --repeat must be >= 1, --warmup >= 0")
@@ -154,7 +158,6 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
         module.write_etdump_result_to_file(str(trace))
         blocks = Inspector(etdump_path=str(trace)).event_blocks
         if keep is not None:
-            from dealthdr.fileio import atomic_write_bytes
             atomic_write_bytes(keep, trace.read_bytes())
     events = [e for b in blocks if b.name == "Execute" for e in b.events]
     return {"artifact": path.name, "sha256": sha256_file(path), "method": method,
@@ -165,7 +168,6 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.fileio import atomic_write_bytes
     from dealthdr.bench.run import host_fields
 
     rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,

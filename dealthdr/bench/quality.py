@@ -1,8 +1,8 @@
 """PSNR-mu per (precision, runtime, s, centre), read from the project's evaluation outputs.
 
 Sources, in order of precedence:
-  quantize_report.json (dealthdr/quantize/report.py): per backend and s-bucket graph, PSNR-mu vs ground
-      truth on held-out windows at the deployment size: the `fp32` column for every fp32
+  quantize_report.json (dealthdr.quantize.report): per backend and s-bucket graph, PSNR-mu vs
+      ground truth on held-out windows at the deployment size: the `fp32` column for every fp32
       runtime (each exported fp32 artifact matches its torch graph to >= 45 dB, so they share
       it), `qat` (else `ptq`) for that backend's int8 artifact.
   `dealthdr evaluate --json` output (e.g. dealthdr/weights/eval_heldout.json): the dynamic

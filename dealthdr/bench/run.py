@@ -26,7 +26,9 @@ import tempfile
 from pathlib import Path
 
 from dealthdr.cliargs import parse_sizes
+from dealthdr.fileio import atomic_write_bytes
 from dealthdr.sensitivity import parse_s_texts
+from dealthdr.sysinfo import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,6 @@ def add_parser(sub) -> None:
 
 
 def host_fields(device: str) -> dict:
-    from dealthdr.sysinfo import cpu_model
-
     return {"device": device, "cpu": cpu_model(), "os": f"{platform.system()} {platform.release()}"}
 
 
@@ -210,7 +210,6 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
     run only measures what is missing."""
     from tqdm import tqdm
 
-    from dealthdr.fileio import atomic_write_bytes
     from dealthdr.bench import schema
     from dealthdr.bench.jobs import FlopCache
 

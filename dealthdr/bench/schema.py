@@ -27,6 +27,7 @@ import json
 import math
 from pathlib import Path
 
+from dealthdr.fileio import atomic_write_bytes
 from dealthdr.sensitivity import s_text  # noqa: F401  (the schema's canonical s)
 
 STRINGS = ("device", "cpu", "os", "runtime", "runtime_version", "backend", "precision",
@@ -144,8 +145,6 @@ def read_records(path: Path) -> list[dict]:
 def write_records(path: Path, records: list[dict]) -> None:
     """All records, one JSON object a line, replacing `path` atomically (a reader or a kill
     mid-write never sees half a file)."""
-    from dealthdr.fileio import atomic_write_bytes
-
     text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
     atomic_write_bytes(Path(path), text.encode())
 

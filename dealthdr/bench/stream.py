@@ -24,12 +24,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dealthdr.cliargs import parse_size
+from dealthdr.fileio import atomic_write_bytes
+from dealthdr.sysinfo import machine_record
+
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    from dealthdr.cliargs import parse_size
-
     p = sub.add_parser("stream", help="reconstruct streaming vs every window: time, memory, "
                                       "equality", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,8 +51,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.fileio import atomic_write_bytes
-
     if args.repeats < 1 or args.threads < 1:
         raise ValueError("--repeats and --threads must be >= 1")
     with tempfile.TemporaryDirectory(prefix="dealthdr_stream_") as tmp:
@@ -114,8 +114,6 @@ def _max_abs(a: Path, b: Path) -> float:
 
 
 def _record(args: argparse.Namespace, runs: dict, max_abs: float) -> dict:
-    from dealthdr.sysinfo import machine_record
-
     summary = {mode: {"seconds_median": statistics.median(r["seconds"] for r in rs),
                       "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs), "runs": rs}
                for mode, rs in runs.items()}

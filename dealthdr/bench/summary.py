@@ -19,6 +19,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from dealthdr.fileio import atomic_write_bytes
+
 INT8_TARGET = 2.0  # the project's goal: int8 at least 2x faster than eager fp32
 
 
@@ -118,8 +120,6 @@ def text(report: dict) -> str:
 
 
 def write_json(path: Path, report: dict) -> None:
-    from dealthdr.fileio import atomic_write_bytes
-
     atomic_write_bytes(Path(path), (json.dumps(report, indent=2) + "\n").encode())
 
 

@@ -30,12 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from dealthdr.cliargs import parse_size
+from dealthdr.fileio import atomic_write_bytes, jsonable
+from dealthdr.sysinfo import machine_record
+
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    from dealthdr.cliargs import parse_size
-
     p = sub.add_parser("tiled", help="a large frame through a fixed-shape .pte as blended tiles",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pte", type=Path, help="an exported .pte listed in the manifest.json beside it")
@@ -69,10 +71,6 @@ def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.fileio import atomic_write_bytes
-    from dealthdr.fileio import jsonable
-    from dealthdr.sysinfo import machine_record
-
     from dealthdr.fileio import sha256_file
 
     manifest, arts = _artifacts(args.pte)
@@ -156,15 +154,13 @@ def _against_eager(args: argparse.Namespace, art: dict, output: Path) -> dict:
 def _worker(job: dict) -> dict:
     """In a fresh process: load the program, run every tile, blend; peak memory and time."""
     import numpy as np
+    import torch
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
-    import torch
-
-    from dealthdr.tiling import run_tiled
-
     from dealthdr.bench.worker import peak_memory, start_memory_watch
     from dealthdr.export.tiles import run_program_tiled
+    from dealthdr.tiling import run_tiled
 
     _unsafe_reset_threadpool(job["threads"])
     win = _window(tuple(job["size"]), job["centre"], job["frames"])

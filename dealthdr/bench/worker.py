@@ -1,6 +1,6 @@
 """Time one artifact in this (fresh) process: load, warm up, timed inferences, peak memory.
 
-    python -m device_bench.worker JOB.json RESULT.json
+    python -m dealthdr.bench.worker JOB.json RESULT.json
 
 `device_bench run` starts one such process per (artifact, size, threads), so that every
 measurement starts from the same state: no other runtime's thread pool, allocator caches or
@@ -98,8 +98,10 @@ def load_executorch(job: dict):
     import importlib.metadata
 
     import torch
-    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
-                                                             _unsafe_reset_threadpool)
+    from executorch.extension.pybindings.portable_lib import (
+        _threadpool_get_thread_count,
+        _unsafe_reset_threadpool,
+    )
     from executorch.runtime import Runtime
 
     # One process per job, so resetting the global pool cannot race another program.
@@ -215,7 +217,7 @@ def measure(job: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m device_bench.worker JOB.json RESULT.json", file=sys.stderr)
+        print("usage: python -m dealthdr.bench.worker JOB.json RESULT.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text())
     os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))

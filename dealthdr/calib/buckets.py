@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dealthdr.fileio import sha256_file
-from dealthdr.sensitivity import s_text
+from dealthdr.cliargs import configure_logging, parse_size
+from dealthdr.fileio import atomic_write_bytes, sha256_file
+from dealthdr.sensitivity import parse_s_list, s_text
 
 FORMAT = "dealthdr-buckets/2"  # /1 counted positions, /2 counts tiles
 log = logging.getLogger(__name__)
@@ -89,9 +90,8 @@ def calibrate(model, windows, s_values: list[float], quantile: float = 0.95,
 def run_calibration(checkpoint: str, variant: str | None, s_values: list[float],
                     size: tuple[int, int], clips: int, quantile: float, seed: int = 0,
                     progress: bool = True) -> dict:
-    from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
-
     from dealthdr.calib.windows import make_windows
+    from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     model, _ = load_checkpoint(path, variant)
@@ -117,9 +117,6 @@ def read_buckets(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.cliargs import parse_size
-    from dealthdr.sensitivity import parse_s_list
-
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="default",
@@ -139,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("buckets.json"),
                    help="output JSON (default buckets.json)")
     args = p.parse_args(argv)
-    from dealthdr.cliargs import configure_logging
     configure_logging()
     try:
-        from dealthdr.fileio import atomic_write_bytes
         data = run_calibration(args.checkpoint, args.variant, args.s_buckets,
                                args.size, args.clips, args.quantile, args.seed)
         atomic_write_bytes(args.out, (json.dumps(data, indent=2) + "\n").encode())

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dealthdr.cliargs import configure_logging
 from dealthdr.data import noise_profile as npf
+from dealthdr.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,6 @@ def derive_kappa(size: int = 1024, level: float = 0.3, var: float = 1e-4, seed: 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from dealthdr.fileio import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
@@ -122,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--size", type=int, default=1024, help="simulated mosaic side (default 1024)")
     q.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     args = p.parse_args(argv)
-    from dealthdr.cliargs import configure_logging
     configure_logging()
     try:
         if args.command == "list":

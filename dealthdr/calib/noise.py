@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dealthdr.cliargs import configure_logging
 from dealthdr.data.dng import RawImage, read_raw, write_dng
 from dealthdr.data.noise_profile import CHANNELS, IsoEntry, NoiseProfile, make_profile
+from dealthdr.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 # Files in a RAW folder that are not frames: sidecars and notes are skipped, anything else must
@@ -336,14 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-level", type=float, default=0.95,
                    help="ignore samples brighter than this X (near saturation; default: 0.95)")
     args = p.parse_args(argv)
-    from dealthdr.cliargs import configure_logging
     configure_logging()
     try:
         if args.bins < 3 or args.block < 3 or not 0 < args.flat_quantile < 1 \
                 or not 0 < args.max_level <= 1:
             raise ValueError("need --bins >= 3, --block >= 3, 0 < --flat-quantile < 1 and "
                              "0 < --max-level <= 1")
-        from dealthdr.fileio import atomic_write_bytes
         frames = load_frames(list_raw_files(args.raw))
         profile = calibrate(frames, args.method, args.bins, args.block, args.max_level,
                             args.flat_quantile, args.camera or args.raw.resolve().name,

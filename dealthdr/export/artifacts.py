@@ -20,10 +20,18 @@ import time
 from pathlib import Path
 
 from dealthdr import __version__
-from dealthdr.fileio import atomic_write_bytes
-from dealthdr.fileio import jsonable
+from dealthdr.calib.buckets import read_buckets, run_calibration
+from dealthdr.calib.windows import make_windows
+from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
+from dealthdr.cliargs import configure_logging, parse_size
+from dealthdr.export.buckets import make_buckets
+from dealthdr.export.config import ExportConfig
+from dealthdr.export.gate import GateFailed
+from dealthdr.fileio import atomic_write_bytes, jsonable, sha256_file
+from dealthdr.model import VARIANTS
 from dealthdr.model.fgma import bucket_tiles
 from dealthdr.model.network import level_tiles
+from dealthdr.sensitivity import parse_s_list
 from dealthdr.sysinfo import machine_record
 
 log = logging.getLogger(__name__)
@@ -32,10 +40,6 @@ LICENSE = "Apache-2.0 (dealthdr); weights: see dealthdr/weights/README.md"
 
 
 def add_common_flags(p: argparse.ArgumentParser, out_default: str) -> None:
-    from dealthdr.cliargs import parse_size
-    from dealthdr.sensitivity import parse_s_list
-    from dealthdr.model import VARIANTS
-
     p.add_argument("--s-buckets", type=parse_s_list, default=[0.0, 1.0, 15.0, 100.0],
                    help="sensitivities s to export, comma-separated, 'inf' allowed; one "
                         "fixed-shape graph each (default 0,1,15,100)")
@@ -92,8 +96,6 @@ def staging_dir(out: Path, force: bool):
 def digest(path: Path) -> tuple[int, str]:
     """(bytes, sha256) of a file, or of a folder (.mlpackage): then the sha256 of its sorted
     'relative path, file sha256' lines."""
-    from dealthdr.fileio import sha256_file
-
     if path.is_file():
         return path.stat().st_size, sha256_file(path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -118,13 +120,13 @@ def artifact_record(path: Path, root: Path, backend: str, precision: str, bucket
             "parity": parity}
 
 
-def write_manifest(stage: Path, tool: str, args: argparse.Namespace, model_info: dict,
+def write_manifest(stage: Path, tool: str, cfg: ExportConfig, model_info: dict,
                    calibration: dict, artifacts: list[dict], started: float,
                    notes: list[str] | None = None) -> dict:
     manifest = {
         "format": "dealthdr-export-manifest/1", "tool": tool, "dealthdr": __version__,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "model": model_info, "size": list(args.size), "centre": args.centre,
+        "model": model_info, "size": list(cfg.size), "centre": cfg.centre,
         "calibration": calibration, "artifacts": artifacts, "notes": notes or [],
         "wall_time_s": round(time.time() - started, 1), "machine": machine_record(),
         "license": LICENSE}
@@ -133,35 +135,26 @@ def write_manifest(stage: Path, tool: str, args: argparse.Namespace, model_info:
     return manifest
 
 
-def prepare(args: argparse.Namespace):
+def prepare(cfg: ExportConfig):
     """Load the model, calibrate (or read) the buckets, make parity windows.
     Returns (model, model_info, calibration, buckets, windows)."""
-    from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
-
-    from dealthdr.fileio import sha256_file
-
-    from dealthdr.calib.buckets import read_buckets, run_calibration
-    from dealthdr.calib.windows import make_windows
-    from dealthdr.export.buckets import make_buckets
-
-    path = resolve_checkpoint(args.checkpoint)
-    model, meta = load_checkpoint(path, args.variant)
+    path = resolve_checkpoint(cfg.checkpoint)
+    model, meta = load_checkpoint(path, cfg.variant)
     sha = sha256_file(path)
     info = {"variant": model.cfg.name, "checkpoint": str(path), "checkpoint_sha256": sha,
             "exposure_ratio": model.cfg.exposure_ratio,
             "params": sum(p.numel() for p in model.parameters())}
-    if args.buckets is not None:
-        calibration = read_buckets(args.buckets)
+    if cfg.buckets is not None:
+        calibration = read_buckets(cfg.buckets)
         if calibration.get("checkpoint_sha256") != sha:
-            log.warning("%s was calibrated on another checkpoint (%s)", args.buckets,
+            log.warning("%s was calibrated on another checkpoint (%s)", cfg.buckets,
                         calibration.get("checkpoint"))
     else:
-        calibration = run_calibration(str(path), None, args.s_buckets, args.size,
-                                      args.calib_clips, args.quantile)
-    centres = ("short", "long") if args.centre == "both" else (args.centre,)
-    buckets = make_buckets(calibration, args.s_buckets, args.size, centres,
+        calibration = run_calibration(str(path), None, cfg.s_buckets, cfg.size,
+                                      cfg.calib_clips, cfg.quantile)
+    buckets = make_buckets(calibration, cfg.s_buckets, cfg.size, cfg.centres,
                            model.cfg.attn_tile)
-    windows = make_windows("heldout", *args.size, clips=args.parity_clips, seed=1,
+    windows = make_windows("heldout", *cfg.size, clips=cfg.parity_clips, seed=1,
                            progress=True, frames=model.cfg.num_frames)
     return model, info, calibration, buckets, windows
 
@@ -169,9 +162,6 @@ def prepare(args: argparse.Namespace):
 def main_wrapper(run) -> int:
     """Logging set-up and error policy shared by the exporters: bad input exits 2, a failed
     gate exits 1; both with one clear line and no artifact left behind."""
-    from dealthdr.export.gate import GateFailed
-
-    from dealthdr.cliargs import configure_logging
     configure_logging()
     try:
         return run() or 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,6 @@ def convert_named(program, inputs: dict, outputs: list[str], precision: str, tar
 
 def describe(mlmodel, info: dict, bucket, precision: str, frames: int) -> None:
     from dealthdr import __version__
-
     from dealthdr.export.artifacts import LICENSE
 
     mlmodel.short_description = (f"DeAltHDR {info['variant']}: HDR of the centre frame of a "
@@ -160,3 +161,48 @@ def save_multifunction(parts: list[tuple[str, Path]], out: Path) -> None:
         desc.add_function(str(path), src_function_name="main", target_function_name=name)
     desc.default_function_name = parts[0][0]
     ct.utils.save_multifunction(desc, str(out))
+
+
+@dataclass
+class Packaged:
+    """Where one bucket's graph ended up: its package, its function there (None for a
+    single-function package), the validated structure and the bytes it takes alone."""
+    bucket: object
+    path: Path
+    function: str | None
+    structure: dict
+    single_bytes: int
+
+
+def package(models, stage: Path, stem: str, target: str, size: tuple[int, int], frames: int,
+            precision: str) -> list[Packaged]:
+    """Save converted models, an iterable of (bucket, MLModel), into `stage`: one
+    multifunction `<stem>.mlpackage` with a function per bucket and shared weights (iOS18),
+    or one `<stem>_<bucket>.mlpackage` per bucket (iOS17); each package's structure is
+    validated once. Models are saved as they come, so only one is held in memory."""
+    from dealthdr.export.artifacts import digest
+
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for b, mlmodel in models:
+            folder = stage if target == "iOS17" else Path(tmp)
+            path = folder / f"{stem}_{b.name}.mlpackage"
+            mlmodel.save(str(path))
+            parts.append((b, path))
+        single = {b.name: digest(path)[0] for b, path in parts}
+        if target == "iOS18":
+            merged = stage / f"{stem}.mlpackage"
+            save_multifunction([(b.name, path) for b, path in parts], merged)
+            files = {b.name: (merged, b.name) for b, _ in parts}
+        else:
+            files = {b.name: (path, None) for b, path in parts}
+    structures, out = {}, []
+    for b, _ in parts:
+        path, function = files[b.name]
+        if path not in structures:  # a multifunction package is read once
+            names = [x.name for x, _ in parts] if function else ["main"]
+            structures[path] = validate_package(path, names, size, frames, precision)
+        out.append(Packaged(b, path, function, structures[path][function or "main"],
+                            single[b.name]))
+    return out
+

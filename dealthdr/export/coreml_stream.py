@@ -1,12 +1,12 @@
-"""Streaming Core ML package: the methods of `dealthdr/export/stream.py` as functions of one multifunction
-.mlpackage per s (iOS18+), for an app's frame loop on the Neural Engine / GPU.
+"""Streaming Core ML package: the methods of `dealthdr.export.stream` as functions of one
+multifunction .mlpackage per s (iOS18+), for an app's frame loop on the Neural Engine / GPU.
 
 Functions `encode_short`, `encode_long`, `flow` (once per input frame) and `fuse_<centre>` (once
 per output frame) take and return named tensors (`NAMES`); `save_multifunction` stores weights
 that are equal across functions once, so the two fuse functions share theirs. Core ML
 prediction needs macOS: on Linux the package is converted, merged and structure-checked, and
 its numeric gate is recorded as pending; on a Mac every fuse function is gated as a frame loop
-(`export.stream.StreamRunner`) against the eager window network, like the XNNPACK program.
+(`dealthdr.export.stream.StreamRunner`) against the eager window network, like the XNNPACK program.
 """
 from __future__ import annotations
 
@@ -15,8 +15,14 @@ import platform
 import tempfile
 from pathlib import Path
 
-from dealthdr.export.stream import (export_stream, gate_stream, method_kind, recorded_methods, signatures,
-                           stream_record)
+from dealthdr.export.stream import (
+    export_stream,
+    gate_stream,
+    method_kind,
+    recorded_methods,
+    signatures,
+    stream_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,8 @@ def validate_stream_package(path: Path, sig: dict) -> None:
 
 
 def coreml_methods(path: Path, names: list[str]) -> dict:
-    """The package's functions with `export.stream.eager_methods`' calling convention (lists of
-    tensors in and out); macOS only."""
+    """The package's functions with `dealthdr.export.stream.eager_methods`' calling convention
+    (lists of tensors in and out); macOS only."""
     import coremltools as ct
     import torch
 
@@ -82,8 +88,8 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
     """One multifunction package per s; its records (one per function, as the XNNPACK
     streaming program's)."""
     from dealthdr.export.artifacts import artifact_record, digest
-    from dealthdr.export.gate import pending_gate
     from dealthdr.export.coreml import save_multifunction
+    from dealthdr.export.gate import pending_gate
 
     if target != "iOS18":
         raise ValueError("--stream needs --deployment-target iOS18: its functions share one "

@@ -16,13 +16,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dealthdr.metrics import psnr_mu
-from dealthdr.model.fgma import bucket_tiles
-from dealthdr.model.network import level_tiles
-
 from dealthdr.calib.buckets import item_ratios
 from dealthdr.calib.windows import Window
 from dealthdr.export.buckets import Bucket, BucketGraph
+from dealthdr.metrics import psnr_mu
+from dealthdr.model.fgma import bucket_tiles
+from dealthdr.model.network import level_tiles
 
 log = logging.getLogger(__name__)
 

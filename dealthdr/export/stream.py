@@ -29,10 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dealthdr.export.buckets import Bucket, example_inputs
 from dealthdr.model import DeAltHDR
 from dealthdr.model.inputs import relative_exposures, window_pattern
-
-from dealthdr.export.buckets import Bucket, example_inputs
 
 LEVELS = 4  # encoder outputs: levels 1, 2, 3 and the latent
 

@@ -23,18 +23,16 @@ import argparse
 import logging
 import platform
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from dealthdr.export.coreml import (COMPUTE_UNITS, convert, coreml_runner, describe,
-                                    save_multifunction, validate_package)
+from dealthdr.export.config import CoreMLConfig
+from dealthdr.export.coreml import COMPUTE_UNITS, convert, coreml_runner, describe, package
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dealthdr.export.artifacts import add_common_flags, main_wrapper
+def build_parser() -> argparse.ArgumentParser:
+    from dealthdr.export.artifacts import add_common_flags
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,76 +49,70 @@ def main(argv: list[str] | None = None) -> int:
                         "a phone's frame loop (encode_short, encode_long, flow: once per input "
                         "frame; fuse_<centre>: once per output frame) in one multifunction "
                         "package (iOS18), gated as a frame loop on macOS")
-    args = p.parse_args(argv)
+    return p
 
-    def run() -> int:
-        from tqdm import tqdm
 
-        from dealthdr.export.buckets import group_by_s
-        from dealthdr.export.coreml_stream import stream_packages
+def export_coreml(cfg: CoreMLConfig) -> int:
+    """Convert, validate (gate on macOS) and record every bucket of `cfg` into `cfg.out`."""
+    from tqdm import tqdm
 
-        from dealthdr.export.artifacts import (artifact_record, digest, prepare, staging_dir,
-                                      write_manifest)
-        from dealthdr.export.gate import pending_gate, run_gate
+    from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
+    from dealthdr.export.buckets import group_by_s
+    from dealthdr.export.coreml_stream import stream_packages
+    from dealthdr.export.gate import pending_gate, run_gate
 
-        if args.stream and args.deployment_target != "iOS18":
-            raise ValueError("--stream needs --deployment-target iOS18: its functions share "
-                             "one multifunction package")
-        started = time.time()
-        on_mac = platform.system() == "Darwin"
-        with staging_dir(args.out, args.force) as stage, tempfile.TemporaryDirectory() as tmp:
-            model, info, calibration, buckets, windows = prepare(args)
-            parts = []
+    if cfg.stream and cfg.deployment_target != "iOS18":
+        raise ValueError("--stream needs --deployment-target iOS18: its functions share "
+                         "one multifunction package")
+    started = time.time()
+    on_mac = platform.system() == "Darwin"
+    with staging_dir(cfg.out, cfg.force) as stage:
+        model, info, calibration, buckets, windows = prepare(cfg)
+        frames = model.cfg.num_frames
+
+        def converted():
             for b in tqdm(buckets, desc="coreml"):
-                mlmodel = convert(model, b, args.size, args.precision, args.deployment_target,
-                                  args.compute_units)
-                describe(mlmodel, info, b, args.precision, model.cfg.num_frames)
-                folder = stage if args.deployment_target == "iOS17" else Path(tmp)
-                path = folder / f"dealthdr_{info['variant']}_{b.name}.mlpackage"
-                mlmodel.save(str(path))
-                parts.append((b, path))
-            single_bytes = {b.name: digest(path)[0] for b, path in parts}
-            if args.deployment_target == "iOS18":
-                merged = stage / f"dealthdr_{info['variant']}.mlpackage"
-                save_multifunction([(b.name, path) for b, path in parts], merged)
-                files = {b.name: (merged, b.name) for b, _ in parts}
+                mlmodel = convert(model, b, cfg.size, cfg.precision, cfg.deployment_target,
+                                  cfg.compute_units)
+                describe(mlmodel, info, b, cfg.precision, frames)
+                yield b, mlmodel
+        packaged = package(converted(), stage, f"dealthdr_{info['variant']}",
+                           cfg.deployment_target, cfg.size, frames, cfg.precision)
+        records = []
+        for p in packaged:
+            if on_mac:
+                parity = run_gate(coreml_runner(p.path, p.function), model, p.bucket, windows,
+                                  cfg.precision, f"coremltools predict ({platform.mac_ver()[0]})")
             else:
-                files = {b.name: (path, None) for b, path in parts}
-            records, structures = [], {}
-            for b, _ in parts:
-                path, function = files[b.name]
-                if path not in structures:  # the multifunction package is read once
-                    names = [x.name for x, _ in parts] if function else ["main"]
-                    structures[path] = validate_package(path, names, args.size,
-                                                        model.cfg.num_frames, args.precision)
-                structure = structures[path]
-                if on_mac:
-                    parity = run_gate(coreml_runner(path, function), model, b, windows,
-                                      args.precision, f"coremltools predict ({platform.mac_ver()[0]})")
-                else:
-                    parity = pending_gate("Core ML prediction needs macOS; structure validated "
-                                          "on Linux", args.precision)
-                records.append(artifact_record(
-                    path, stage, "coreml", args.precision, b, args.size, parity,
-                    frames=model.cfg.num_frames, function=function or "main",
-                    deployment_target=args.deployment_target, compute_units=args.compute_units,
-                    structure=structure[function or "main"],
-                    single_function_bytes=single_bytes[b.name]))
-            if args.stream:
-                records.extend(stream_packages(
-                    stage, model, info, group_by_s(buckets), args.size, windows,
-                    precision=args.precision,
-                    target=args.deployment_target, units=args.compute_units))
-            notes = [] if on_mac else ["numeric parity pending: Core ML prediction needs macOS; "
-                                       "run this exporter on a Mac to gate"]
-            write_manifest(stage, "export/to_coreml.py", args, info, calibration, records,
-                           started, notes)
-        total = {r["file"]: r["bytes"] for r in records}
-        log.info("wrote %s (%s); one bucket alone: %d bytes", args.out,
-                 ", ".join(f"{k}: {v} bytes" for k, v in total.items()),
-                 max(single_bytes.values()))
-        return 0
-    return main_wrapper(run)
+                parity = pending_gate("Core ML prediction needs macOS; structure validated "
+                                      "on Linux", cfg.precision)
+            records.append(artifact_record(
+                p.path, stage, "coreml", cfg.precision, p.bucket, cfg.size, parity,
+                frames=frames, function=p.function or "main",
+                deployment_target=cfg.deployment_target, compute_units=cfg.compute_units,
+                structure=p.structure, single_function_bytes=p.single_bytes))
+        if cfg.stream:
+            records.extend(stream_packages(
+                stage, model, info, group_by_s(buckets), cfg.size, windows,
+                precision=cfg.precision,
+                target=cfg.deployment_target, units=cfg.compute_units))
+        notes = [] if on_mac else ["numeric parity pending: Core ML prediction needs macOS; "
+                                   "run this exporter on a Mac to gate"]
+        write_manifest(stage, "export/to_coreml.py", cfg, info, calibration, records,
+                       started, notes)
+    total = {r["file"]: r["bytes"] for r in records}
+    log.info("wrote %s (%s); one bucket alone: %d bytes", cfg.out,
+             ", ".join(f"{k}: {v} bytes" for k, v in total.items()),
+             max(p.single_bytes for p in packaged))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dealthdr.export.artifacts import main_wrapper
+    from dealthdr.export.config import parse_config
+
+    cfg = parse_config(build_parser(), CoreMLConfig, argv)
+    return main_wrapper(lambda: export_coreml(cfg))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 One .pte per s-bucket; inside it one method per centre exposure (`forward_short`,
 `forward_long`), lowered with `to_edge_transform_and_lower` to XNNPACK (runs here, gated in the
 ExecuTorch runtime) or to the Core ML delegate (runs only on Apple OSes: the gate is recorded as
-pending, never faked). Before lowering, graph rewrites (`dealthdr/export/rewrites.py`) turn ops that would
-fall back to portable kernels into delegate-friendly equivalents; `--no-rewrites` shows the
+pending, never faked). Before lowering, graph rewrites (`dealthdr.export.rewrites`) turn ops that
+would fall back to portable kernels into delegate-friendly equivalents; `--no-rewrites` shows the
 difference. The manifest records the delegation coverage (ops and FLOPs) per method.
 
 `--stream` adds, per s-bucket, a program for a phone app's frame loop: `encode_short`,
@@ -22,6 +22,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from dealthdr.cliargs import parse_size
+from dealthdr.export.config import ExecuTorchConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,8 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
     from executorch.devtools import BundledProgram
     from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
     from executorch.devtools.bundled_program.serialize import (
-        serialize_from_bundled_program_to_flatbuffer)
+        serialize_from_bundled_program_to_flatbuffer,
+    )
 
     from dealthdr.export.buckets import BucketGraph
 
@@ -123,13 +127,13 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
     return serialize_from_bundled_program_to_flatbuffer(BundledProgram(exec_prog, suites))
 
 
-def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dict]:
+def tiled_programs(stage: Path, model, info: dict, by_s: dict, cfg: ExecuTorchConfig) -> list[dict]:
     """One tiled .pte per s (guide and tile methods at --size, flows on the frame's 1/4 grid),
     gated; its records."""
     from dealthdr.export.artifacts import artifact_record
     from dealthdr.export.tiles import export_tiled, gate_tiled
 
-    frame, tile = tuple(args.tiled_frame), tuple(args.size)
+    frame, tile = tuple(cfg.tiled_frame), tuple(cfg.size)
     records = []
     for group in by_s.values():
         programs, sums_length = export_tiled(model, group, tile, frame)
@@ -158,11 +162,17 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, args) -> list[dic
 
 
 def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -> list[dict]:
-    """One streaming .pte per s (`dealthdr/export/stream.py`: encode_short, encode_long, flow and a fuse
-    per centre, sharing weights), each fuse gated as a frame loop; their records."""
+    """One streaming .pte per s (`dealthdr.export.stream`: encode_short, encode_long, flow and
+    a fuse per centre, sharing weights), each fuse gated as a frame loop; their records."""
     from dealthdr.export.artifacts import artifact_record
-    from dealthdr.export.stream import (export_stream, gate_stream, program_methods, recorded_methods,
-                               signatures, stream_record)
+    from dealthdr.export.stream import (
+        export_stream,
+        gate_stream,
+        program_methods,
+        recorded_methods,
+        signatures,
+        stream_record,
+    )
 
     records = []
     for group in by_s.values():
@@ -187,10 +197,8 @@ def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dealthdr.cliargs import parse_size
-
-    from dealthdr.export.artifacts import add_common_flags, main_wrapper
+def build_parser() -> argparse.ArgumentParser:
+    from dealthdr.export.artifacts import add_common_flags
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,71 +226,81 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", action="store_true",
                    help="also write <name>.bpte: a BundledProgram embedding held-out test "
                         "inputs and expected outputs for on-device verification")
-    args = p.parse_args(argv)
+    return p
 
-    def run() -> int:
-        from tqdm import tqdm
 
-        from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
-        from dealthdr.export.buckets import export_program, group_by_s
-        from dealthdr.export.gate import pending_gate, run_gate
+def export_executorch(cfg: ExecuTorchConfig) -> int:
+    """Lower, gate and record one .pte per s of `cfg` (plus tiled / streaming programs) into
+    `cfg.out`; 0 on success."""
+    from tqdm import tqdm
 
-        if args.tiled_frame is not None:
-            (fh, fw), (th, tw) = args.tiled_frame, args.size
-            if args.backend != "xnnpack":
-                raise ValueError("--tiled-frame is implemented for --backend xnnpack only")
-            if th != tw or fh < th or fw < tw:
-                raise ValueError(f"--tiled-frame {fh}x{fw} must be at least the square --size "
-                                 f"{th}x{tw}")
-        if args.stream and args.backend != "xnnpack":
-            raise ValueError("--stream is implemented for --backend xnnpack only")
-        if args.precision == "fp16" and args.backend == "xnnpack":
-            raise ValueError("--precision fp16 is for --backend coreml; XNNPACK exports fp32 "
-                             "(int8: python quantize/qat.py)")
-        started = time.time()
-        with staging_dir(args.out, args.force) as stage:
-            model, info, calibration, buckets, windows = prepare(args)
-            by_s = group_by_s(buckets)
-            records, notes = [], []
-            for s_key, group in tqdm(by_s.items(), desc=f"executorch/{args.backend}"):
-                methods = {f"forward_{b.centre}": b for b in group}
-                programs = {m: export_program(model, b, args.size) for m, b in methods.items()}
-                exec_prog, cov = lower(programs, args.backend, args.precision,
-                                       not args.no_rewrites)
-                path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
-                               f"_{args.backend}.pte"
-                path.write_bytes(exec_prog.buffer)
-                arena = planned_bytes(exec_prog)
-                if args.bundle:
-                    path.with_suffix(".bpte").write_bytes(
-                        bundle(exec_prog, {m: (model, b) for m, b in methods.items()}, windows))
-                for method, b in methods.items():
-                    if args.backend == "xnnpack":
-                        check_runnable(method, arena[method])
-                        parity = run_gate(pte_runner(path, method), model, b, windows, "fp32",
-                                          "executorch runtime (XNNPACK + portable kernels)")
-                    else:
-                        parity = pending_gate("Core ML-delegated programs run only on Apple "
-                                              "OSes; run the gate there", args.precision)
-                    records.append(artifact_record(
-                        path, stage, f"executorch-{args.backend}", args.precision, b, args.size,
-                        parity, frames=model.cfg.num_frames, method=method,
-                        rewrites=not args.no_rewrites,
-                        delegation=cov[method], planned_activation_bytes=arena[method]))
-                log.info("s=%s: %s", s_key, {m: f"{c['flop_share']:.1%} FLOPs, "
-                                             f"{c['op_share']:.1%} ops delegated"
-                                             for m, c in cov.items()})
-            if args.tiled_frame is not None:
-                records.extend(tiled_programs(stage, model, info, by_s, args))
-            if args.stream:
-                records.extend(stream_programs(stage, model, info, by_s, args.size, windows))
-            if args.backend == "coreml":
-                notes.append("Core ML delegate: numeric parity pending (needs macOS/iOS)")
-            write_manifest(stage, "export/to_executorch.py", args, info, calibration, records,
-                           started, notes)
-        log.info("wrote %d programs to %s", len(by_s), args.out)
-        return 0
-    return main_wrapper(run)
+    from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
+    from dealthdr.export.buckets import export_program, group_by_s
+    from dealthdr.export.gate import pending_gate, run_gate
+
+    if cfg.tiled_frame is not None:
+        (fh, fw), (th, tw) = cfg.tiled_frame, cfg.size
+        if cfg.backend != "xnnpack":
+            raise ValueError("--tiled-frame is implemented for --backend xnnpack only")
+        if th != tw or fh < th or fw < tw:
+            raise ValueError(f"--tiled-frame {fh}x{fw} must be at least the square --size "
+                             f"{th}x{tw}")
+    if cfg.stream and cfg.backend != "xnnpack":
+        raise ValueError("--stream is implemented for --backend xnnpack only")
+    if cfg.precision == "fp16" and cfg.backend == "xnnpack":
+        raise ValueError("--precision fp16 is for --backend coreml; XNNPACK exports fp32 "
+                         "(int8: python quantize/qat.py)")
+    started = time.time()
+    with staging_dir(cfg.out, cfg.force) as stage:
+        model, info, calibration, buckets, windows = prepare(cfg)
+        by_s = group_by_s(buckets)
+        records, notes = [], []
+        for s_key, group in tqdm(by_s.items(), desc=f"executorch/{cfg.backend}"):
+            methods = {f"forward_{b.centre}": b for b in group}
+            programs = {m: export_program(model, b, cfg.size) for m, b in methods.items()}
+            exec_prog, cov = lower(programs, cfg.backend, cfg.precision,
+                                   not cfg.no_rewrites)
+            path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
+                           f"_{cfg.backend}.pte"
+            path.write_bytes(exec_prog.buffer)
+            arena = planned_bytes(exec_prog)
+            if cfg.bundle:
+                path.with_suffix(".bpte").write_bytes(
+                    bundle(exec_prog, {m: (model, b) for m, b in methods.items()}, windows))
+            for method, b in methods.items():
+                if cfg.backend == "xnnpack":
+                    check_runnable(method, arena[method])
+                    parity = run_gate(pte_runner(path, method), model, b, windows, "fp32",
+                                      "executorch runtime (XNNPACK + portable kernels)")
+                else:
+                    parity = pending_gate("Core ML-delegated programs run only on Apple "
+                                          "OSes; run the gate there", cfg.precision)
+                records.append(artifact_record(
+                    path, stage, f"executorch-{cfg.backend}", cfg.precision, b, cfg.size,
+                    parity, frames=model.cfg.num_frames, method=method,
+                    rewrites=not cfg.no_rewrites,
+                    delegation=cov[method], planned_activation_bytes=arena[method]))
+            log.info("s=%s: %s", s_key, {m: f"{c['flop_share']:.1%} FLOPs, "
+                                         f"{c['op_share']:.1%} ops delegated"
+                                         for m, c in cov.items()})
+        if cfg.tiled_frame is not None:
+            records.extend(tiled_programs(stage, model, info, by_s, cfg))
+        if cfg.stream:
+            records.extend(stream_programs(stage, model, info, by_s, cfg.size, windows))
+        if cfg.backend == "coreml":
+            notes.append("Core ML delegate: numeric parity pending (needs macOS/iOS)")
+        write_manifest(stage, "export/to_executorch.py", cfg, info, calibration, records,
+                       started, notes)
+    log.info("wrote %d programs to %s", len(by_s), cfg.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dealthdr.export.artifacts import main_wrapper
+    from dealthdr.export.config import parse_config
+
+    cfg = parse_config(build_parser(), ExecuTorchConfig, argv)
+    return main_wrapper(lambda: export_executorch(cfg))
 
 
 if __name__ == "__main__":

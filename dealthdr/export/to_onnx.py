@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from dealthdr.export.config import OnnxConfig
+
 log = logging.getLogger(__name__)
 OPSET = 18
 
@@ -27,7 +29,7 @@ def export_onnx(model, bucket, size, path: Path) -> None:
     import onnxslim
     import torch
 
-    from dealthdr.export.buckets import export_program, example_inputs
+    from dealthdr.export.buckets import example_inputs, export_program
 
     program = export_program(model, bucket, size)
     raw = path.with_suffix(".raw.onnx")
@@ -57,35 +59,44 @@ def onnx_runner(path: Path):
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dealthdr.export.artifacts import add_common_flags, main_wrapper
+def build_parser() -> argparse.ArgumentParser:
+    from dealthdr.export.artifacts import add_common_flags
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, "exports/onnx")
-    args = p.parse_args(argv)
+    return p
 
-    def run() -> int:
-        from tqdm import tqdm
 
-        from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
-        from dealthdr.export.gate import run_gate
+def export_onnx_models(cfg: OnnxConfig) -> int:
+    """Export, gate and record every bucket of `cfg` as ONNX into `cfg.out`; 0 on success."""
+    from tqdm import tqdm
 
-        started = time.time()
-        with staging_dir(args.out, args.force) as stage:
-            model, info, calibration, buckets, windows = prepare(args)
-            records = []
-            for bucket in tqdm(buckets, desc="onnx"):
-                path = stage / f"dealthdr_{info['variant']}_{bucket.name}.onnx"
-                export_onnx(model, bucket, args.size, path)
-                parity = run_gate(onnx_runner(path), model, bucket, windows, "fp32",
-                                  "onnxruntime CPUExecutionProvider")
-                records.append(artifact_record(path, stage, "onnx", "fp32", bucket, args.size,
-                                               parity, frames=model.cfg.num_frames, opset=OPSET))
-            write_manifest(stage, "export/to_onnx.py", args, info, calibration, records, started)
-        log.info("wrote %d ONNX models to %s", len(records), args.out)
-        return 0
-    return main_wrapper(run)
+    from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
+    from dealthdr.export.gate import run_gate
+
+    started = time.time()
+    with staging_dir(cfg.out, cfg.force) as stage:
+        model, info, calibration, buckets, windows = prepare(cfg)
+        records = []
+        for bucket in tqdm(buckets, desc="onnx"):
+            path = stage / f"dealthdr_{info['variant']}_{bucket.name}.onnx"
+            export_onnx(model, bucket, cfg.size, path)
+            parity = run_gate(onnx_runner(path), model, bucket, windows, "fp32",
+                              "onnxruntime CPUExecutionProvider")
+            records.append(artifact_record(path, stage, "onnx", "fp32", bucket, cfg.size,
+                                           parity, frames=model.cfg.num_frames, opset=OPSET))
+        write_manifest(stage, "export/to_onnx.py", cfg, info, calibration, records, started)
+    log.info("wrote %d ONNX models to %s", len(records), cfg.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dealthdr.export.artifacts import main_wrapper
+    from dealthdr.export.config import parse_config
+
+    cfg = parse_config(build_parser(), OnnxConfig, argv)
+    return main_wrapper(lambda: export_onnx_models(cfg))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
+from dealthdr.sysinfo import machine_record
+
 log = logging.getLogger(__name__)
 
 
@@ -22,21 +25,22 @@ def _program(gm, bucket, size, frames: int):
     return torch.export.export(gm, example_inputs(bucket, size, frames), strict=False)
 
 
-def sensitivity(ctx: dict, args) -> dict:
+def sensitivity(ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
     """Per-block sweep at the first bucket with attention (or the first bucket)."""
     from dealthdr.export.buckets import BucketGraph
     from dealthdr.quantize.sensitivity import block_sensitivity
 
-    buckets = ctx["buckets"]
+    buckets = ctx.buckets
     b = next((x for x in buckets if x.s > 0 and x.s != float("inf")), buckets[0])
-    ref = BucketGraph(ctx["model"], b).eval()
-    groups = block_sensitivity(ctx["programs"][b.name], ref, "xnnpack", ctx["train_windows"],
-                               ctx["windows"], b.centre)
+    ref = BucketGraph(ctx.model, b).eval()
+    groups = block_sensitivity(ctx.programs[b.name], ref, "xnnpack", ctx.train_windows,
+                               ctx.windows, b.centre)
     return {"bucket": b.name, "backend_quantizer": "xnnpack", "observer": "minmax",
             "groups": groups}
 
 
-def _xnnpack(converted: dict, ctx: dict, args, stage: Path, info: dict):
+def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
+             info: dict):
     from dealthdr.export.artifacts import artifact_record
     from dealthdr.export.buckets import BucketGraph, example_inputs, export_program
     from dealthdr.export.gate import run_gate
@@ -44,12 +48,12 @@ def _xnnpack(converted: dict, ctx: dict, args, stage: Path, info: dict):
     from dealthdr.quantize.measure import agreement, latency_ms
 
     records, by_s = [], {}
-    for b in ctx["buckets"]:
+    for b in ctx.buckets:
         by_s.setdefault(b.s_key, []).append(b)
-    latency, frames = None, ctx["model"].cfg.num_frames
+    latency, frames = None, ctx.model.cfg.num_frames
     for s_key, group in by_s.items():
         methods = {f"forward_{b.centre}": b for b in group}
-        programs = {m: _program(converted[b.name], b, args.size, frames)
+        programs = {m: _program(converted[b.name], b, cfg.size, frames)
                     for m, b in methods.items()}
         prog, cov = lower(programs, "xnnpack")
         path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
@@ -58,41 +62,39 @@ def _xnnpack(converted: dict, ctx: dict, args, stage: Path, info: dict):
         arena = planned_bytes(prog)
         for method, b in methods.items():
             run = pte_runner(path, method)
-            parity = run_gate(run, ctx["model"], b, ctx["windows"], "int8",
+            parity = run_gate(run, ctx.model, b, ctx.windows, "int8",
                               "executorch runtime (XNNPACK int8 + portable kernels)",
                               reference=converted[b.name])
-            parity["vs_fp32"] = agreement(run, BucketGraph(ctx["model"], b).eval(),
-                                          ctx["windows"], b.centre)
+            parity["vs_fp32"] = agreement(run, BucketGraph(ctx.model, b).eval(),
+                                          ctx.windows, b.centre)
             records.append(artifact_record(
-                path, stage, "executorch-xnnpack", "int8", b, args.size, parity,
+                path, stage, "executorch-xnnpack", "int8", b, cfg.size, parity,
                 frames=frames, method=method, delegation=cov[method],
                 planned_activation_bytes=arena[method],
                 quantization="pt2e QAT, XNNPACKQuantizer symmetric per-channel"))
-        if latency is None and group[0].s > 0 and not args.no_latency:
-            latency = _latency(group[0], path, ctx, args, lower, export_program, pte_runner,
+        if latency is None and group[0].s > 0 and not cfg.no_latency:
+            latency = _latency(group[0], path, ctx, cfg, lower, export_program, pte_runner,
                                example_inputs, latency_ms)
     return records, {"latency": latency}
 
 
-def _latency(b, int8_path, ctx, args, lower, export_program, pte_runner, example_inputs,
-             latency_ms) -> dict:
+def _latency(b, int8_path, ctx, cfg: QuantizeConfig, lower, export_program, pte_runner,
+             example_inputs, latency_ms) -> dict:
     """fp32 eager, fp32 .pte and int8 .pte of one bucket on the same input, this host."""
     from dealthdr.export.buckets import BucketGraph
-    from dealthdr.sysinfo import machine_record
-
     method = f"forward_{b.centre}"
-    inputs = example_inputs(b, args.size, ctx["model"].cfg.num_frames)
+    inputs = example_inputs(b, cfg.size, ctx.model.cfg.num_frames)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_prog, _ = lower({method: export_program(ctx["model"], b, args.size)}, "xnnpack")
+        fp32_prog, _ = lower({method: export_program(ctx.model, b, cfg.size)}, "xnnpack")
         fp32_path = Path(tmp) / "fp32.pte"
         fp32_path.write_bytes(fp32_prog.buffer)
-        graph = BucketGraph(ctx["model"], b).eval()
+        graph = BucketGraph(ctx.model, b).eval()
         with torch.no_grad():
             eager = latency_ms(graph, inputs)
         fp32 = latency_ms(pte_runner(fp32_path, method), inputs)
         fp32_bytes = fp32_path.stat().st_size
     int8 = latency_ms(pte_runner(int8_path, method), inputs)
-    out = {"bucket": b.name, "size": list(args.size), "threads": torch.get_num_threads(),
+    out = {"bucket": b.name, "size": list(cfg.size), "threads": torch.get_num_threads(),
            "eager_fp32": eager, "xnnpack_fp32": fp32, "xnnpack_int8": int8,
            "int8_vs_fp32_pte_speedup": fp32["median_ms"] / int8["median_ms"],
            "int8_vs_eager_speedup": eager["median_ms"] / int8["median_ms"],
@@ -103,46 +105,33 @@ def _latency(b, int8_path, ctx, args, lower, export_program, pte_runner, example
     return out
 
 
-def _coreml(converted: dict, ctx: dict, args, stage: Path, info: dict):
-    from dealthdr.export.artifacts import artifact_record, digest
+def _coreml(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
+            info: dict):
+    from dealthdr.export.artifacts import artifact_record
+    from dealthdr.export.coreml import convert_program, describe, package
     from dealthdr.export.gate import pending_gate
-    from dealthdr.export.coreml import convert_program, describe, save_multifunction, validate_package
 
-    parts, frames = [], ctx["model"].cfg.num_frames
-    with tempfile.TemporaryDirectory() as tmp:
-        for b in ctx["buckets"]:
-            ml = convert_program(_program(converted[b.name], b, args.size, frames), args.size,
-                                 frames, "fp16", args.deployment_target, "all")
+    frames = ctx.model.cfg.num_frames
+
+    def models():
+        for b in ctx.buckets:
+            ml = convert_program(_program(converted[b.name], b, cfg.size, frames), cfg.size,
+                                 frames, "fp16", cfg.deployment_target, "all")
             describe(ml, info, b, "int8", frames)
-            folder = stage if args.deployment_target == "iOS17" else Path(tmp)
-            path = folder / f"dealthdr_{info['variant']}_{b.name}_int8.mlpackage"
-            ml.save(str(path))
-            parts.append((b, path))
-        single = {b.name: digest(p)[0] for b, p in parts}
-        if args.deployment_target == "iOS18":
-            merged = stage / f"dealthdr_{info['variant']}_int8.mlpackage"
-            save_multifunction([(b.name, p) for b, p in parts], merged)
-            files = {b.name: (merged, b.name) for b, _ in parts}
-        else:
-            files = {b.name: (p, None) for b, p in parts}
-        records, seen = [], {}
-        for b, _ in parts:
-            path, fn = files[b.name]
-            if path not in seen:
-                names = [x.name for x, _ in parts] if fn else ["main"]
-                seen[path] = validate_package(path, names, args.size, frames, "fp16")
-            structure = seen[path][fn or "main"]
-            records.append(artifact_record(
-                path, stage, "coreml", "int8", b, args.size,
-                pending_gate("Core ML prediction needs macOS; structure validated on Linux",
-                             "int8"),
-                frames=frames, function=fn or "main", deployment_target=args.deployment_target,
-                structure=structure, single_function_bytes=single[b.name],
-                quantization="pt2e QAT, CoreMLQuantizer W8A8"))
+            yield b, ml
+    packaged = package(models(), stage, f"dealthdr_{info['variant']}_int8",
+                       cfg.deployment_target, cfg.size, frames, "fp16")
+    records = [artifact_record(
+        p.path, stage, "coreml", "int8", p.bucket, cfg.size,
+        pending_gate("Core ML prediction needs macOS; structure validated on Linux", "int8"),
+        frames=frames, function=p.function or "main", deployment_target=cfg.deployment_target,
+        structure=p.structure, single_function_bytes=p.single_bytes,
+        quantization="pt2e QAT, CoreMLQuantizer W8A8") for p in packaged]
     return records, {"bytes": {r["file"]: r["bytes"] for r in records}}
 
 
-def write_artifacts(backend: str, converted: dict, ctx: dict, args, stage: Path, info: dict):
+def write_artifacts(backend: str, converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig,
+                    stage: Path, info: dict):
     if backend == "xnnpack":
-        return _xnnpack(converted, ctx, args, stage, info)
-    return _coreml(converted, ctx, args, stage, info)
+        return _xnnpack(converted, ctx, cfg, stage, info)
+    return _coreml(converted, ctx, cfg, stage, info)

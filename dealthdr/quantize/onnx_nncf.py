@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
+
 log = logging.getLogger(__name__)
 
 FLOAT_TYPES = ["Add", "Sub", "Mul", "Div", "GridSample", "Softmax", "Sqrt", "Reciprocal",
@@ -73,7 +75,7 @@ def quantize_onnx(src: Path, dst: Path, calibration: list, centre: str,
     onnx.save(quantized, str(dst))
 
 
-def run_onnx(ctx: dict, args, stage: Path, info: dict):
+def run_onnx(ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path, info: dict):
     """fp32 and NNCF int8 ONNX per bucket; returns (report section, artifact records)."""
     import onnx
 
@@ -83,33 +85,33 @@ def run_onnx(ctx: dict, args, stage: Path, info: dict):
     from dealthdr.export.to_onnx import OPSET, export_onnx, onnx_runner
     from dealthdr.quantize.measure import latency_ms, quality
 
-    drop = args.onnx_max_drop
+    drop = cfg.onnx_max_drop
     quantizer = "nncf.quantize (QDQ)" if drop is None else \
         f"nncf.quantize_with_accuracy_control (QDQ, max drop {drop} dB PSNR-mu)"
     section, records, latency = {"buckets": {}, "quantizer": quantizer}, [], None
     with tempfile.TemporaryDirectory() as tmp:
-        for b in ctx["buckets"]:
+        for b in ctx.buckets:
             fp32_path = Path(tmp) / f"{b.name}.onnx"
-            export_onnx(ctx["model"], b, args.size, fp32_path)
+            export_onnx(ctx.model, b, cfg.size, fp32_path)
             path = stage / f"dealthdr_{info['variant']}_{b.name}_int8.onnx"
-            quantize_onnx(fp32_path, path, ctx["train_windows"], b.centre, drop)
+            quantize_onnx(fp32_path, path, ctx.train_windows, b.centre, drop)
             fp32_run, int8_run = onnx_runner(fp32_path), onnx_runner(path)
-            fp32 = quality(fp32_run, ctx["windows"], b.centre)["psnr_mu"]
-            ptq = quality(int8_run, ctx["windows"], b.centre)["psnr_mu"]
+            fp32 = quality(fp32_run, ctx.windows, b.centre)["psnr_mu"]
+            ptq = quality(int8_run, ctx.windows, b.centre)["psnr_mu"]
             section["buckets"][b.name] = {"s": b.s_key, "centre": b.centre, "fp32": fp32,
                                           "ptq": ptq, "qat": None, "ptq_gap_db": ptq - fp32,
                                           "qat_gap_db": None}
-            parity = run_gate(int8_run, ctx["model"], b, ctx["windows"], "int8",
+            parity = run_gate(int8_run, ctx.model, b, ctx.windows, "int8",
                               "onnxruntime CPUExecutionProvider (QDQ)")
             ops = [n.op_type for n in onnx.load(str(path)).graph.node]
             records.append(artifact_record(
-                path, stage, "onnx", "int8", b, args.size, parity,
-                frames=ctx["model"].cfg.num_frames, opset=OPSET,
+                path, stage, "onnx", "int8", b, cfg.size, parity,
+                frames=ctx.model.cfg.num_frames, opset=OPSET,
                 quantization=quantizer,
                 qdq_pairs=ops.count("QuantizeLinear"),
                 fp32_bytes=fp32_path.stat().st_size))
-            if latency is None and b.s > 0 and not args.no_latency:
-                inputs = example_inputs(b, args.size, ctx["model"].cfg.num_frames)
+            if latency is None and b.s > 0 and not cfg.no_latency:
+                inputs = example_inputs(b, cfg.size, ctx.model.cfg.num_frames)
                 latency = {"bucket": b.name, "fp32": latency_ms(fp32_run, inputs),
                            "int8": latency_ms(int8_run, inputs)}
             log.info("onnx %s: fp32 %.2f, NNCF int8 %.2f dB PSNR-mu", b.name, fp32, ptq)

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
+
 log = logging.getLogger(__name__)
 BACKENDS = ("xnnpack", "coreml", "onnx")
 
@@ -81,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["head", "router", "decoder", "decoder_l1"],
                    help="more groups kept float in the short-centre graphs, whose output "
                         "leans on the decoder's residual over a noisy short frame (default "
-                        "head,router,decoder,decoder_l1; the report's sensitivity table measures each group)")
+                        "head,router,decoder,decoder_l1; the report's sensitivity table "
+                        "measures each group)")
     p.add_argument("--float-groups-long", type=groups, default=[],
                    help="more groups kept float in the long-centre graphs (default none: "
                         "fully int8 they are within 0.1 dB of fp32)")
@@ -107,11 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def float_groups_by_centre(args) -> dict[str, tuple[str, ...]]:
-    return {"short": tuple(dict.fromkeys(args.float_groups + args.float_groups_short)),
-            "long": tuple(dict.fromkeys(args.float_groups + args.float_groups_long))}
-
-
 def export_graphs(model, buckets, size) -> dict:
     """{bucket name: ExportedProgram} of the float model (no no_grad: QAT trains them)."""
     import torch
@@ -123,20 +121,21 @@ def export_graphs(model, buckets, size) -> dict:
                                         strict=False) for b in buckets}
 
 
-def run_stage(backend: str, ctx: dict, args, stage: Path, info: dict):
+def run_stage(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
+              info: dict):
     """One backend, start to finish: (report section, artifact records), files in `stage`."""
     from dealthdr.quantize import artifacts as arts
 
     if backend == "onnx":
         from dealthdr.quantize.onnx_nncf import run_onnx
-        return run_onnx(ctx, args, stage, info)
-    section, converted = run_backend(backend, ctx, args)
-    recs, extra = arts.write_artifacts(backend, converted, ctx, args, stage, info)
+        return run_onnx(ctx, cfg, stage, info)
+    section, converted = run_backend(backend, ctx, cfg)
+    recs, extra = arts.write_artifacts(backend, converted, ctx, cfg, stage, info)
     section.update(extra)
     return section, recs
 
 
-def run_backend(backend: str, ctx: dict, args) -> dict:
+def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
     """QAT + PTQ + artifacts of one backend; returns its report section."""
     import torch
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -148,16 +147,16 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     from dealthdr.quantize.quantizers import check_attention_kept
     from dealthdr.quantize.sensitivity import ptq
 
-    model, buckets, programs = ctx["model"], ctx["buckets"], ctx["programs"]
-    float_for = float_groups_by_centre(args)
-    graphs, policies = prepare_graphs(model, buckets, args.size, backend, float_for)
-    cfg = QATConfig(steps=args.steps, lr=args.lr, distill=args.distill, tie=args.tie)
+    model, buckets, programs = ctx.model, ctx.buckets, ctx.programs
+    float_for = cfg.float_groups_by_centre()
+    graphs, policies = prepare_graphs(model, buckets, cfg.size, backend, float_for)
+    qat_cfg = QATConfig(steps=cfg.steps, lr=cfg.lr, distill=cfg.distill, tie=cfg.tie)
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
-    settings = {"backend": backend, "size": list(args.size), "float_groups": float_for,
+    settings = {"backend": backend, "size": list(cfg.size), "float_groups": float_for,
                 "buckets": {b.name: list(b.budget) for b in buckets},
-                "checkpoint_sha256": ctx["checkpoint_sha256"], "train_clips": args.train_clips}
-    record = train(graphs, {b.name: b.centre for b in buckets}, ctx["train_windows"], cfg,
-                   ctx["state"] / backend, teachers, settings)
+                "checkpoint_sha256": ctx.checkpoint_sha256, "train_clips": cfg.train_clips}
+    record = train(graphs, {b.name: b.centre for b in buckets}, ctx.train_windows, qat_cfg,
+                   ctx.state / backend, teachers, settings)
     converted = {}
     for name, gm in graphs.items():
         move_exported_model_to_eval(gm)
@@ -167,11 +166,11 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
                "float_islands": {n: p.describe() for n, p in policies.items()}}
     for b in buckets:
         ptq_model = ptq(programs[b.name], backend, {"float_groups": float_for[b.centre]},
-                        ctx["train_windows"], args.ptq_observer, b.centre)
+                        ctx.train_windows, cfg.ptq_observer, b.centre)
         with torch.no_grad():
-            fp32 = quality(BucketGraph(model, b).eval(), ctx["windows"], b.centre)
-            q_ptq = quality(ptq_model, ctx["windows"], b.centre)
-            q_qat = quality(converted[b.name], ctx["windows"], b.centre)
+            fp32 = quality(BucketGraph(model, b).eval(), ctx.windows, b.centre)
+            q_ptq = quality(ptq_model, ctx.windows, b.centre)
+            q_qat = quality(converted[b.name], ctx.windows, b.centre)
         section["buckets"][b.name] = {
             "s": b.s_key, "centre": b.centre, "fp32": fp32["psnr_mu"],
             "ptq": q_ptq["psnr_mu"], "qat": q_qat["psnr_mu"],
@@ -182,67 +181,71 @@ def run_backend(backend: str, ctx: dict, args) -> dict:
     return section, converted
 
 
+def quantize(cfg: QuantizeConfig) -> int:
+    """QAT, the PTQ baseline and the int8 artifacts of every backend of `cfg`, gated, with
+    the report, into `cfg.out` (resuming finished stages from `cfg.state_dir`); 0 on success."""
+    import torch
+
+    from dealthdr.calib.windows import make_windows
+    from dealthdr.export.artifacts import prepare, staging_dir, write_manifest
+    from dealthdr.quantize import artifacts as arts
+    from dealthdr.quantize.report import write_report
+    from dealthdr.quantize.resume import Finished, fingerprint, new_files
+
+    if cfg.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.onnx_max_drop is not None and cfg.onnx_max_drop <= 0:
+        raise ValueError(f"--onnx-max-drop must be > 0 dB, got {cfg.onnx_max_drop}")
+    if not 0 <= cfg.distill <= 1:
+        raise ValueError(f"--distill must be in [0, 1], got {cfg.distill}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.time()
+    state = cfg.state_dir
+    with staging_dir(cfg.out, cfg.force) as stage:
+        model, info, calibration, buckets, windows = prepare(cfg)
+        ctx = QuantizeContext(
+            model=model, buckets=buckets, windows=windows, state=state,
+            checkpoint_sha256=info["checkpoint_sha256"],
+            train_windows=make_windows("train", *cfg.size, clips=cfg.train_clips, seed=2,
+                                       progress=True, frames=model.cfg.num_frames),
+            programs=export_graphs(model, buckets, cfg.size))
+        report = {"backends": {}, "size": list(cfg.size),
+                  "float_groups": cfg.float_groups_by_centre(),
+                  "ptq_observer": cfg.ptq_observer}
+        finished = Finished(state, fingerprint(cfg, info["checkpoint_sha256"]))
+        if not cfg.no_sensitivity:
+            report["sensitivity"] = finished.load("sensitivity", stage)
+            if report["sensitivity"] is None:
+                report["sensitivity"] = arts.sensitivity(ctx, cfg)
+                finished.save("sensitivity", stage, [], report["sensitivity"])
+        records, notes = [], []
+        for backend in cfg.backend:
+            done = finished.load(backend, stage)
+            if done is None:
+                before = {p.name for p in stage.iterdir()}
+                section, recs = run_stage(backend, ctx, cfg, stage, info)
+                done = {"section": section, "records": recs}
+                finished.save(backend, stage, new_files(stage, before), done)
+            report["backends"][backend] = done["section"]
+            records += done["records"]
+        if "coreml" in cfg.backend:
+            notes.append("Core ML W8A8: numeric parity pending (Core ML predicts only on "
+                         "macOS); structure validated on Linux")
+        write_manifest(stage, "quantize/qat.py", cfg, info, calibration, records,
+                       started, notes)
+        write_report(stage, report, info, cfg)
+    log.info("wrote %s (%d artifacts) in %.0f s", cfg.out, len(records),
+             time.time() - started)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from dealthdr.export.artifacts import main_wrapper
+    from dealthdr.export.config import parse_config
 
-    args = build_parser().parse_args(argv)
-
-    def run() -> int:
-        import torch
-
-        from dealthdr.calib.windows import make_windows
-        from dealthdr.export.artifacts import prepare, staging_dir, write_manifest
-        from dealthdr.quantize import artifacts as arts
-        from dealthdr.quantize.report import write_report
-        from dealthdr.quantize.resume import Finished, fingerprint, new_files
-
-        if args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        if args.onnx_max_drop is not None and args.onnx_max_drop <= 0:
-            raise ValueError(f"--onnx-max-drop must be > 0 dB, got {args.onnx_max_drop}")
-        if not 0 <= args.distill <= 1:
-            raise ValueError(f"--distill must be in [0, 1], got {args.distill}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        started = time.time()
-        state = args.state or args.out.with_name(args.out.name + ".qat-state")
-        with staging_dir(args.out, args.force) as stage:
-            model, info, calibration, buckets, windows = prepare(args)
-            ctx = {"model": model, "buckets": buckets, "windows": windows, "state": state,
-                   "checkpoint_sha256": info["checkpoint_sha256"],
-                   "train_windows": make_windows("train", *args.size, clips=args.train_clips,
-                                                 seed=2, progress=True,
-                                                 frames=model.cfg.num_frames),
-                   "programs": export_graphs(model, buckets, args.size)}
-            report = {"backends": {}, "size": list(args.size),
-                      "float_groups": float_groups_by_centre(args),
-                      "ptq_observer": args.ptq_observer}
-            finished = Finished(state, fingerprint(args, info["checkpoint_sha256"]))
-            if not args.no_sensitivity:
-                report["sensitivity"] = finished.load("sensitivity", stage)
-                if report["sensitivity"] is None:
-                    report["sensitivity"] = arts.sensitivity(ctx, args)
-                    finished.save("sensitivity", stage, [], report["sensitivity"])
-            records, notes = [], []
-            for backend in args.backend:
-                done = finished.load(backend, stage)
-                if done is None:
-                    before = {p.name for p in stage.iterdir()}
-                    section, recs = run_stage(backend, ctx, args, stage, info)
-                    done = {"section": section, "records": recs}
-                    finished.save(backend, stage, new_files(stage, before), done)
-                report["backends"][backend] = done["section"]
-                records += done["records"]
-            if "coreml" in args.backend:
-                notes.append("Core ML W8A8: numeric parity pending (Core ML predicts only on "
-                             "macOS); structure validated on Linux")
-            write_manifest(stage, "quantize/qat.py", args, info, calibration, records,
-                           started, notes)
-            write_report(stage, report, info, args)
-        log.info("wrote %s (%d artifacts) in %.0f s", args.out, len(records),
-                 time.time() - started)
-        return 0
-    return main_wrapper(run)
+    cfg = parse_config(build_parser(), QuantizeConfig, argv)
+    return main_wrapper(lambda: quantize(cfg))
 
 
 if __name__ == "__main__":

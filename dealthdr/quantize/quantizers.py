@@ -101,10 +101,10 @@ def strip_annotations(model: fx.GraphModule, policy: FloatPolicy) -> int:
 
 def xnnpack_quantizer(policy: FloatPolicy, qat: bool, observer: str = "histogram"):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
-
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import (
-        propagate_annotation)
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
 
     class Quantizer(XNNPACKQuantizer):
         def transform_for_annotation(self, model):
@@ -136,7 +136,9 @@ def coreml_quantizer(policy: FloatPolicy, qat: bool):
     quantizer modules that torch 2.13 no longer has). Its annotate() takes no node filter, so
     the patterns are annotated with the policy as filter, and stripped again as for XNNPACK."""
     from coremltools.optimize.torch.quantization.quantization_config import (
-        LinearQuantizerConfig, ModuleLinearQuantizerConfig)
+        LinearQuantizerConfig,
+        ModuleLinearQuantizerConfig,
+    )
     from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
 
     class Quantizer(CoreMLQuantizer):

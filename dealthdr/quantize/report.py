@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from dealthdr import __version__
-from dealthdr.fileio import atomic_write_bytes
-from dealthdr.fileio import jsonable
+from dealthdr.fileio import atomic_write_bytes, jsonable
+from dealthdr.quantize.config import QuantizeConfig
 from dealthdr.sysinfo import machine_record
 
 
@@ -48,7 +48,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(stage: Path, report: dict, info: dict, args) -> dict:
+def write_report(stage: Path, report: dict, info: dict, cfg: QuantizeConfig) -> dict:
     doc = {"format": "dealthdr-quantize-report/1", "dealthdr": __version__, "model": info,
            **report, "machine": machine_record()}
     atomic_write_bytes(stage / "quantize_report.json",

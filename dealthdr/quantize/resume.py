@@ -13,16 +13,17 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import fields
 from pathlib import Path
+
+from dealthdr.quantize.config import QuantizeConfig
 
 log = logging.getLogger(__name__)
 
-# Flags that do not change any stage's result: where it is written, which stages run, threads.
-_NEUTRAL = ("out", "force", "state", "threads", "backend", "no_sensitivity")
-
-
-def fingerprint(args, checkpoint_sha256: str) -> str:
-    settings = {k: v for k, v in vars(args).items() if k not in _NEUTRAL}
+def fingerprint(cfg: QuantizeConfig, checkpoint_sha256: str) -> str:
+    """Digest of every setting that can change a stage's result (fields not marked NEUTRAL)
+    and the checkpoint's."""
+    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if not f.metadata.get("neutral")}
     settings["checkpoint_sha256"] = checkpoint_sha256
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
