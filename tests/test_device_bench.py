@@ -405,8 +405,9 @@ def test_apple_refuses_off_macos_and_builds_records_and_commands(capsys):
                        "coremltools 9.0", plan, 0.0, 14.1)
     assert schema.validate(rec) and rec["threads"] is None and rec["backend"] == \
         "coreml-CPU_AND_NE" and rec["latency_ms_median"] == 12.25 and rec["s"] == "15"
-    assert math.isclose(rec["attention_ratio"], sum(e["bucket_k"]) / (65536 + 16384 + 4096),
-                        abs_tol=1e-6)
+    tiles = sum((256 // (2 ** level * e["tile"])) ** 2 for level in range(3))  # 256x256 levels
+    assert e["tile"] == 8 and math.isclose(rec["attention_ratio"], sum(e["bucket_k"]) / tiles,
+                                           abs_tol=1e-6)
     cmds = xcode_commands([e["package"] for e in entries], "build")
     assert cmds[0] == ["xcrun", "devicectl", "list", "devices"] and len(cmds) == 3
     assert cmds[1] == ["xcrun", "coremlcompiler", "compile", e["package"], "build"]
