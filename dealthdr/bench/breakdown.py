@@ -21,13 +21,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from dealthdr.bench.tables import ATTENTION, FGMA_REST, ROWS, table_g
+from dealthdr.bench.tables import ATTENTION, FGMA_REST, table_g
 from dealthdr.cliargs import parse_sizes
 from dealthdr.fileio import atomic_write_bytes
+from dealthdr.profile import COMPONENTS
 from dealthdr.sensitivity import parse_s_texts
 from dealthdr.sysinfo import machine_record
 
 log = logging.getLogger(__name__)
+
+# Display rows -> (module attribute names of DeAltHDR): the profiler's components, with the
+# merge shown on its own.
+ROWS = {**COMPONENTS, "merge": ("merge",)}
 
 
 def add_parser(sub) -> None:

@@ -190,7 +190,8 @@ def _latency(agg: dict, size: str, path: Path) -> None:
 def _breakdown(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from dealthdr.bench.tables import ATTENTION, FGMA_REST, ROWS
+    from dealthdr.bench.breakdown import ROWS
+    from dealthdr.bench.tables import ATTENTION, FGMA_REST
 
     buckets = doc["buckets"]
     parts = [r for r in ROWS if r != "FGMA"] + [FGMA_REST, ATTENTION,

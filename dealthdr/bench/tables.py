@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from dealthdr.bench import paper
-from dealthdr.profile import COMPONENTS
 
-# Table G's rows -> (module attribute names of DeAltHDR): the profiler's components, with the
-# merge shown on its own; FGMA is split into two sub-rows.
-ROWS = {**COMPONENTS, "merge": ("merge",)}
+# Table G's sub-rows of FGMA (the component rows are `breakdown.ROWS`, from the profiler, which
+# imports the network: the tables stay light for `summary` and `pick`).
 ATTENTION = "FGMA attention"
 FGMA_REST = "FGMA warp + mask + selection"
 
