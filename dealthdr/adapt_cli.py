@@ -19,19 +19,21 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .checkpoint import resolve_checkpoint
+from .cliargs import apply_threads
+from .data.sequence import open_sequence
+from .reconstruct_cli import add_input_args, frame_range
+from .sensitivity import parse_s
+from .train.adapt import SAMPLINGS, AdaptConfig, Adapter
 
 
 def _s_or_mix(text: str) -> float:
     if text.strip().lower() == "mix":
         return -1.0
-    from .reconstruct_cli import parse_sensitivity
-    return parse_sensitivity(text)
+    return parse_s(text)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .reconstruct_cli import add_input_args
-    from .train.adapt import SAMPLINGS, AdaptConfig
-
     d = AdaptConfig()
     p = sub.add_parser("adapt", help="self-supervised adaptation to unlabelled footage "
                        "(Algorithm 1; resumable)", description=__doc__,
@@ -74,12 +76,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cliargs import apply_threads
-    from .checkpoint import resolve_checkpoint
-    from .data.sequence import open_sequence
-    from .reconstruct_cli import frame_range
-    from .train.adapt import AdaptConfig, Adapter
-
     apply_threads(args.threads)
     if args.white < 0 or args.lr <= 0 or args.lr_min < 0:
         raise ValueError("--white and --lr-min must be >= 0, --lr > 0")

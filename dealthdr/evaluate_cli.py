@@ -9,17 +9,14 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write_bytes
-
 from .checkpoint import load_checkpoint
-from .fileio import jsonable
 from .evaluate import SHORT_WHITE, baseline_methods, evaluate, markdown_table, model_method
+from .fileio import atomic_write_bytes, jsonable
+from .sensitivity import parse_s_list
 from .sysinfo import machine_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .sensitivity import parse_s_list
-
     p = sub.add_parser("evaluate", help="metrics of a checkpoint and the baselines on clips",
                        description=__doc__ + " Every centre frame with a full 5-frame window "
                        "is evaluated; see the 'conventions' field of the JSON for definitions.")

@@ -21,6 +21,8 @@ from typing import Iterator, TypeVar
 import numpy as np
 import torch
 
+from .model.spynet import flow_warp
+
 log = logging.getLogger(__name__)
 
 MU = 5000.0
@@ -175,8 +177,6 @@ def warp(img: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The project's convention (dealthdr.model.spynet.flow_warp): warp(img_b, O_{a->b}) ~ img_a.
     """
-    from .model.spynet import flow_warp
-
     h, w = img.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     f = torch.from_numpy(np.ascontiguousarray(flow))[None].to(x.dtype)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write_bytes
-
 from .checkpoint import load_checkpoint, shipped_variant
-from .fileio import jsonable
+from .cliargs import parse_size
+from .fileio import atomic_write_bytes, jsonable
 from .model import VARIANTS, create_model
 from .profile import linear_fit, profile_model
+from .sensitivity import parse_s_list
 from .sysinfo import machine_record
 from .testclip import make_clip
 
@@ -23,9 +23,6 @@ PAPER_GMACS = {0: 98, 15: 128, 100: 159, math.inf: 168}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cliargs import parse_size
-    from .sensitivity import parse_s_list
-
     p = sub.add_parser("profile", help="cost table of the variants (MACs, FLOPs, latency)",
                        description=__doc__ + " Runs on a deterministic built-in clip with global "
                        "and local motion, so no data is needed.")

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .checkpoint import load_checkpoint
+from .cliargs import apply_threads
+from .data.sequence import open_sequence
+from .reconstruct import reconstruct
 from .sensitivity import parse_s
-
 
 
 def parse_range(text: str) -> tuple[int | None, int | None]:
@@ -107,11 +110,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cliargs import apply_threads
-    from .checkpoint import load_checkpoint
-    from .data.sequence import open_sequence
-    from .reconstruct import reconstruct
-
     apply_threads(args.threads)
     if args.tile < 0 or args.overlap < 0:
         raise ValueError("--tile and --overlap must be >= 0")

@@ -8,13 +8,23 @@ import logging
 import time
 from pathlib import Path
 
+from .cliargs import parse_size
+from .data.degrade import DegradeConfig
+from .data.noise_profile import resolve_profile
+from .data.synth import (
+    BUNDLED_HDRI,
+    HELDOUT,
+    SPLITS,
+    SynthConfig,
+    load_panoramas,
+    load_video,
+    synth_dataset,
+)
+
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cliargs import parse_size
-    from .data.synth import BUNDLED_HDRI, HELDOUT, SPLITS
-
     p = sub.add_parser(
         "synth", help="synthesise training/test clips from HDR panoramas or an HDR video",
         description=__doc__ + " A camera pans, tilts, rolls and zooms inside real HDR "
@@ -58,16 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data.degrade import DegradeConfig
-    from .data.synth import BUNDLED_HDRI, SynthConfig, load_panoramas, load_video, synth_dataset
-
     if args.hdr_video is not None and args.split is not None:
         raise ValueError("--split selects panoramas; it does not apply to --hdr-video")
     if args.darktable_profiles is not None and args.noise_profile is None:
         raise ValueError("--darktable-profiles needs --noise-profile CAMERA")
     profile = None
     if args.noise_profile is not None:
-        from .data.noise_profile import resolve_profile
         profile = resolve_profile(args.noise_profile, args.darktable_profiles)
         if profile.fit is None:
             raise ValueError(f"noise profile {profile.camera!r} has no fit across ISOs (it "

@@ -30,8 +30,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from .model.framestats import Sums
+
+from .model.framestats import Sums, frame_statistics
 from .model.inputs import pad_frames
+from .model.network import PAD_MULTIPLE
 
 
 @dataclass
@@ -148,8 +150,6 @@ def eager_tile_run(model: torch.nn.Module, s: float,
                    budget: tuple[int, int, int] | None = None) -> TileRun:
     """The eager network as a TileRun (frame-wide statistics through `framestats`); `budget`
     selects the bucket policy, as an exported tile program runs it."""
-    from .model.framestats import frame_statistics
-
     def run(t: Tile) -> tuple[np.ndarray, list[Sums]]:
         with torch.no_grad(), frame_statistics(t.share, t.given) as record:
             out = model(t.frames, t.exposures, s=s, budget=budget, flows=t.flows)
@@ -159,6 +159,4 @@ def eager_tile_run(model: torch.nn.Module, s: float,
 
 def network_align(flow_scale: int) -> int:
     """Tile alignment for the network: its padding multiple and the flows' scale."""
-    from .model.network import PAD_MULTIPLE
-
     return math.lcm(PAD_MULTIPLE, flow_scale)

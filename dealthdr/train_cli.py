@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import read_config, resolve_checkpoint
 from .model import VARIANTS
+from .train.loop import PRESETS, TrainConfig, Trainer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .train.loop import PRESETS, TrainConfig
-
     d = TrainConfig()
     p = sub.add_parser("train", help="train a variant on synthetic clips (resumable, DDP-ready)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,8 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     """The flags as a TrainConfig: flags given win, then the preset, then the defaults."""
-    from .train.loop import PRESETS, TrainConfig
-
     names = {f.name for f in fields(TrainConfig)}
     values = dict(PRESETS[args.preset]) if args.preset else {}
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
@@ -82,8 +80,6 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train.loop import Trainer
-
     cfg = config_from_args(args)
     if cfg.patch % 8 or cfg.patch < 16:
         raise ValueError(f"--patch must be a multiple of 8 and >= 16, got {cfg.patch}")
@@ -94,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
     if cfg.spynet_init and not Path(cfg.spynet_init).is_file():
         raise ValueError(f"--spynet-init {cfg.spynet_init}: no such file")
     if args.init:
-        from .checkpoint import read_config, resolve_checkpoint
         args.init = str(resolve_checkpoint(args.init))
         init_variant = read_config(args.init)[0].name
         if init_variant != cfg.variant:  # fail before any data is read

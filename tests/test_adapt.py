@@ -116,3 +116,18 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(clip, tmp_path):
     assert Adapter(same, open_sequence(clip), tmp_path / "b").step == 6
     with pytest.raises(ValueError, match="other settings"):
         Adapter(replace(same, sampling="window"), open_sequence(clip), tmp_path / "b")
+
+
+def test_adapt_cli_parses_s_as_a_number_inf_or_mix():
+    import argparse
+
+    from dealthdr import adapt_cli
+
+    parser = argparse.ArgumentParser()
+    adapt_cli.add_parser(parser.add_subparsers())
+    base = ["adapt", "--input", "frames", "--out", "out"]
+    assert parser.parse_args(base + ["--s", "15"]).s == 15.0
+    assert parser.parse_args(base + ["--s", "inf"]).s == float("inf")
+    assert parser.parse_args(base + ["--s", "mix"]).s == -1.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--s", "-3"])

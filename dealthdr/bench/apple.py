@@ -37,6 +37,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from dealthdr.bench.ingest import merge
+from dealthdr.bench.jobs import FlopCache, Job, attention_ratio, manifest_paths
+from dealthdr.bench.schema import read_records, validate, write_records
+from dealthdr.bench.stats import latency_stats
+from dealthdr.bench.worker import make_inputs, peak_memory, start_memory_watch
+
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 DEVICE_KINDS = {"MLNeuralEngineComputeDevice": "neural_engine", "MLGPUComputeDevice": "gpu",
                 "MLCPUComputeDevice": "cpu"}
@@ -83,8 +89,6 @@ def parse_units(text: str) -> list[str]:
 
 def coreml_entries(items: list[Path], functions: list[str] | None) -> list[dict]:
     """One entry per Core ML function in the manifests: package path, function, bucket."""
-    from dealthdr.bench.jobs import manifest_paths
-
     out = []
     for mpath in manifest_paths(items):
         manifest = json.loads(mpath.read_text())
@@ -126,10 +130,6 @@ def apple_record(host: dict, entry: dict, compute_units: str, samples_ms: list[f
                  load_ms: float, peak_mem_mb, runtime_version: str, plan: dict | None,
                  trim: float, gflops) -> dict:
     """A schema record (dealthdr/bench/schema.py) for one Core ML function on one device."""
-    from dealthdr.bench.jobs import attention_ratio
-    from dealthdr.bench.schema import validate
-    from dealthdr.bench.stats import latency_stats
-
     st = latency_stats(samples_ms, trim)
     size = entry["size"]
     rec = {**host, "runtime": "coreml", "runtime_version": runtime_version,
@@ -187,8 +187,6 @@ def _plan_ops(plan, function: str) -> list[tuple[str, str, float | None]]:
 
 
 def _inputs(entry: dict) -> dict:
-    from dealthdr.bench.worker import make_inputs
-
     frames, exposures = make_inputs(entry["centre"], entry["size"], frames=entry["frames"])
     return {"frames": frames, "exposures": exposures}
 
@@ -197,7 +195,6 @@ def _mac(entry: dict, units: str, warmup: int, repeat: int) -> tuple:
     import coremltools as ct
     from coremltools.models.compute_plan import MLComputePlan
 
-    from dealthdr.bench.worker import peak_memory, start_memory_watch
 
     inputs = _inputs(entry)
     watch = start_memory_watch()
@@ -258,9 +255,6 @@ async def _remote(entries, units_list, target: str, team: str, warmup: int, repe
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dealthdr.bench.ingest import merge
-    from dealthdr.bench.jobs import FlopCache, Job
-    from dealthdr.bench.schema import read_records, write_records
 
     functions = [f.strip() for f in args.functions.split(",")] if args.functions else None
     entries = coreml_entries(args.artifacts, functions)

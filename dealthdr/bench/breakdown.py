@@ -22,9 +22,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from dealthdr.bench.tables import ATTENTION, FGMA_REST, table_g
+from dealthdr.calib.buckets import read_buckets, run_calibration
+from dealthdr.checkpoint import load_checkpoint
 from dealthdr.cliargs import parse_sizes
+from dealthdr.export.buckets import BucketGraph, example_inputs, make_buckets
 from dealthdr.fileio import atomic_write_bytes
-from dealthdr.profile import COMPONENTS
+from dealthdr.profile import COMPONENTS, count_flops
 from dealthdr.sensitivity import parse_s_texts
 from dealthdr.sysinfo import machine_record
 
@@ -104,8 +107,6 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
     """{s, centre, bucket_k, size, total_ms, rows: {row: {ms, share, gflops}}} for one bucket."""
     import torch
 
-    from dealthdr.export.buckets import BucketGraph, example_inputs
-    from dealthdr.profile import count_flops
 
     frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     budget = None if bucket.s == 0 else bucket.budget
@@ -141,9 +142,6 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
 
 
 def _model_and_buckets(checkpoint: str, calibration: dict, s_values, size, centres):
-    from dealthdr.checkpoint import load_checkpoint
-    from dealthdr.export.buckets import make_buckets
-
     model, _ = load_checkpoint(checkpoint)
     return model.eval(), make_buckets(calibration, [float(s) for s in s_values], size, centres,
                                       model.cfg.attn_tile)
@@ -176,7 +174,6 @@ def write(path: Path, doc: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dealthdr.calib.buckets import read_buckets, run_calibration
 
     if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("--repeat and --threads must be >= 1, --warmup >= 0")

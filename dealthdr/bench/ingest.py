@@ -14,6 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from dealthdr.bench.schema import key, read_records, write_records
+
 log = logging.getLogger(__name__)
 
 
@@ -31,8 +33,6 @@ def add_parser(sub) -> None:
 
 def merge(existing: list[dict], incoming: list[dict]) -> tuple[list[dict], int, int]:
     """(merged, added, replaced): incoming records replace existing ones with the same key."""
-    from dealthdr.bench.schema import key
-
     index = {key(r): i for i, r in enumerate(existing)}
     merged, added, replaced = list(existing), 0, 0
     for r in incoming:
@@ -48,8 +48,6 @@ def merge(existing: list[dict], incoming: list[dict]) -> tuple[list[dict], int, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.bench.schema import read_records, write_records
-
     incoming = [r for f in args.files for r in read_records(f)]
     if not incoming:
         raise ValueError(f"no records in {[str(f) for f in args.files]}")

@@ -20,6 +20,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dealthdr.checkpoint import read_config, resolve_checkpoint
+from dealthdr.export.buckets import Bucket, example_inputs, make_buckets
+from dealthdr.fileio import sha256_file
+from dealthdr.model import VARIANTS, create_model, get_config
+from dealthdr.model.network import level_tiles
+from dealthdr.profile import count_flops
+
 log = logging.getLogger(__name__)
 
 APPLE_BACKENDS = ("coreml", "executorch-coreml")
@@ -69,8 +76,6 @@ def attention_ratio(bucket_k, size: tuple[int, int], tile: int) -> float:
     """Share of decoder positions the bucket graph computes attention for: sum K / sum tiles
     of `tile` x `tile` positions (levels 1-3, per neighbour; the same K holds for every
     neighbour)."""
-    from dealthdr.model.network import level_tiles
-
     return sum(bucket_k) / sum(level_tiles(size, tile))
 
 
@@ -88,9 +93,6 @@ def manifest_paths(items: list[Path]) -> list[Path]:
 
 def _checkpoint(manifest: dict, override: str | None) -> str | None:
     """A local checkpoint with the manifest's sha256: its recorded path, else the shipped one."""
-    from dealthdr.checkpoint import resolve_checkpoint
-    from dealthdr.fileio import sha256_file
-
     if override:
         return str(resolve_checkpoint(override))
     want = manifest.get("model", {}).get("checkpoint_sha256")
@@ -118,10 +120,6 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
              centres: tuple[str, ...] = ("short", "long"), checkpoint: str | None = None,
              verify: bool = True) -> list[Job]:
     """Jobs for every artifact of the manifests (and eager for every bucket) that matches."""
-    from dealthdr.checkpoint import read_config
-    from dealthdr.export.buckets import make_buckets
-    from dealthdr.fileio import sha256_file
-
     artifact_jobs, eager_buckets = [], {}
     for mpath in manifest_paths(items):
         manifest = json.loads(mpath.read_text())
@@ -204,9 +202,6 @@ class FlopCache:
 
             import torch
 
-            from dealthdr.export.buckets import Bucket, example_inputs
-            from dealthdr.model import VARIANTS, create_model, get_config
-            from dealthdr.profile import count_flops
 
             if job.variant not in VARIANTS:
                 return None, {}

@@ -16,6 +16,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from dealthdr.bench.plot import default_quality
+from dealthdr.bench.quality import load_quality
+from dealthdr.bench.schema import is_reference, read_records
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pick", help="best-quality s-bucket within a latency budget",
@@ -41,8 +45,6 @@ def add_parser(sub) -> None:
 
 def choose(records: list[dict], budget_ms: float, statistic: str = "p90", quality=None) -> list:
     """One answer per group: {group, pick | None, fastest, candidates, ranked_by}."""
-    from dealthdr.bench.schema import is_reference
-
     field = "latency_ms_p90" if statistic == "p90" else "latency_ms_median"
     groups = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -89,10 +91,6 @@ def describe(a: dict, budget_ms: float, statistic: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.bench.plot import default_quality
-    from dealthdr.bench.quality import load_quality
-    from dealthdr.bench.schema import read_records
-
     if args.budget_ms <= 0:
         raise ValueError(f"--budget-ms must be positive, got {args.budget_ms}")
     records = [r for p in args.records for r in read_records(p)]

@@ -20,6 +20,11 @@ import logging
 from pathlib import Path
 
 from dealthdr.bench import paper
+from dealthdr.bench.breakdown import ROWS
+from dealthdr.bench.quality import load_quality
+from dealthdr.bench.schema import is_reference, read_records
+from dealthdr.bench.stats import fit_line
+from dealthdr.bench.tables import ATTENTION, FGMA_REST, aggregate, line_label, table_g, table_i
 
 log = logging.getLogger(__name__)
 COLOURS = {"torch": "#444444", "onnxruntime": "#1f77b4", "executorch": "#d62728",
@@ -58,7 +63,6 @@ def _label_points(ax, xs, ys, labels, colour) -> None:
 def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from dealthdr.bench.tables import line_label
 
     fig, (a_gf, a_ms, a_norm) = plt.subplots(1, 3, figsize=(17, 5.2))
     devices = {k[0] for k in agg}
@@ -147,8 +151,6 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
 def _latency(agg: dict, size: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from dealthdr.bench.stats import fit_line
-    from dealthdr.bench.tables import line_label
 
     threads = sorted({k[5] for k in agg}, key=lambda t: (t is None, t or 0))
     fig, axes = plt.subplots(1, len(threads), figsize=(8 * len(threads), 5.5), sharey=True,
@@ -190,8 +192,6 @@ def _latency(agg: dict, size: str, path: Path) -> None:
 def _breakdown(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from dealthdr.bench.breakdown import ROWS
-    from dealthdr.bench.tables import ATTENTION, FGMA_REST
 
     buckets = doc["buckets"]
     parts = [r for r in ROWS if r != "FGMA"] + [FGMA_REST, ATTENTION,
@@ -224,9 +224,6 @@ def draw(record_files: list[Path], out: Path, quality_files, breakdown_file=None
     import matplotlib
     matplotlib.use("Agg")
 
-    from dealthdr.bench.quality import load_quality
-    from dealthdr.bench.schema import is_reference, read_records
-    from dealthdr.bench.tables import aggregate, table_g, table_i
 
     records = [r for p in record_files for r in read_records(p)]
     if not records:

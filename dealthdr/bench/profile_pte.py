@@ -26,7 +26,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from dealthdr.fileio import atomic_write_bytes
+from dealthdr.bench.run import host_fields
+from dealthdr.bench.worker import make_inputs
+from dealthdr.fileio import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 _SUFFIX = re.compile(r"\s+#\d+$")         # XNNPACK numbers its operator instances: "... #12"
@@ -139,8 +141,6 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
         _unsafe_reset_threadpool,
     )
 
-    from dealthdr.bench.worker import make_inputs
-    from dealthdr.fileio import sha256_file
 
     if threads < 1 or warmup < 0 or repeat < 1:
         raise ValueError("--threads and --repeat must be >= 1, --warmup >= 0")
@@ -168,8 +168,6 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.bench.run import host_fields
-
     rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,
                                             args.repeat, args.etdump)}
     out = args.out or Path("runs") / f"profile_{args.pte.stem}_{rec['method']}.json"

@@ -16,6 +16,8 @@ import json
 import logging
 from pathlib import Path
 
+from dealthdr.bench.schema import s_text
+
 log = logging.getLogger(__name__)
 
 # Record runtime/backend -> the quantize report's backend section.
@@ -29,8 +31,6 @@ class Quality:
         self.by_s: dict[str, tuple[float, str]] = {}       # fp32, dynamic model, per s
 
     def load(self, path: Path) -> "Quality":
-        from dealthdr.bench.schema import s_text
-
         doc = json.loads(Path(path).read_text())
         fmt = doc.get("format", "")
         if fmt.startswith("dealthdr-quantize-report"):

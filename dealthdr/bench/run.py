@@ -25,6 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dealthdr.bench import breakdown, plot, schema, summary
+from dealthdr.bench.jobs import RUNTIMES, FlopCache, attention_ratio, discover
+from dealthdr.bench.stats import latency_stats, percentile
 from dealthdr.cliargs import parse_sizes
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.sensitivity import parse_s_texts
@@ -115,9 +118,6 @@ def streamed_flops(window: dict, frames: int) -> tuple[float | None, dict]:
 
 
 def build_record(job, result: dict, host: dict, gflops, components: dict, trim: float) -> dict:
-    from dealthdr.bench.jobs import attention_ratio
-    from dealthdr.bench.stats import latency_stats
-
     st = latency_stats(result["samples_ms"], trim)
     return {
         **host, "runtime": result["runtime"], "runtime_version": result["runtime_version"],
@@ -170,8 +170,6 @@ def run_job(job, warmup: int, repeat: int, timeout: float) -> dict:
 def merge_passes(results: list[dict]) -> dict:
     """One worker result from several passes of the same job: samples pooled, the load time's
     median, the peak memory's maximum, and each pass's median kept."""
-    from dealthdr.bench.stats import percentile
-
     first = results[0]
     return {**first, "samples_ms": [v for r in results for v in r["samples_ms"]],
             "load_ms": percentile([r["load_ms"] for r in results], 50),
@@ -210,8 +208,6 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
     run only measures what is missing."""
     from tqdm import tqdm
 
-    from dealthdr.bench import schema
-    from dealthdr.bench.jobs import FlopCache
 
     records = schema.read_records(out) if out.is_file() else []
     host = host_fields(device)
@@ -267,9 +263,6 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.bench import summary
-    from dealthdr.bench.jobs import RUNTIMES, discover
-
     runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
@@ -292,8 +285,6 @@ def run(args: argparse.Namespace) -> int:
     summary.write_json(args.out.with_suffix(".summary.json"), report)
     print(summary.text(report))
     if args.plot is not None:
-        from dealthdr.bench import breakdown, plot
-
         quality = args.quality if args.quality is not None else plot.default_quality()
         bd_path = args.plot / "breakdown.json"
         breakdown.write(bd_path, breakdown.measure_for_jobs(jobs, max(args.threads)))

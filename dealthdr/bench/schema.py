@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 
 from dealthdr.fileio import atomic_write_bytes
+from dealthdr.model import VARIANTS
 from dealthdr.sensitivity import s_text  # noqa: F401  (the schema's canonical s)
 
 STRINGS = ("device", "cpu", "os", "runtime", "runtime_version", "backend", "precision",
@@ -152,6 +153,4 @@ def write_records(path: Path, records: list[dict]) -> None:
 def is_reference(rec: dict) -> bool:
     """Another model measured for comparison: flagged, or a variant this project does not
     have."""
-    from dealthdr.model import VARIANTS
-
     return bool(rec.get("reference")) or rec["variant"] not in VARIANTS

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 from dealthdr.cliargs import parse_size
+from dealthdr.data.io import read_hdr
+from dealthdr.data.synth import BUNDLED_HDRI, SynthConfig, load_panoramas, synth_dataset
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.sysinfo import machine_record
 
@@ -72,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _clip(root: Path, args: argparse.Namespace) -> Path:
-    from dealthdr.data.synth import BUNDLED_HDRI, SynthConfig, load_panoramas, synth_dataset
-
     cfg = SynthConfig(frames=args.frames, height=args.size[0], width=args.size[1])
     return synth_dataset(root / "clips", 1, cfg, load_panoramas(BUNDLED_HDRI, "heldout", cfg),
                          seed=args.seed, progress=False)[0]
@@ -105,7 +105,6 @@ def _reconstruct(clip: Path, out: Path, mode: str, args: argparse.Namespace) -> 
 def _max_abs(a: Path, b: Path) -> float:
     import numpy as np
 
-    from dealthdr.data.io import read_hdr
 
     names = sorted(p.name for p in a.glob("*.exr"))
     if not names or names != sorted(p.name for p in b.glob("*.exr")):

@@ -19,6 +19,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from dealthdr.bench.schema import is_reference, read_records
+from dealthdr.bench.stats import fit_line, geometric_mean
 from dealthdr.fileio import atomic_write_bytes
 
 INT8_TARGET = 2.0  # the project's goal: int8 at least 2x faster than eager fp32
@@ -43,9 +45,6 @@ def _pair_key(r: dict) -> tuple:
 
 
 def summarise(records: list[dict]) -> dict:
-    from dealthdr.bench.schema import is_reference
-    from dealthdr.bench.stats import fit_line, geometric_mean
-
     ours = [r for r in records if not is_reference(r)]
     eager = {_pair_key(r): r for r in ours if r["runtime"] == "torch"}
     groups = defaultdict(list)
@@ -124,8 +123,6 @@ def write_json(path: Path, report: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.bench.schema import read_records
-
     records = [r for p in args.records for r in read_records(p)]
     report = summarise(records)
     print(text(report))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from dealthdr.bench import paper
+from dealthdr.bench.schema import is_reference
 
 # Table G's sub-rows of FGMA (the component rows are `breakdown.ROWS`, from the profiler, which
 # imports the network: the tables stay light for `summary` and `pick`).
@@ -32,8 +33,6 @@ def line_label(k: tuple, with_device: bool = False) -> str:
 
 def aggregate(records: list[dict], quality) -> dict[tuple, list[dict]]:
     """Per curve, per s (both centres averaged): ratio, gflops, latency, PSNR-mu, x eager."""
-    from dealthdr.bench.schema import is_reference
-
     ours = [r for r in records if not is_reference(r)]
     eager = {(r["device"], r["size"], r["threads"], r["variant"], r["s"], r.get("centre")):
              r["latency_ms_median"] for r in ours if r["runtime"] == "torch"}
@@ -72,8 +71,6 @@ def _f(v, spec: str) -> str:
 
 
 def table_i(records: list[dict], quality) -> str:
-    from dealthdr.bench.schema import is_reference
-
     agg = aggregate(records, quality)
     out = ["| device | runtime | precision | threads | size | s | R | PSNR-mu dB | GFLOPs | "
            "ms median | ms p10-p90 | x eager | load ms | peak MB |",

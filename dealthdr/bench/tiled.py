@@ -30,9 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from dealthdr.bench.worker import peak_memory, start_memory_watch
+from dealthdr.calib.windows import make_windows
+from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
 from dealthdr.cliargs import parse_size
-from dealthdr.fileio import atomic_write_bytes, jsonable
+from dealthdr.export.tiles import run_program_tiled
+from dealthdr.fileio import atomic_write_bytes, jsonable, sha256_file
+from dealthdr.metrics import psnr_mu
 from dealthdr.sysinfo import machine_record
+from dealthdr.tiling import run_tiled
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,6 @@ def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dealthdr.fileio import sha256_file
-
     manifest, arts = _artifacts(args.pte)
     tiled = any("tiled" in a for a in arts)
     method = f"tile_{args.centre}" if tiled else f"forward_{args.centre}"
@@ -125,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _window(size: tuple[int, int], centre: str, frames: int):
-    from dealthdr.calib.windows import make_windows
-
     windows = make_windows("heldout", *size, clips=1, seed=1, frames=frames)
     return next(w for w in windows if w.centre == centre)
 
@@ -137,8 +139,6 @@ def _against_eager(args: argparse.Namespace, art: dict, output: Path) -> dict:
     import numpy as np
     import torch
 
-    from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
-    from dealthdr.metrics import psnr_mu
 
     torch.set_num_threads(max(1, args.threads))
     model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), None)
@@ -158,9 +158,6 @@ def _worker(job: dict) -> dict:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
-    from dealthdr.bench.worker import peak_memory, start_memory_watch
-    from dealthdr.export.tiles import run_program_tiled
-    from dealthdr.tiling import run_tiled
 
     _unsafe_reset_threadpool(job["threads"])
     win = _window(tuple(job["size"]), job["centre"], job["frames"])

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dealthdr.checkpoint import load_checkpoint
+from dealthdr.export.buckets import Bucket, BucketGraph
+
 
 def _status_mb(field: str) -> float | None:
     try:
@@ -76,8 +79,6 @@ def make_inputs(centre: str, size: tuple[int, int], seed: int = 0, *, frames: in
 def load_eager(job: dict):
     import torch
 
-    from dealthdr.checkpoint import load_checkpoint
-    from dealthdr.export.buckets import Bucket, BucketGraph
 
     torch.set_num_threads(job["threads"])
 

@@ -23,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dealthdr.calib.windows import make_windows
+from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
 from dealthdr.cliargs import configure_logging, parse_size
 from dealthdr.fileio import atomic_write_bytes, sha256_file
+from dealthdr.model.fgma import tile_max
 from dealthdr.sensitivity import parse_s_list, s_text
 
 FORMAT = "dealthdr-buckets/2"  # /1 counted positions, /2 counts tiles
@@ -39,8 +42,6 @@ def s_key(s: float) -> str:
 def item_ratios(model, window, s: float) -> list[np.ndarray]:
     """Per decoder level (1, 2, 3): the tile ratio of each neighbour item (tiles holding an
     executed attention position / tiles)."""
-    from dealthdr.model.fgma import tile_max
-
     seen: dict[int, np.ndarray] = {}
     hooks = []
     for i, fgma in enumerate(model.fgma):  # index 0 is level 3
@@ -90,9 +91,6 @@ def calibrate(model, windows, s_values: list[float], quantile: float = 0.95,
 def run_calibration(checkpoint: str, variant: str | None, s_values: list[float],
                     size: tuple[int, int], clips: int, quantile: float, seed: int = 0,
                     progress: bool = True) -> dict:
-    from dealthdr.calib.windows import make_windows
-    from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
-
     path = resolve_checkpoint(checkpoint)
     model, _ = load_checkpoint(path, variant)
     windows = make_windows("train", *size, clips=clips, seed=seed, progress=progress,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dealthdr.cliargs import configure_logging
+from dealthdr.data.degrade import mosaic
 from dealthdr.data.dng import RawImage, read_raw, write_dng
 from dealthdr.data.noise_profile import CHANNELS, IsoEntry, NoiseProfile, make_profile
 from dealthdr.fileio import atomic_write_bytes
@@ -277,8 +278,6 @@ def clip_raw_noise(noisy: np.ndarray, clean: np.ndarray, meta: dict, gamma: floa
     demosaic kept the RAW sample, so the difference is the RAW noise plus the difference of two
     10-bit quantisation errors (variance 2 step^2 / 12).
     """
-    from dealthdr.data.degrade import mosaic
-
     rgb2cam = np.asarray(meta["pipeline"]["rgb2cam"])
     wb = np.asarray(meta["pipeline"]["wb_gains"])
     xs, ds = [], []

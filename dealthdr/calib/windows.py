@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from dealthdr.data.synth import BUNDLED_HDRI, SynthConfig, load_panoramas, synth_clip
 from dealthdr.model.config import DeAltHDRConfig
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ def make_windows(split: str, height: int, width: int, clips: int = 2, seed: int 
     ('train'|'heldout')."""
     from tqdm import tqdm
 
-    from dealthdr.data.synth import BUNDLED_HDRI, SynthConfig, load_panoramas, synth_clip
 
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")

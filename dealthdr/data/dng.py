@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
@@ -167,8 +169,6 @@ def write_dng(path: str | Path, mosaic: np.ndarray, black_level=0, white_level: 
         color_matrix: ColorMatrix1, XYZ (D65) -> camera RGB; default: camera = linear sRGB.
         make, model: Make / Model; UniqueCameraModel is "make model".
     """
-    from ..fileio import atomic_write_bytes
-
     path = Path(path)
     data = dng_bytes(mosaic, black_level, white_level, cfa, exposure_time, iso, wb_gains,
                      color_matrix, make, model)

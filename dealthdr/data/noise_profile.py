@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 FORMAT = "dealthdr-noise-profile/1"
@@ -179,7 +181,6 @@ def read_profile(path: str | Path) -> NoiseProfile:
 
 
 def write_profile(path: str | Path, profile: NoiseProfile) -> Path:
-    from ..fileio import atomic_write_bytes
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(profile.to_dict(), indent=1) + "\n").encode())
     return path

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .degrade import SRGB_TO_XYZ, demosaic
+from .dng import read_raw
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ class RawHeader:
 def raw_header(path: str | Path) -> RawHeader:
     """Size, CFA and exposure of a RAW file; reads the whole file, so a corrupt one fails here,
     before anything is written."""
-    from .dng import read_raw
-
     raw = read_raw(path)
     h, w = raw.mosaic.shape
     if h % 2 or w % 2:
@@ -108,8 +107,6 @@ def develop_mosaic(x: np.ndarray, cfa: str, gains: np.ndarray, cam2rgb: np.ndarr
 
 def develop(path: str | Path, gamma: float = 2.2) -> np.ndarray:
     """A RAW file as the network's input frame (see the module docstring)."""
-    from .dng import read_raw
-
     path = Path(path)
     raw = read_raw(path)
     gains, cam2rgb = _colour(path)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .clip import FORMAT as CLIP_FORMAT, frame_name, read_meta
 from .io import read_hdr, read_ldr
+from .rawseq import develop, raw_header
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +266,6 @@ def _same_size(names: list[str], sizes: list[tuple[int, int]]) -> None:
 
 
 def _open_raw(path: Path, files: list[Path]) -> Sequence:
-    from .rawseq import develop, raw_header
-
     names = [p.name for p in files]
     heads = [raw_header(p) for p in files]
     _same_size(names, [(h.width, h.height) for h in heads])

@@ -26,6 +26,7 @@ from .degrade import DegradeConfig, degrade, exposure_scale, sample_camera
 from .foreground import SpriteConfig, sample_sprites
 from .io import HDR_SUFFIXES, read_hdr, write_exr, write_png16
 from .panorama import CameraMotionConfig, pad_panorama, sample_camera_path
+from .readers import read_hdr_video
 from .scene import PanoramaScene, VideoScene, exposure_schedule, render_exposures
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ def load_panoramas(folder: str | Path, split: str, cfg: SynthConfig) -> Sources:
 
 def load_video(folder: str | Path, cfg: SynthConfig) -> Sources:
     """An HDR video (folder of frames) long and large enough for one clip."""
-    from .readers import read_hdr_video
     video = read_hdr_video(folder)
     n, h, w = video.shape[:3]
     if h < cfg.height or w < cfg.width:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write_bytes
+from ..cliargs import configure_logging, parse_size
 from ..data.io import write_png16
+from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ def alternate(video: str | Path, out: str | Path, frames: int = 160, start: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cliargs import configure_logging, parse_size
-
     p = argparse.ArgumentParser(prog="python -m dealthdr.demo.alternate",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write_bytes
+from ..cliargs import configure_logging
 from ..data.io import read_hdr
 from ..data.sequence import open_sequence
+from ..fileio import atomic_write_bytes
 from ..noref import MEASURES, measure
 from ..reconstruct import preview
+from ..reconstruct_cli import frame_range, parse_range
 
 
 def input_frames(seq, frames: range) -> list[np.ndarray]:
@@ -98,9 +100,6 @@ def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cliargs import configure_logging
-    from ..reconstruct_cli import frame_range, parse_range
-
     p = argparse.ArgumentParser(prog="python -m dealthdr.demo.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, required=True, help="the input sequence")

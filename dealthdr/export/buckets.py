@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dealthdr.calib.buckets import s_key
 from dealthdr.model import DeAltHDR
 from dealthdr.model.inputs import window_pattern
 from dealthdr.model.network import level_tiles
@@ -50,8 +51,6 @@ class Bucket:
 def make_buckets(calibration: dict, s_values: list[float], size: tuple[int, int],
                  centres: tuple[str, ...], tile: int) -> list[Bucket]:
     """Buckets for every (s, centre), with K from the calibrated tile ratio at this size."""
-    from dealthdr.calib.buckets import s_key
-
     if calibration.get("tile", tile) != tile:
         raise ValueError(f"the bucket calibration counts {calibration['tile']}x"
                          f"{calibration['tile']} tiles but the model runs FGMA in {tile}x{tile} "

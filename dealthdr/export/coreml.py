@@ -9,6 +9,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dealthdr import __version__
+from dealthdr.export.artifacts import LICENSE, digest
+from dealthdr.export.buckets import export_program
+
 log = logging.getLogger(__name__)
 COORDINATE_OPS = {"add", "sub", "mul", "real_div", "concat", "stack", "expand_dims", "reshape",
                   "transpose", "squeeze", "slice_by_index", "gather", "cast", "split"}
@@ -38,8 +42,6 @@ def keep_in_fp16(op) -> bool:
 
 
 def convert(model, bucket, size, precision: str, target: str, units: str):
-    from dealthdr.export.buckets import export_program
-
     return convert_program(export_program(model, bucket, size), size, model.cfg.num_frames,
                            precision, target, units)
 
@@ -73,9 +75,6 @@ def convert_named(program, inputs: dict, outputs: list[str], precision: str, tar
 
 
 def describe(mlmodel, info: dict, bucket, precision: str, frames: int) -> None:
-    from dealthdr import __version__
-    from dealthdr.export.artifacts import LICENSE
-
     mlmodel.short_description = (f"DeAltHDR {info['variant']}: HDR of the centre frame of a "
                                  f"{frames}-frame alternating-exposure window (s={bucket.s_key}, "
                                  f"{bucket.centre}-exposure centre)")
@@ -180,8 +179,6 @@ def package(models, stage: Path, stem: str, target: str, size: tuple[int, int], 
     multifunction `<stem>.mlpackage` with a function per bucket and shared weights (iOS18),
     or one `<stem>_<bucket>.mlpackage` per bucket (iOS17); each package's structure is
     validated once. Models are saved as they come, so only one is held in memory."""
-    from dealthdr.export.artifacts import digest
-
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
         for b, mlmodel in models:

@@ -15,6 +15,9 @@ import platform
 import tempfile
 from pathlib import Path
 
+from dealthdr.export.artifacts import artifact_record, digest
+from dealthdr.export.coreml import convert_named, save_multifunction
+from dealthdr.export.gate import pending_gate
 from dealthdr.export.stream import (
     export_stream,
     gate_stream,
@@ -37,8 +40,6 @@ NAMES = {
 
 def convert_method(program, method: str, shapes: dict, precision: str, target: str, units: str):
     """One streaming method's ExportedProgram -> mlprogram with named inputs and outputs."""
-    from dealthdr.export.coreml import convert_named
-
     ins, outs = NAMES[method_kind(method)]
     if len(ins) != len(shapes["inputs"]) or len(outs) != len(shapes["outputs"]):
         raise ValueError(f"{method}: {len(shapes['inputs'])} inputs / {len(shapes['outputs'])} "
@@ -87,10 +88,6 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
                     precision: str, target: str, units: str) -> list[dict]:
     """One multifunction package per s; its records (one per function, as the XNNPACK
     streaming program's)."""
-    from dealthdr.export.artifacts import artifact_record, digest
-    from dealthdr.export.coreml import save_multifunction
-    from dealthdr.export.gate import pending_gate
-
     if target != "iOS18":
         raise ValueError("--stream needs --deployment-target iOS18: its functions share one "
                          "multifunction package")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from dealthdr.export.buckets import Bucket, example_inputs
+from dealthdr.export.gate import run_gate
 from dealthdr.model import DeAltHDR
 from dealthdr.model.inputs import relative_exposures, window_pattern
 
@@ -229,8 +230,6 @@ def gate_stream(methods: dict, model: DeAltHDR, bucket: Bucket, windows,
                               "methods") -> dict:
     """The parity gate of one centre's fuse: each held-out window through a fresh loop (five
     encodes, four flows, the fuse) against the eager window network."""
-    from dealthdr.export.gate import run_gate
-
     def run(frames, exposures):
         return StreamRunner(methods)(list(range(frames.shape[1])), frames, exposures,
                                      bucket.centre)

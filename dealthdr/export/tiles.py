@@ -24,7 +24,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dealthdr.calib.windows import make_windows
 from dealthdr.export.buckets import Bucket, example_inputs
+from dealthdr.export.gate import THRESHOLD_DB, GateFailed
+from dealthdr.metrics import psnr_mu
 from dealthdr.model import DeAltHDR
 from dealthdr.model.framestats import frame_statistics, pack, sum_shapes, unpack
 from dealthdr.model.inputs import pad_frames, window_pattern
@@ -170,10 +173,6 @@ def gate_tiled(path, model: DeAltHDR, bucket: Bucket, frame: tuple[int, int], ti
                sums_length: int, overlap: int = 32, passes: int = 2) -> dict:
     """Parity of a tiled program with the tiled eager network (same bucket, flows, passes) on
     a held-out window of the frame size. Raises GateFailed below the fp32 threshold."""
-    from dealthdr.calib.windows import make_windows
-    from dealthdr.export.gate import THRESHOLD_DB, GateFailed
-    from dealthdr.metrics import psnr_mu
-
     win = next(w for w in make_windows("heldout", *frame, clips=1, seed=1,
                                        frames=model.cfg.num_frames)
                if w.centre == bucket.centre)

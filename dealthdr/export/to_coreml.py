@@ -25,15 +25,24 @@ import platform
 import sys
 import time
 
-from dealthdr.export.config import CoreMLConfig
+from dealthdr.export.artifacts import (
+    add_common_flags,
+    artifact_record,
+    main_wrapper,
+    prepare,
+    staging_dir,
+    write_manifest,
+)
+from dealthdr.export.buckets import group_by_s
+from dealthdr.export.config import CoreMLConfig, parse_config
 from dealthdr.export.coreml import COMPUTE_UNITS, convert, coreml_runner, describe, package
+from dealthdr.export.coreml_stream import stream_packages
+from dealthdr.export.gate import pending_gate, run_gate
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dealthdr.export.artifacts import add_common_flags
-
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, "exports/coreml")
@@ -56,10 +65,6 @@ def export_coreml(cfg: CoreMLConfig) -> int:
     """Convert, validate (gate on macOS) and record every bucket of `cfg` into `cfg.out`."""
     from tqdm import tqdm
 
-    from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
-    from dealthdr.export.buckets import group_by_s
-    from dealthdr.export.coreml_stream import stream_packages
-    from dealthdr.export.gate import pending_gate, run_gate
 
     if cfg.stream and cfg.deployment_target != "iOS18":
         raise ValueError("--stream needs --deployment-target iOS18: its functions share "
@@ -108,9 +113,6 @@ def export_coreml(cfg: CoreMLConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.export.artifacts import main_wrapper
-    from dealthdr.export.config import parse_config
-
     cfg = parse_config(build_parser(), CoreMLConfig, argv)
     return main_wrapper(lambda: export_coreml(cfg))
 

@@ -24,7 +24,28 @@ import time
 from pathlib import Path
 
 from dealthdr.cliargs import parse_size
-from dealthdr.export.config import ExecuTorchConfig
+from dealthdr.export.artifacts import (
+    add_common_flags,
+    artifact_record,
+    main_wrapper,
+    prepare,
+    staging_dir,
+    write_manifest,
+)
+from dealthdr.export.buckets import BucketGraph, export_program, group_by_s
+from dealthdr.export.config import ExecuTorchConfig, parse_config
+from dealthdr.export.coverage import coverage
+from dealthdr.export.gate import pending_gate, run_gate
+from dealthdr.export.rewrites import apply_rewrites
+from dealthdr.export.stream import (
+    export_stream,
+    gate_stream,
+    program_methods,
+    recorded_methods,
+    signatures,
+    stream_record,
+)
+from dealthdr.export.tiles import export_tiled, gate_tiled
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +68,6 @@ def lower(programs: dict, backend: str, precision: str = "fp32", rewrite: bool =
     """{method: ExportedProgram} -> (ExecutorchProgramManager, {method: coverage})."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    from dealthdr.export.coverage import coverage
-    from dealthdr.export.rewrites import apply_rewrites
 
     if rewrite:
         programs = {k: apply_rewrites(v) for k, v in programs.items()}
@@ -111,7 +130,6 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
         serialize_from_bundled_program_to_flatbuffer,
     )
 
-    from dealthdr.export.buckets import BucketGraph
 
     suites = []
     for name, (model, bucket) in methods.items():
@@ -130,9 +148,6 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
 def tiled_programs(stage: Path, model, info: dict, by_s: dict, cfg: ExecuTorchConfig) -> list[dict]:
     """One tiled .pte per s (guide and tile methods at --size, flows on the frame's 1/4 grid),
     gated; its records."""
-    from dealthdr.export.artifacts import artifact_record
-    from dealthdr.export.tiles import export_tiled, gate_tiled
-
     frame, tile = tuple(cfg.tiled_frame), tuple(cfg.size)
     records = []
     for group in by_s.values():
@@ -164,16 +179,6 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, cfg: ExecuTorchCo
 def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -> list[dict]:
     """One streaming .pte per s (`dealthdr.export.stream`: encode_short, encode_long, flow and
     a fuse per centre, sharing weights), each fuse gated as a frame loop; their records."""
-    from dealthdr.export.artifacts import artifact_record
-    from dealthdr.export.stream import (
-        export_stream,
-        gate_stream,
-        program_methods,
-        recorded_methods,
-        signatures,
-        stream_record,
-    )
-
     records = []
     for group in by_s.values():
         programs = export_stream(model, group, size)
@@ -198,8 +203,6 @@ def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dealthdr.export.artifacts import add_common_flags
-
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, "exports/executorch")
@@ -234,9 +237,6 @@ def export_executorch(cfg: ExecuTorchConfig) -> int:
     `cfg.out`; 0 on success."""
     from tqdm import tqdm
 
-    from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
-    from dealthdr.export.buckets import export_program, group_by_s
-    from dealthdr.export.gate import pending_gate, run_gate
 
     if cfg.tiled_frame is not None:
         (fh, fw), (th, tw) = cfg.tiled_frame, cfg.size
@@ -296,9 +296,6 @@ def export_executorch(cfg: ExecuTorchConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.export.artifacts import main_wrapper
-    from dealthdr.export.config import parse_config
-
     cfg = parse_config(build_parser(), ExecuTorchConfig, argv)
     return main_wrapper(lambda: export_executorch(cfg))
 

@@ -17,7 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-from dealthdr.export.config import OnnxConfig
+from dealthdr.export.artifacts import (
+    add_common_flags,
+    artifact_record,
+    main_wrapper,
+    prepare,
+    staging_dir,
+    write_manifest,
+)
+from dealthdr.export.buckets import example_inputs, export_program
+from dealthdr.export.config import OnnxConfig, parse_config
+from dealthdr.export.gate import run_gate
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -29,7 +39,6 @@ def export_onnx(model, bucket, size, path: Path) -> None:
     import onnxslim
     import torch
 
-    from dealthdr.export.buckets import example_inputs, export_program
 
     program = export_program(model, bucket, size)
     raw = path.with_suffix(".raw.onnx")
@@ -60,8 +69,6 @@ def onnx_runner(path: Path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dealthdr.export.artifacts import add_common_flags
-
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, "exports/onnx")
@@ -72,8 +79,6 @@ def export_onnx_models(cfg: OnnxConfig) -> int:
     """Export, gate and record every bucket of `cfg` as ONNX into `cfg.out`; 0 on success."""
     from tqdm import tqdm
 
-    from dealthdr.export.artifacts import artifact_record, prepare, staging_dir, write_manifest
-    from dealthdr.export.gate import run_gate
 
     started = time.time()
     with staging_dir(cfg.out, cfg.force) as stage:
@@ -92,9 +97,6 @@ def export_onnx_models(cfg: OnnxConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.export.artifacts import main_wrapper
-    from dealthdr.export.config import parse_config
-
     cfg = parse_config(build_parser(), OnnxConfig, argv)
     return main_wrapper(lambda: export_onnx_models(cfg))
 

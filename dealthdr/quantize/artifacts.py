@@ -13,23 +13,25 @@ from pathlib import Path
 
 import torch
 
+from dealthdr.export.artifacts import artifact_record
+from dealthdr.export.buckets import BucketGraph, example_inputs, export_program
+from dealthdr.export.coreml import convert_program, describe, package
+from dealthdr.export.gate import pending_gate, run_gate
+from dealthdr.export.to_executorch import lower, planned_bytes, pte_runner
 from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
+from dealthdr.quantize.measure import agreement, latency_ms
+from dealthdr.quantize.sensitivity import block_sensitivity
 from dealthdr.sysinfo import machine_record
 
 log = logging.getLogger(__name__)
 
 
 def _program(gm, bucket, size, frames: int):
-    from dealthdr.export.buckets import example_inputs
-
     return torch.export.export(gm, example_inputs(bucket, size, frames), strict=False)
 
 
 def sensitivity(ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
     """Per-block sweep at the first bucket with attention (or the first bucket)."""
-    from dealthdr.export.buckets import BucketGraph
-    from dealthdr.quantize.sensitivity import block_sensitivity
-
     buckets = ctx.buckets
     b = next((x for x in buckets if x.s > 0 and x.s != float("inf")), buckets[0])
     ref = BucketGraph(ctx.model, b).eval()
@@ -41,12 +43,6 @@ def sensitivity(ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
 
 def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
              info: dict):
-    from dealthdr.export.artifacts import artifact_record
-    from dealthdr.export.buckets import BucketGraph, example_inputs, export_program
-    from dealthdr.export.gate import run_gate
-    from dealthdr.export.to_executorch import lower, planned_bytes, pte_runner
-    from dealthdr.quantize.measure import agreement, latency_ms
-
     records, by_s = [], {}
     for b in ctx.buckets:
         by_s.setdefault(b.s_key, []).append(b)
@@ -81,7 +77,6 @@ def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: 
 def _latency(b, int8_path, ctx, cfg: QuantizeConfig, lower, export_program, pte_runner,
              example_inputs, latency_ms) -> dict:
     """fp32 eager, fp32 .pte and int8 .pte of one bucket on the same input, this host."""
-    from dealthdr.export.buckets import BucketGraph
     method = f"forward_{b.centre}"
     inputs = example_inputs(b, cfg.size, ctx.model.cfg.num_frames)
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,10 +102,6 @@ def _latency(b, int8_path, ctx, cfg: QuantizeConfig, lower, export_program, pte_
 
 def _coreml(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
             info: dict):
-    from dealthdr.export.artifacts import artifact_record
-    from dealthdr.export.coreml import convert_program, describe, package
-    from dealthdr.export.gate import pending_gate
-
     frames = ctx.model.cfg.num_frames
 
     def models():

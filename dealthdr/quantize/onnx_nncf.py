@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dealthdr.export.artifacts import artifact_record
+from dealthdr.export.buckets import example_inputs
+from dealthdr.export.gate import run_gate
+from dealthdr.export.to_onnx import OPSET, export_onnx, onnx_runner
+from dealthdr.metrics import psnr_mu
 from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
+from dealthdr.quantize.measure import latency_ms, quality
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,6 @@ def psnr_validation(model, data) -> tuple[float, list[float]]:
     import onnxruntime as ort
     import torch
 
-    from dealthdr.metrics import psnr_mu
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -79,11 +84,6 @@ def run_onnx(ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path, info: dict)
     """fp32 and NNCF int8 ONNX per bucket; returns (report section, artifact records)."""
     import onnx
 
-    from dealthdr.export.artifacts import artifact_record
-    from dealthdr.export.buckets import example_inputs
-    from dealthdr.export.gate import run_gate
-    from dealthdr.export.to_onnx import OPSET, export_onnx, onnx_runner
-    from dealthdr.quantize.measure import latency_ms, quality
 
     drop = cfg.onnx_max_drop
     quantizer = "nncf.quantize (QDQ)" if drop is None else \

@@ -32,7 +32,26 @@ import sys
 import time
 from pathlib import Path
 
+from dealthdr.calib.windows import make_windows
+from dealthdr.export.artifacts import (
+    add_common_flags,
+    main_wrapper,
+    prepare,
+    staging_dir,
+    write_manifest,
+)
+from dealthdr.export.buckets import BucketGraph, example_inputs
+from dealthdr.export.config import parse_config
+from dealthdr.quantize import artifacts as arts
 from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
+from dealthdr.quantize.measure import quality
+from dealthdr.quantize.onnx_nncf import run_onnx
+from dealthdr.quantize.policy import group_names
+from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train
+from dealthdr.quantize.quantizers import check_attention_kept
+from dealthdr.quantize.report import write_report
+from dealthdr.quantize.resume import Finished, fingerprint, new_files
+from dealthdr.quantize.sensitivity import ptq
 
 log = logging.getLogger(__name__)
 BACKENDS = ("xnnpack", "coreml", "onnx")
@@ -47,9 +66,6 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dealthdr.export.artifacts import add_common_flags
-    from dealthdr.quantize.policy import group_names
-
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, "exports/int8")
@@ -114,7 +130,6 @@ def export_graphs(model, buckets, size) -> dict:
     """{bucket name: ExportedProgram} of the float model (no no_grad: QAT trains them)."""
     import torch
 
-    from dealthdr.export.buckets import BucketGraph, example_inputs
 
     return {b.name: torch.export.export(BucketGraph(model.eval(), b),
                                         example_inputs(b, size, model.cfg.num_frames),
@@ -124,10 +139,7 @@ def export_graphs(model, buckets, size) -> dict:
 def run_stage(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
               info: dict):
     """One backend, start to finish: (report section, artifact records), files in `stage`."""
-    from dealthdr.quantize import artifacts as arts
-
     if backend == "onnx":
-        from dealthdr.quantize.onnx_nncf import run_onnx
         return run_onnx(ctx, cfg, stage, info)
     section, converted = run_backend(backend, ctx, cfg)
     recs, extra = arts.write_artifacts(backend, converted, ctx, cfg, stage, info)
@@ -141,11 +153,6 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    from dealthdr.export.buckets import BucketGraph
-    from dealthdr.quantize.measure import quality
-    from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train
-    from dealthdr.quantize.quantizers import check_attention_kept
-    from dealthdr.quantize.sensitivity import ptq
 
     model, buckets, programs = ctx.model, ctx.buckets, ctx.programs
     float_for = cfg.float_groups_by_centre()
@@ -186,11 +193,6 @@ def quantize(cfg: QuantizeConfig) -> int:
     the report, into `cfg.out` (resuming finished stages from `cfg.state_dir`); 0 on success."""
     import torch
 
-    from dealthdr.calib.windows import make_windows
-    from dealthdr.export.artifacts import prepare, staging_dir, write_manifest
-    from dealthdr.quantize import artifacts as arts
-    from dealthdr.quantize.report import write_report
-    from dealthdr.quantize.resume import Finished, fingerprint, new_files
 
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
@@ -241,9 +243,6 @@ def quantize(cfg: QuantizeConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dealthdr.export.artifacts import main_wrapper
-    from dealthdr.export.config import parse_config
-
     cfg = parse_config(build_parser(), QuantizeConfig, argv)
     return main_wrapper(lambda: quantize(cfg))
 

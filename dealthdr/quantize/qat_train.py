@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 from torch import fx
 
+from dealthdr.export.buckets import BucketGraph, example_inputs
 from dealthdr.fileio import atomic_write_bytes
+from dealthdr.quantize.policy import FloatPolicy
+from dealthdr.quantize.quantizers import make_quantizer
+from dealthdr.train.loop import cosine_lr
+from dealthdr.train.losses import HDRLoss
+from dealthdr.train.state import load_optimizer, save_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +65,6 @@ def prepare_graphs(model, buckets, size, backend: str,
 
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from dealthdr.export.buckets import BucketGraph, example_inputs
-    from dealthdr.quantize.policy import FloatPolicy
-    from dealthdr.quantize.quantizers import make_quantizer
 
     own = copy.deepcopy(model).eval()
     graphs, policies = {}, {}
@@ -210,7 +213,6 @@ def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses:
                settings: dict | None = None) -> None:
     from safetensors.torch import save
 
-    from dealthdr.train.state import save_optimizer
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"param/{k}": v.detach().contiguous() for k, v in shared.items()}
@@ -232,7 +234,6 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt,
     """Resume from `folder`; returns (step, losses), (0, []) when there is nothing to resume."""
     from safetensors.torch import load_file
 
-    from dealthdr.train.state import load_optimizer
 
     pointer = folder / "latest.json"
     if not pointer.exists():
@@ -268,8 +269,6 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     from torchao.quantization.pt2e import move_exported_model_to_train
     from tqdm import tqdm
 
-    from dealthdr.train.loop import cosine_lr
-    from dealthdr.train.losses import HDRLoss
 
     settings = json.loads(json.dumps({"config": asdict(cfg), **(settings or {})}))
     names = list(graphs)

@@ -11,7 +11,9 @@ import logging
 
 import torch
 
+from dealthdr.quantize.measure import agreement
 from dealthdr.quantize.policy import FloatPolicy, group_names
+from dealthdr.quantize.quantizers import check_attention_kept, make_quantizer
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,6 @@ def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str
     """Post-training int8 of one exported bucket program; returns the converted module."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from dealthdr.quantize.quantizers import check_attention_kept, make_quantizer
 
     gm = program.module()
     prepared = prepare_pt2e(gm, make_quantizer(backend, FloatPolicy(gm, **policy_kw),
@@ -38,8 +39,6 @@ def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str
 def block_sensitivity(program, reference, backend: str, calibration: list, windows: list,
                       centre: str, observer: str = "minmax") -> dict:
     """{group: {"psnr_mu_vs_fp32": dB or None, "non_finite": bool}} for one bucket graph."""
-    from dealthdr.quantize.measure import agreement
-
     out = {}
     for group in group_names():
         model = ptq(program, backend, {"only_groups": (group,)}, calibration, observer, centre)

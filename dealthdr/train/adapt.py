@@ -41,14 +41,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..fileio import atomic_write_bytes
-
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.sequence import Sequence
+from ..fileio import atomic_write_bytes
 from ..metrics import MU
 from ..model import DeAltHDR
 from ..sysinfo import machine_record
-from .loop import cosine_lr, sample_s
+from .loop import TrainConfig, cosine_lr, sample_s
+from .plot import plot_loss_curve
 from .state import latest_step, load_extra, load_optimizer, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,6 @@ class Adapter:
                        "s": s if math.isfinite(s) else "inf"}
 
     def run(self) -> dict:
-        from .plot import plot_loss_curve
-
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self._trim_log()
@@ -296,6 +294,4 @@ class Adapter:
 
 def _loop_cfg(cfg: AdaptConfig):
     """The training config whose `sample_s` draws this run's alignment modes."""
-    from .loop import TrainConfig
-
     return TrainConfig(seed=cfg.seed)

@@ -21,15 +21,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..fileio import atomic_write_bytes
-
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..fileio import atomic_write_bytes
 from ..model import DeAltHDR, create_model, get_config
 from ..model.inputs import prepare_inputs
 from ..model.spynet import load_basicsr_spynet, resize_flow
 from ..sysinfo import machine_record
 from .dataset import ParityBatchSampler, WindowDataset
 from .losses import HDRLoss, flow_epe
+from .plot import plot_loss_curve
 from .state import latest_step, load_optimizer, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,6 @@ class Trainer:
     def _checkpoint(self) -> None:
         if self.rank == 0:
             save_state(self.ckpt_dir, self.model, self.opt, self.step, self._meta())
-            from .plot import plot_loss_curve
             plot_loss_curve(self.log_path, self.out / "loss_curve.png")
         if self.world > 1:
             dist.barrier()
