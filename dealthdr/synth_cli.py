@@ -11,15 +11,8 @@ from pathlib import Path
 from .cliargs import parse_size
 from .data.degrade import DegradeConfig
 from .data.noise_profile import resolve_profile
-from .data.synth import (
-    BUNDLED_HDRI,
-    HELDOUT,
-    SPLITS,
-    SynthConfig,
-    load_panoramas,
-    load_video,
-    synth_dataset,
-)
+from .data.synth import (BUNDLED_HDRI, HELDOUT, SPLITS, SynthConfig, load_panoramas, load_video,
+                         synth_dataset)
 
 log = logging.getLogger(__name__)
 

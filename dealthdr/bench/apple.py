@@ -221,11 +221,8 @@ async def _remote(entries, units_list, target: str, team: str, warmup: int, repe
     import coremltools as ct
     from coremltools.models.ml_program.experimental import compute_plan_utils
     from coremltools.models.ml_program.experimental.perf_utils import MLModelBenchmarker
-    from coremltools.models.ml_program.experimental.remote_device import (
-        AppSigningCredentials,
-        Device,
-        DeviceType,
-    )
+    from coremltools.models.ml_program.experimental.remote_device import (AppSigningCredentials,
+                                                                          Device, DeviceType)
 
     kind = DeviceType.IPHONE if target == "iphone" else DeviceType.IPAD
     found = Device.get_connected_devices(kind)

@@ -136,10 +136,8 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
 
     import torch
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings.portable_lib import (
-        _threadpool_get_thread_count,
-        _unsafe_reset_threadpool,
-    )
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                              _unsafe_reset_threadpool)
 
 
     if threads < 1 or warmup < 0 or repeat < 1:

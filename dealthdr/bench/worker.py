@@ -99,10 +99,8 @@ def load_executorch(job: dict):
     import importlib.metadata
 
     import torch
-    from executorch.extension.pybindings.portable_lib import (
-        _threadpool_get_thread_count,
-        _unsafe_reset_threadpool,
-    )
+    from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                              _unsafe_reset_threadpool)
     from executorch.runtime import Runtime
 
     # One process per job, so resetting the global pool cannot race another program.

@@ -18,14 +18,8 @@ from pathlib import Path
 from dealthdr.export.artifacts import artifact_record, digest
 from dealthdr.export.coreml import convert_named, save_multifunction
 from dealthdr.export.gate import pending_gate
-from dealthdr.export.stream import (
-    export_stream,
-    gate_stream,
-    method_kind,
-    recorded_methods,
-    signatures,
-    stream_record,
-)
+from dealthdr.export.stream import (export_stream, gate_stream, method_kind, recorded_methods,
+                                    signatures, stream_record)
 
 log = logging.getLogger(__name__)
 

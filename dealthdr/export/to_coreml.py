@@ -25,14 +25,8 @@ import platform
 import sys
 import time
 
-from dealthdr.export.artifacts import (
-    add_common_flags,
-    artifact_record,
-    main_wrapper,
-    prepare,
-    staging_dir,
-    write_manifest,
-)
+from dealthdr.export.artifacts import (add_common_flags, artifact_record, main_wrapper, prepare,
+                                       staging_dir, write_manifest)
 from dealthdr.export.buckets import group_by_s
 from dealthdr.export.config import CoreMLConfig, parse_config
 from dealthdr.export.coreml import COMPUTE_UNITS, convert, coreml_runner, describe, package

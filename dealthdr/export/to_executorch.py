@@ -24,27 +24,15 @@ import time
 from pathlib import Path
 
 from dealthdr.cliargs import parse_size
-from dealthdr.export.artifacts import (
-    add_common_flags,
-    artifact_record,
-    main_wrapper,
-    prepare,
-    staging_dir,
-    write_manifest,
-)
+from dealthdr.export.artifacts import (add_common_flags, artifact_record, main_wrapper, prepare,
+                                       staging_dir, write_manifest)
 from dealthdr.export.buckets import BucketGraph, export_program, group_by_s
 from dealthdr.export.config import ExecuTorchConfig, parse_config
 from dealthdr.export.coverage import coverage
 from dealthdr.export.gate import pending_gate, run_gate
 from dealthdr.export.rewrites import apply_rewrites
-from dealthdr.export.stream import (
-    export_stream,
-    gate_stream,
-    program_methods,
-    recorded_methods,
-    signatures,
-    stream_record,
-)
+from dealthdr.export.stream import (export_stream, gate_stream, program_methods, recorded_methods,
+                                    signatures, stream_record)
 from dealthdr.export.tiles import export_tiled, gate_tiled
 
 log = logging.getLogger(__name__)
@@ -127,8 +115,7 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
     from executorch.devtools import BundledProgram
     from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
     from executorch.devtools.bundled_program.serialize import (
-        serialize_from_bundled_program_to_flatbuffer,
-    )
+                                                               serialize_from_bundled_program_to_flatbuffer)
 
 
     suites = []

@@ -17,14 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from dealthdr.export.artifacts import (
-    add_common_flags,
-    artifact_record,
-    main_wrapper,
-    prepare,
-    staging_dir,
-    write_manifest,
-)
+from dealthdr.export.artifacts import (add_common_flags, artifact_record, main_wrapper, prepare,
+                                       staging_dir, write_manifest)
 from dealthdr.export.buckets import example_inputs, export_program
 from dealthdr.export.config import OnnxConfig, parse_config
 from dealthdr.export.gate import run_gate

@@ -33,13 +33,8 @@ import time
 from pathlib import Path
 
 from dealthdr.calib.windows import make_windows
-from dealthdr.export.artifacts import (
-    add_common_flags,
-    main_wrapper,
-    prepare,
-    staging_dir,
-    write_manifest,
-)
+from dealthdr.export.artifacts import (add_common_flags, main_wrapper, prepare, staging_dir,
+                                       write_manifest)
 from dealthdr.export.buckets import BucketGraph, example_inputs
 from dealthdr.export.config import parse_config
 from dealthdr.quantize import artifacts as arts
