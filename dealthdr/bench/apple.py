@@ -195,7 +195,6 @@ def _mac(entry: dict, units: str, warmup: int, repeat: int) -> tuple:
     import coremltools as ct
     from coremltools.models.compute_plan import MLComputePlan
 
-
     inputs = _inputs(entry)
     watch = start_memory_watch()
     t = time.perf_counter()
@@ -251,7 +250,6 @@ async def _remote(entries, units_list, target: str, team: str, warmup: int, repe
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-
 
     functions = [f.strip() for f in args.functions.split(",")] if args.functions else None
     entries = coreml_entries(args.artifacts, functions)

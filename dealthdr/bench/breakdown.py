@@ -107,7 +107,6 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
     """{s, centre, bucket_k, size, total_ms, rows: {row: {ms, share, gflops}}} for one bucket."""
     import torch
 
-
     frames, exposures = example_inputs(bucket, size, model.cfg.num_frames)
     budget = None if bucket.s == 0 else bucket.budget
     with torch.no_grad():
@@ -173,7 +172,6 @@ def write(path: Path, doc: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
 
     if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("--repeat and --threads must be >= 1, --warmup >= 0")

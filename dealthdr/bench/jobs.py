@@ -202,7 +202,6 @@ class FlopCache:
 
             import torch
 
-
             if job.variant not in VARIANTS:
                 return None, {}
             if (job.variant, job.frames) not in self._models:

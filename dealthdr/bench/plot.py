@@ -63,7 +63,6 @@ def _label_points(ax, xs, ys, labels, colour) -> None:
 def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-
     fig, (a_gf, a_ms, a_norm) = plt.subplots(1, 3, figsize=(17, 5.2))
     devices = {k[0] for k in agg}
     drawn_gflops = {}
@@ -151,7 +150,6 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
 def _latency(agg: dict, size: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-
     threads = sorted({k[5] for k in agg}, key=lambda t: (t is None, t or 0))
     fig, axes = plt.subplots(1, len(threads), figsize=(8 * len(threads), 5.5), sharey=True,
                              squeeze=False)
@@ -191,7 +189,6 @@ def _latency(agg: dict, size: str, path: Path) -> None:
 
 def _breakdown(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
-
 
     buckets = doc["buckets"]
     parts = [r for r in ROWS if r != "FGMA"] + [FGMA_REST, ATTENTION,

@@ -208,7 +208,6 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
     run only measures what is missing."""
     from tqdm import tqdm
 
-
     records = schema.read_records(out) if out.is_file() else []
     host = host_fields(device)
     done = {schema.key(r) for r in records}

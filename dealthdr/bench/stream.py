@@ -105,7 +105,6 @@ def _reconstruct(clip: Path, out: Path, mode: str, args: argparse.Namespace) -> 
 def _max_abs(a: Path, b: Path) -> float:
     import numpy as np
 
-
     names = sorted(p.name for p in a.glob("*.exr"))
     if not names or names != sorted(p.name for p in b.glob("*.exr")):
         raise RuntimeError("the two modes wrote different frames")

@@ -139,7 +139,6 @@ def _against_eager(args: argparse.Namespace, art: dict, output: Path) -> dict:
     import numpy as np
     import torch
 
-
     torch.set_num_threads(max(1, args.threads))
     model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), None)
     win = _window(tuple(args.size), art["centre"], art["input_shape"]["frames"][1])
@@ -157,7 +156,6 @@ def _worker(job: dict) -> dict:
     import torch
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
-
 
     _unsafe_reset_threadpool(job["threads"])
     win = _window(tuple(job["size"]), job["centre"], job["frames"])

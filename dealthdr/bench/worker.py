@@ -79,7 +79,6 @@ def make_inputs(centre: str, size: tuple[int, int], seed: int = 0, *, frames: in
 def load_eager(job: dict):
     import torch
 
-
     torch.set_num_threads(job["threads"])
 
     def load():

@@ -56,7 +56,6 @@ def make_windows(split: str, height: int, width: int, clips: int = 2, seed: int 
     ('train'|'heldout')."""
     from tqdm import tqdm
 
-
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     if frames < 3 or frames % 2 == 0:

@@ -59,7 +59,6 @@ def export_coreml(cfg: CoreMLConfig) -> int:
     """Convert, validate (gate on macOS) and record every bucket of `cfg` into `cfg.out`."""
     from tqdm import tqdm
 
-
     if cfg.stream and cfg.deployment_target != "iOS18":
         raise ValueError("--stream needs --deployment-target iOS18: its functions share "
                          "one multifunction package")

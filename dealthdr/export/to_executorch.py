@@ -56,7 +56,6 @@ def lower(programs: dict, backend: str, precision: str = "fp32", rewrite: bool =
     """{method: ExportedProgram} -> (ExecutorchProgramManager, {method: coverage})."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-
     if rewrite:
         programs = {k: apply_rewrites(v) for k, v in programs.items()}
     edge = to_edge_transform_and_lower(programs, partitioner=partitioners(backend, precision),
@@ -223,7 +222,6 @@ def export_executorch(cfg: ExecuTorchConfig) -> int:
     """Lower, gate and record one .pte per s of `cfg` (plus tiled / streaming programs) into
     `cfg.out`; 0 on success."""
     from tqdm import tqdm
-
 
     if cfg.tiled_frame is not None:
         (fh, fw), (th, tw) = cfg.tiled_frame, cfg.size

@@ -33,7 +33,6 @@ def export_onnx(model, bucket, size, path: Path) -> None:
     import onnxslim
     import torch
 
-
     program = export_program(model, bucket, size)
     raw = path.with_suffix(".raw.onnx")
     torch.onnx.export(program, example_inputs(bucket, size, model.cfg.num_frames), str(raw),
@@ -72,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 def export_onnx_models(cfg: OnnxConfig) -> int:
     """Export, gate and record every bucket of `cfg` as ONNX into `cfg.out`; 0 on success."""
     from tqdm import tqdm
-
 
     started = time.time()
     with staging_dir(cfg.out, cfg.force) as stage:

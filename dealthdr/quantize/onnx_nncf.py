@@ -43,7 +43,6 @@ def psnr_validation(model, data) -> tuple[float, list[float]]:
     import onnxruntime as ort
     import torch
 
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
@@ -83,7 +82,6 @@ def quantize_onnx(src: Path, dst: Path, calibration: list, centre: str,
 def run_onnx(ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path, info: dict):
     """fp32 and NNCF int8 ONNX per bucket; returns (report section, artifact records)."""
     import onnx
-
 
     drop = cfg.onnx_max_drop
     quantizer = "nncf.quantize (QDQ)" if drop is None else \

@@ -125,7 +125,6 @@ def export_graphs(model, buckets, size) -> dict:
     """{bucket name: ExportedProgram} of the float model (no no_grad: QAT trains them)."""
     import torch
 
-
     return {b.name: torch.export.export(BucketGraph(model.eval(), b),
                                         example_inputs(b, size, model.cfg.num_frames),
                                         strict=False) for b in buckets}
@@ -147,7 +146,6 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
     import torch
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
 
     model, buckets, programs = ctx.model, ctx.buckets, ctx.programs
     float_for = cfg.float_groups_by_centre()
@@ -187,7 +185,6 @@ def quantize(cfg: QuantizeConfig) -> int:
     """QAT, the PTQ baseline and the int8 artifacts of every backend of `cfg`, gated, with
     the report, into `cfg.out` (resuming finished stages from `cfg.state_dir`); 0 on success."""
     import torch
-
 
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")

@@ -65,7 +65,6 @@ def prepare_graphs(model, buckets, size, backend: str,
 
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-
     own = copy.deepcopy(model).eval()
     graphs, policies = {}, {}
     for b in buckets:
@@ -213,7 +212,6 @@ def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses:
                settings: dict | None = None) -> None:
     from safetensors.torch import save
 
-
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"param/{k}": v.detach().contiguous() for k, v in shared.items()}
     for name, gm in graphs.items():
@@ -233,7 +231,6 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt,
                settings: dict | None = None) -> tuple[int, list]:
     """Resume from `folder`; returns (step, losses), (0, []) when there is nothing to resume."""
     from safetensors.torch import load_file
-
 
     pointer = folder / "latest.json"
     if not pointer.exists():
@@ -268,7 +265,6 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     training record."""
     from torchao.quantization.pt2e import move_exported_model_to_train
     from tqdm import tqdm
-
 
     settings = json.loads(json.dumps({"config": asdict(cfg), **(settings or {})}))
     names = list(graphs)

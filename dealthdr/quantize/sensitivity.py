@@ -23,7 +23,6 @@ def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str
     """Post-training int8 of one exported bucket program; returns the converted module."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-
     gm = program.module()
     prepared = prepare_pt2e(gm, make_quantizer(backend, FloatPolicy(gm, **policy_kw),
                                                observer=observer))
