@@ -145,6 +145,67 @@ def test_tie_parameters_within_a_centre_only():
                for g in graphs.values())
 
 
+def test_an_activation_zero_on_every_window_still_gives_a_loadable_int8_program(tmp_path):
+    """A ReLU that is dead for the calibration content has the range [0, 0]: its observer's
+    scale is the float-eps floor. In the shipped network's s0_short graph (SpyNet) such ranges
+    made XNNPACK refuse the whole int8 program at load time (xnn_status_unsupported_parameter);
+    widened, it loads. Here: exactly that quantizer gets an ordinary scale and the program
+    loads and agrees with the converted graph."""
+    from types import SimpleNamespace
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from executorch.runtime import Runtime
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from dealthdr.export.to_executorch import lower
+    from dealthdr.quantize.qat_train import (_fake_quantizers, calibrate_ranges,
+                                             sync_weight_ranges, widen_empty_ranges)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dead = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.after = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, frames, exposures):
+            return self.after(torch.relu(self.dead(frames * exposures)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():            # weights of an ordinary range for a conv with 1/255-step
+        net.dead.weight.mul_(10.0)       # inputs, and a ReLU that never fires on [0, 1]
+        net.dead.bias.fill_(-1000.0)
+    window = SimpleNamespace(centre="short", frames=torch.rand(1, 3, 16, 16),
+                             exposures=torch.ones(1, 1, 1, 1))
+    inputs = (window.frames, window.exposures)
+    gm = torch.export.export(net, inputs, strict=False).module()
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    gm = prepare_qat_pt2e(gm, XNNPACKQuantizer().set_global(config))
+    calibrate_ranges({"g": gm}, {"g": "short"}, [window])        # as QAT starts
+    sync_weight_ranges({"g": gm})                                  # as QAT freezes them
+    acts = [m for m in _fake_quantizers(gm) if not m.is_per_channel]
+    before = [float(m.activation_post_process.calculate_qparams()[0]) for m in acts]
+    assert widen_empty_ranges({"g": gm}) == 1
+    assert widen_empty_ranges({"g": gm}) == 0                      # nothing left to widen
+    after = [float(m.activation_post_process.calculate_qparams()[0]) for m in acts]
+    changed = [(b, a) for b, a in zip(before, after) if a != b]
+    floors = [float(m.activation_post_process.eps) for m in acts]
+    assert len(changed) == 1 and changed[0][0] in floors          # was the scale floor
+    assert changed[0][1] == pytest.approx(1 / 255)
+    move_exported_model_to_eval(gm)
+    converted = convert_pt2e(gm)
+    program, _ = lower({"forward": torch.export.export(converted, inputs, strict=False)},
+                       "xnnpack")
+    path = tmp_path / "dead.pte"
+    path.write_bytes(program.buffer)
+    out = Runtime.get().load_program(str(path)).load_method("forward").execute(list(inputs))[0]
+    with torch.no_grad():
+        ref = converted(*inputs)
+    assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item() + 1e-6)
+
+
 @pytest.mark.e2e   # QAT training runs
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train

@@ -42,7 +42,7 @@ from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
 from dealthdr.quantize.measure import quality
 from dealthdr.quantize.onnx_nncf import run_onnx
 from dealthdr.quantize.policy import group_names
-from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train
+from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train, widen_empty_ranges
 from dealthdr.quantize.quantizers import check_attention_kept
 from dealthdr.quantize.report import write_report
 from dealthdr.quantize.resume import Finished, fingerprint, new_files
@@ -157,6 +157,10 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
                 "checkpoint_sha256": ctx.checkpoint_sha256, "train_clips": cfg.train_clips}
     record = train(graphs, {b.name: b.centre for b in buckets}, ctx.train_windows, qat_cfg,
                    ctx.state / backend, teachers, settings)
+    record["empty_ranges_widened"] = widen_empty_ranges(graphs)
+    if record["empty_ranges_widened"]:
+        log.info("%s: %d activation(s) were zero on every calibration window; their int8 range "
+                 "is [0, 1] instead of a degenerate one", backend, record["empty_ranges_widened"])
     converted = {}
     for name, gm in graphs.items():
         move_exported_model_to_eval(gm)

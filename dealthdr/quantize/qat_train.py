@@ -208,6 +208,33 @@ def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
             m.enable_fake_quant()
 
 
+def widen_empty_ranges(graphs: dict[str, fx.GraphModule]) -> int:
+    """Give every activation quantizer whose range holds a single value (min = max = 0: an
+    output that was zero on every calibration window, e.g. a ReLU dead for that content) the
+    range [0, 1]. Its observer would give it the scale floor (float eps), and XNNPACK refuses
+    such a program at load time (xnn_status_unsupported_parameter: the requantization scale of
+    the op reading it falls below its limit). Zero is exact at any scale, so the output is
+    unchanged; [0, 1] is an ordinary activation range should the unit fire on other content.
+    Returns the number of quantizers widened."""
+    count = 0
+    for gm in graphs.values():
+        for mod in _fake_quantizers(gm):
+            obs = mod.activation_post_process
+            if getattr(mod, "is_per_channel", False) or obs.min_val.numel() != 1:
+                continue
+            lo, hi = obs.min_val.clamp(max=0), obs.max_val.clamp(min=0)
+            if not torch.isfinite(lo) or not torch.isfinite(hi) or \
+                    float(hi - lo) / (obs.quant_max - obs.quant_min) >= float(obs.eps):
+                continue
+            obs.min_val.copy_(lo)
+            obs.max_val.copy_(lo + 1.0)
+            scale, zero_point = obs.calculate_qparams()
+            mod.scale.resize_(scale.shape).copy_(scale)
+            mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            count += 1
+    return count
+
+
 def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list,
                settings: dict | None = None) -> None:
     from safetensors.torch import save
