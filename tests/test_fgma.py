@@ -192,6 +192,19 @@ def test_exported_full_bucket_is_dense():
     assert not {"aten.index_select.default", "aten.scatter.src", "aten.topk.default"} & ops
 
 
+def test_exported_bucket_pads_only_where_the_map_is_not_whole_tiles():
+    """A no-op pad still exports as a pad op, and XNNPACK refuses a quantized one at load time
+    (the int8 long-centre programs of attention buckets did): at a size of whole tiles the
+    graph pads only the key map (its halo margin), never the queries or the mask."""
+    def pads(h, w):
+        with torch.no_grad():
+            ep = torch.export.export(_Branch(20.0, 3).eval(), _inputs(per=2, h=h, w=w))
+        return [n.args[1] for n in ep.graph.nodes if "pad" in str(n.target)]
+
+    whole, ragged = pads(12, 16), pads(12, 14)                   # tile 4: 3x4 / 3x3.5 tiles
+    assert all(any(p) for p in whole) and len(ragged) > len(whole)
+
+
 @pytest.mark.parametrize("s,budget,size,b", [(2.0, None, (12, 14), 1), (2.0, 5, (12, 14), 1),
                                              (math.inf, None, (16, 16), 1),
                                              (20.0, 2, (16, 13), 1), (2.0, 5, (12, 14), 2),

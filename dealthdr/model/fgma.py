@@ -201,7 +201,7 @@ class FGMA(nn.Module):
         pad = (0, b * t - w, 0, a * t - h)
         # Query features tiled once per frame, not once per neighbour: a copy per neighbour
         # is a map-sized table (and a portable expand) for what the tile ids can address.
-        own, masks = _tiles(F.pad(current, pad), t), _tiles(F.pad(mask, pad), t)
+        own, masks = _tiles(_pad(current, pad), t), _tiles(_pad(mask, pad), t)
         step = self.graph_chunk if is_tracing() else self.tile_chunk  # bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
             queries = torch.cat((_per_neighbour(own, per, a * b), masks), 3)
@@ -426,6 +426,13 @@ def _per_neighbour(x: torch.Tensor, per: int, rows: int = 1) -> torch.Tensor:
     if x.shape[0] == rows:
         return x if per == 1 else torch.cat([x] * per)
     return x.unflatten(0, (-1, rows)).repeat_interleave(per, 0).flatten(0, 1)
+
+
+def _pad(x: torch.Tensor, pad: tuple[int, ...]) -> torch.Tensor:
+    """F.pad, skipped when it adds nothing: a no-op pad still exports as a pad op, and XNNPACK
+    refuses a quantized one at load time (xnn_status_invalid_parameter, int8 long-centre
+    graphs)."""
+    return x if not any(pad) else F.pad(x, pad)
 
 
 def _chunks(x: torch.Tensor, step: int) -> list[torch.Tensor]:
