@@ -299,7 +299,6 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     from executorch.runtime import Runtime
 
     import dealthdr.quantize.qat as qat
-    import dealthdr.quantize.report
     from dealthdr.quantize.qat import main
 
     out = tmp_path / "int8"
@@ -310,7 +309,7 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     def killed(*a, **k):
         raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(dealthdr.quantize.report, "write_report", killed)
+        m.setattr(qat, "write_report", killed)
         with pytest.raises(KeyboardInterrupt):
             main(argv)
     assert not out.exists()
