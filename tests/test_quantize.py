@@ -206,6 +206,32 @@ def test_an_activation_zero_on_every_window_still_gives_a_loadable_int8_program(
     assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item() + 1e-6)
 
 
+def test_resume_refuses_a_state_of_other_graphs_with_a_clear_error(tmp_path):
+    """Same settings, other graphs (the network or its export changed between runs): the
+    resume names the state folder and what to do, instead of torch's size-mismatch dump."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from dealthdr.quantize.qat_train import load_state, save_state, tie_parameters
+
+    def prepared(width):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU())
+        x = torch.rand(1, 3, 8, 8)
+        gm = torch.export.export(net, (x,), strict=False).module()
+        config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+        gm = prepare_qat_pt2e(gm, XNNPACKQuantizer().set_global(config))
+        gm(x)
+        shared = tie_parameters({"g": gm})
+        return {"g": gm}, shared, torch.optim.Adam(shared.values())
+
+    graphs, shared, opt = prepared(8)
+    save_state(tmp_path, graphs, shared, opt, 1, [0.1], {"k": 1})
+    assert load_state(tmp_path, *prepared(8), {"k": 1})[0] == 1
+    with pytest.raises(ValueError, match="graphs other than this run's"):
+        load_state(tmp_path, *prepared(4), {"k": 1})
+
+
 @pytest.mark.e2e   # QAT training runs
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train

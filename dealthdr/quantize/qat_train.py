@@ -129,6 +129,16 @@ def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
                 mod.disable_observer()
 
 
+def _set_range(mod, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Set a fake quantizer's observed range and the scale and zero point derived from it."""
+    obs = mod.activation_post_process
+    obs.min_val.resize_(lo.shape).copy_(lo)
+    obs.max_val.resize_(hi.shape).copy_(hi)
+    scale, zero_point = obs.calculate_qparams()
+    mod.scale.resize_(scale.shape).copy_(scale)
+    mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
+
+
 def sync_weight_ranges(graphs: dict[str, fx.GraphModule]) -> int:
     """Set every weight fake quantizer to the per-channel min/max of its weight as it is now.
 
@@ -151,12 +161,7 @@ def sync_weight_ranges(graphs: dict[str, fx.GraphModule]) -> int:
             weight = gm.get_parameter(node.args[0].target).detach()
             obs = mod.activation_post_process
             flat = weight.transpose(0, obs.ch_axis).reshape(weight.shape[obs.ch_axis], -1)
-            lo, hi = torch.aminmax(flat, dim=1)
-            obs.min_val.resize_(lo.shape).copy_(lo)
-            obs.max_val.resize_(hi.shape).copy_(hi)
-            scale, zero_point = obs.calculate_qparams()
-            mod.scale.resize_(scale.shape).copy_(scale)
-            mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            _set_range(mod, *torch.aminmax(flat, dim=1))
             count += 1
     return count
 
@@ -198,12 +203,7 @@ def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
         for m in acts:
             if id(m) not in lo:
                 continue
-            obs = m.activation_post_process
-            obs.min_val.resize_(()).copy_(lo[id(m)])
-            obs.max_val.resize_(()).copy_(hi[id(m)])
-            scale, zero_point = obs.calculate_qparams()
-            m.scale.resize_(scale.shape).copy_(scale)
-            m.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            _set_range(m, lo[id(m)].reshape(()), hi[id(m)].reshape(()))
         for m in fqs:
             m.enable_fake_quant()
 
@@ -211,7 +211,7 @@ def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
 def widen_empty_ranges(graphs: dict[str, fx.GraphModule]) -> int:
     """Give every activation quantizer whose range holds a single value (min = max = 0: an
     output that was zero on every calibration window, e.g. a ReLU dead for that content) the
-    range [0, 1]. Its observer would give it the scale floor (float eps), and XNNPACK refuses
+    range [0, 1]. Its observer would give it the scale floor (its eps), and XNNPACK refuses
     such a program at load time (xnn_status_unsupported_parameter: the requantization scale of
     the op reading it falls below its limit). Zero is exact at any scale, so the output is
     unchanged; [0, 1] is an ordinary activation range should the unit fire on other content.
@@ -226,11 +226,7 @@ def widen_empty_ranges(graphs: dict[str, fx.GraphModule]) -> int:
             if not torch.isfinite(lo) or not torch.isfinite(hi) or \
                     float(hi - lo) / (obs.quant_max - obs.quant_min) >= float(obs.eps):
                 continue
-            obs.min_val.copy_(lo)
-            obs.max_val.copy_(lo + 1.0)
-            scale, zero_point = obs.calculate_qparams()
-            mod.scale.resize_(scale.shape).copy_(scale)
-            mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
+            _set_range(mod, lo, lo + 1.0)
             count += 1
     return count
 
@@ -268,14 +264,20 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt,
                          f"this run has {settings}: delete it or pass another --state")
     step = doc["step"]
     tensors = load_file(str(folder / f"step_{step:06d}.safetensors"))
-    with torch.no_grad():
-        for k, p in shared.items():
-            p.copy_(tensors[f"param/{k}"])
-    for name, gm in graphs.items():
-        state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "/")}
-        missing = gm.load_state_dict(state, strict=False).unexpected_keys
-        if missing:
-            raise ValueError(f"{folder}: state of {name} does not match its graph: {missing[:3]}")
+    other = (f"{folder} holds QAT state of graphs other than this run's (saved by another "
+             "version of the network or its export): delete it or pass another --state")
+    try:
+        with torch.no_grad():
+            for k, p in shared.items():
+                p.copy_(tensors[f"param/{k}"])
+        for name, gm in graphs.items():
+            state = {k.split("/", 1)[1]: v for k, v in tensors.items()
+                     if k.startswith(name + "/")}
+            missing = gm.load_state_dict(state, strict=False).unexpected_keys
+            if missing:
+                raise ValueError(f"{other}; {name} has no {missing[:3]}")
+    except (KeyError, RuntimeError) as err:  # absent tensors, size mismatches
+        raise ValueError(f"{other}; {str(err).splitlines()[0][:200]}") from None
     load_optimizer(opt, folder / f"step_{step:06d}_optim")
     log.info("resumed QAT at step %d from %s", step, folder)
     return step, doc["losses"]
