@@ -18,11 +18,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import metrics
 from .baselines import BASELINES
 from .data.clip import Clip, list_clips, read_clip
 from .model import DeAltHDR, DeAltHDRConfig
+from .model.network import PAD_MULTIPLE, flow_grid
 from .sensitivity import s_text
 
 log = logging.getLogger(__name__)
@@ -30,31 +32,76 @@ log = logging.getLogger(__name__)
 FORMAT = "dealthdr-eval/2"  # /2: s is text ("0", "15", "inf"), null for baselines
 FRAME_METRICS = ("psnr_mu", "ssim_mu", "psnr_linear", "fvvdp")
 PAIR_METRICS = ("twe", "tof")
-# (window frames (T, 3, H, W) in [0, 1], exposures (T,)) -> linear HDR (3, H, W), short units
-Reconstruct = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (window frames (T, 3, H, W) in [0, 1], exposures (T,)) -> linear HDR (3, H, W), short units;
+# a method with `gt_flow` also takes the window's ground-truth flows (`window_gt_flows`)
+Reconstruct = Callable[..., np.ndarray]
+GT_FLOW_SUFFIX = " (GT flow)"
 
 
 @dataclass(frozen=True)
 class Method:
     """One thing to evaluate: the network at one s, or a baseline (s None). `window`: the
     frames it needs (the network's `num_frames`); None for a baseline, which takes any odd
-    window."""
+    window. `gt_flow`: `run` takes the window's ground-truth flows as a third argument."""
     name: str
     s: float | None
     run: Reconstruct
     window: int | None = None
+    gt_flow: bool = False
 
 
-def model_method(model: DeAltHDR, s: float) -> Method:
-    """The network at sensitivity s, dynamic mask policy, no gradients."""
+def model_method(model: DeAltHDR, s: float, gt_flow: bool = False) -> Method:
+    """The network at sensitivity s, dynamic mask policy, no gradients. `gt_flow`: an oracle
+    that replaces SpyNet's flow (FGMA, its mask and the merge) with the clip's ground truth,
+    to measure how much better alignment could buy the same weights."""
     model.eval()
 
-    def run(frames: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+    def run(frames: np.ndarray, exposures: np.ndarray,
+            flows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        grid_flows = None if flows is None else tuple(
+            _on_flow_grid(torch.from_numpy(f), model.cfg.flow_scale) for f in flows)
         with torch.no_grad():
-            out = model(torch.from_numpy(frames)[None], torch.from_numpy(exposures)[None], s=s)
+            out = model(torch.from_numpy(frames)[None], torch.from_numpy(exposures)[None], s=s,
+                        flows=grid_flows)
         return out[0].numpy()
 
-    return Method("dealthdr", s, run, model.cfg.num_frames)
+    name = "dealthdr" + (GT_FLOW_SUFFIX if gt_flow else "")
+    return Method(name, s, run, model.cfg.num_frames, gt_flow)
+
+
+def _on_flow_grid(flow: torch.Tensor, flow_scale: int) -> torch.Tensor:
+    """Full-resolution flow (N, 2, H, W) in pixels -> the grid `forward(flows=)` takes: padded
+    like the frames (edge values), area-averaged to 1/flow_scale, vectors scaled alike."""
+    h, w = flow.shape[-2:]
+    flow = F.pad(flow, (0, (-w) % PAD_MULTIPLE, 0, (-h) % PAD_MULTIPLE), mode="replicate")
+    size = flow.shape[-2:]
+    grid = flow_grid(tuple(size), flow_scale)
+    out = F.interpolate(flow, size=grid, mode="area")
+    scale = torch.tensor([grid[1] / size[1], grid[0] / size[0]], dtype=flow.dtype)
+    return out * scale.view(1, 2, 1, 1)
+
+
+def window_gt_flows(clip: Clip, t: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's ground-truth O_{t->n} and O_{n->t} for every neighbour n of centre t in time
+    order, each (window - 1, 2, H, W) float32 pixels: what SpyNet estimates for the network."""
+    name = clip.meta.get("path", "clip")
+    if clip.flow is None:
+        raise ValueError(f"{name}: no flow/ folder; the ground-truth flow oracle needs clips "
+                         "made by `dealthdr synth`")
+    fw, bw = [], []
+    for k in range(-(window // 2), window // 2 + 1):
+        if k == 0:
+            continue
+        i, back = _flow_index(clip, k), _flow_index(clip, -k)
+        if i is None or back is None:
+            raise ValueError(f"{name}: its flow/ holds offsets {list(clip.flow_offsets)}, the "
+                             f"oracle needs +-{abs(k)} for a {window}-frame window")
+        fw.append(clip.flow[t, i])
+        bw.append(clip.flow[t + k, back])
+    out = np.stack(fw).astype(np.float32), np.stack(bw).astype(np.float32)
+    if not all(np.isfinite(f).all() for f in out):
+        raise ValueError(f"{name}: ground-truth flow of frame {t}'s window is not finite")
+    return out
 
 
 def baseline_methods(names: Iterable[str]) -> list[Method]:
@@ -121,7 +168,8 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         for t in centres:
             start = time.perf_counter()
             win = slice(t - window // 2, t + window // 2 + 1)
-            pred = method.run(frames[win], exposures[win]).transpose(1, 2, 0)
+            args = (window_gt_flows(clip, t, window),) if method.gt_flow else ()
+            pred = method.run(frames[win], exposures[win], *args).transpose(1, 2, 0)
             elapsed += time.perf_counter() - start
             gt = clip.hdr[t]
             frame_peak = None if white is None else white
@@ -240,6 +288,9 @@ def evaluate(data: str | Path, methods: list[Method], fvvdp: bool = True,
             skipped.append(str(path))
             continue
         if clip.flow is None:
+            if any(m.gt_flow for m in methods):
+                raise ValueError(f"{path}: no flow/ folder; the ground-truth flow oracle "
+                                 "needs clips made by `dealthdr synth`")
             log.warning("%s: no flow/ folder: TWE is not computed for it", path)
         for r in evaluate_clip(clip, methods, run_fvvdp, white):
             r["clip"] = path.name

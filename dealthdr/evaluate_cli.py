@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", default="reference,classical",
                    help="comma-separated baselines (reference, classical), or 'none' "
                         "(default: reference,classical)")
+    p.add_argument("--gt-flow", action="store_true",
+                   help="also run the network at every --s with the clips' ground-truth flow "
+                        "in place of SpyNet's (rows 'dealthdr (GT flow)'): an oracle of what "
+                        "better alignment could buy these weights; needs the flow/ of clips "
+                        "made by `dealthdr synth`")
     p.add_argument("--max-clips", type=int, default=None, metavar="N",
                    help="evaluate only the first N clips (sorted by name)")
     p.add_argument("--no-fvvdp", action="store_true",
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-clips must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
+    if args.gt_flow and not args.checkpoint:
+        raise ValueError("--gt-flow runs the network: pass --checkpoint too")
     if args.variant and not args.checkpoint:
         raise ValueError("--variant checks a checkpoint: pass --checkpoint too")
     if args.json is not None and args.json.suffix == ".md":
@@ -77,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint, variant=args.variant)
         variant = model.cfg.name
-        methods = [model_method(model, s) for s in args.s_values] + methods
+        oracle = [model_method(model, s, gt_flow=True) for s in args.s_values] \
+            if args.gt_flow else []
+        methods = [model_method(model, s) for s in args.s_values] + oracle + methods
     result = evaluate(args.data, methods, fvvdp=not args.no_fvvdp, max_clips=args.max_clips,
                       progress=not args.no_progress,
                       white=None if args.normalise == "gt-max" else SHORT_WHITE)

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dealthdr import baselines, metrics
 from dealthdr.checkpoint import SHIPPED, save_checkpoint
 from dealthdr.cli import main
+from dealthdr.data.clip import read_clip
 from dealthdr.data.io import write_exr, write_png16
-from dealthdr.evaluate import baseline_methods, evaluate
+from dealthdr.evaluate import (_on_flow_grid, baseline_methods, evaluate, model_method,
+                               window_gt_flows)
 from dealthdr.model import create_model
 from tests.conftest import waves
 
@@ -120,6 +123,7 @@ def test_baselines_only_and_max_clips(setup, capsys):
     (["--data", "{data}", "--checkpoint", "{root}/missing"], "not found"),
     (["--data", "{data}", "--checkpoint", "{ck}", "--variant", "s"], "'tiny' checkpoint"),
     (["--data", "{data}", "--variant", "tiny"], "pass --checkpoint"),
+    (["--data", "{data}", "--gt-flow"], "pass --checkpoint"),
     (["--data", "{data}", "--baselines", "magic"], "unknown baseline"),
     (["--data", "{data}", "--baselines", "none"], "nothing to evaluate"),
     (["--data", "{data}", "--json", "{root}/out.md"], "must not end in .md"),
@@ -140,6 +144,59 @@ def test_cli_default_checkpoint_and_bad_s(setup, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--data", str(data), "--s", "-1"])
     assert exc.value.code == 2
+
+
+def test_gt_flow_oracle_runs_the_network_on_the_clips_flow(setup):
+    _, data, _ = setup
+    clip = read_clip(data / "clip_b")  # moves by (-1, 0) px per frame
+    fw, bw = window_gt_flows(clip, 3, 5)
+    assert fw.shape == bw.shape == (4, 2, 32, 40)
+    # neighbours t-2, t-1, t+1, t+2: O_{t->t+k} = -k * shift, O_{t+k->t} its negative
+    np.testing.assert_array_equal(fw[:, 0, 0, 0], [-2, -1, 1, 2])
+    np.testing.assert_array_equal(bw[:, 0, 0, 0], [2, 1, -1, -2])
+    model = create_model("tiny").eval()
+    frames = np.ascontiguousarray(clip.ldr[1:6].transpose(0, 3, 1, 2), dtype=np.float32)
+    exp = clip.exposures[1:6].astype(np.float32)
+    oracle = model_method(model, 15.0, gt_flow=True)
+    assert oracle.gt_flow and oracle.name == "dealthdr (GT flow)"
+    got = oracle.run(frames, exp, (fw, bw))
+    grid = (8, 10)  # 32x40 at flow_scale 4: vectors scaled by 1/4 too
+    flows = tuple(torch.from_numpy(f[:, :, 0, 0]).view(4, 2, 1, 1).expand(4, 2, *grid) / 4
+                  for f in (fw, bw))
+    with torch.no_grad():
+        want = model(torch.from_numpy(frames)[None], torch.from_numpy(exp)[None], s=15.0,
+                     flows=flows)[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    spynet = model_method(model, 15.0).run(frames, exp)
+    assert np.abs(spynet - got).max() > 1e-4  # the oracle does replace SpyNet's flow
+
+
+def test_flow_grid_of_an_unpadded_size_pads_and_scales():
+    flow = torch.zeros(2, 2, 30, 37)
+    flow[:, 0], flow[:, 1] = 3.0, -2.0
+    out = _on_flow_grid(flow, 4)
+    assert out.shape == (2, 2, 8, 10)  # padded to 32x40 like the frames
+    np.testing.assert_allclose(out[:, 0].numpy(), 0.75)
+    np.testing.assert_allclose(out[:, 1].numpy(), -0.5)
+
+
+def test_gt_flow_cli_adds_oracle_rows_and_refuses_clips_without_flow(setup, tmp_path, capsys):
+    _, data, ck = setup
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--data", str(data / "clip_a"), "--checkpoint", str(ck), "--s",
+                 "0", "--gt-flow", "--baselines", "none", "--no-fvvdp", "--no-progress",
+                 "--threads", "1", "--json", str(out)]) == 0
+    recs = {(r["method"], r["s"]) for r in json.loads(out.read_text())["records"]}
+    assert recs == {("dealthdr", "0"), ("dealthdr (GT flow)", "0")}
+    bare = write_clip(tmp_path / "noflow" / "c", frames=5)
+    for f in (bare / "flow").iterdir():
+        f.unlink()
+    (bare / "flow").rmdir()
+    out2 = tmp_path / "r2.json"
+    assert main(["evaluate", "--data", str(bare), "--checkpoint", str(ck), "--s", "0",
+                 "--gt-flow", "--no-fvvdp", "--no-progress", "--json", str(out2)]) == 2
+    assert "ground-truth flow oracle" in capsys.readouterr().err
+    assert not out2.exists()
 
 
 def test_short_clip_is_refused(tmp_path):
