@@ -19,7 +19,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import resolve_checkpoint
+from .checkpoint import checkpoint_label, resolve_checkpoint
 from .cliargs import apply_threads
 from .data.sequence import open_sequence
 from .reconstruct_cli import add_input_args, frame_range
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--init checkpoint not found: {args.init}")
     names = {f.name for f in fields(AdaptConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["init"] = str(resolve_checkpoint(args.init))
+    values["init"] = checkpoint_label(resolve_checkpoint(args.init))
     cfg = AdaptConfig(**values)
     seq = open_sequence(args.input, args.exposure_cycle)
     record = Adapter(cfg, seq, args.out, frame_range(args.frames, len(seq))).run()

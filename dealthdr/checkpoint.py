@@ -33,6 +33,17 @@ def resolve_checkpoint(name: str | Path) -> Path:
     return Path(name)
 
 
+def checkpoint_label(name: str | Path) -> str:
+    """How records name a checkpoint: 'default' for the shipped one (whatever the path it was
+    given by), else the path as given, so records do not carry this machine's folders."""
+    try:
+        if Path(name).resolve() == SHIPPED["default"].resolve():
+            return "default"
+    except OSError:
+        pass
+    return str(name)
+
+
 def shipped_variant() -> str | None:
     """The variant of the shipped 'default' checkpoint, or None when none ships."""
     path = SHIPPED["default"]

@@ -1,9 +1,11 @@
 import json
+import os
 
 import pytest
 
 from dealthdr import create_model
-from dealthdr.checkpoint import load_checkpoint, save_checkpoint, state_dict_equal
+from dealthdr.checkpoint import (SHIPPED, checkpoint_label, load_checkpoint, resolve_checkpoint,
+                                 save_checkpoint, state_dict_equal)
 
 
 def test_round_trip_and_no_temporary_files(tmp_path):
@@ -38,3 +40,19 @@ def test_corrupt_or_missing_files_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "ck")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_records_name_the_shipped_checkpoint_default_and_keep_other_paths_as_given(tmp_path):
+    shipped = SHIPPED["default"]
+    assert checkpoint_label(shipped) == "default"
+    assert checkpoint_label(resolve_checkpoint("default")) == "default"
+    # the same file reached through a relative path with '..' is still the shipped one
+    rel = os.path.relpath(shipped, tmp_path)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert checkpoint_label(rel) == "default"
+    finally:
+        os.chdir(cwd)
+    assert checkpoint_label("runs/mine.safetensors") == "runs/mine.safetensors"
+    assert checkpoint_label(tmp_path / "x.safetensors") == str(tmp_path / "x.safetensors")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dealthdr.calib.windows import make_windows
-from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
+from dealthdr.checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
 from dealthdr.cliargs import configure_logging, parse_size
 from dealthdr.fileio import atomic_write_bytes, sha256_file
 from dealthdr.model.fgma import tile_max
@@ -96,7 +96,7 @@ def run_calibration(checkpoint: str, variant: str | None, s_values: list[float],
     windows = make_windows("train", *size, clips=clips, seed=seed, progress=progress,
                            frames=model.cfg.num_frames)
     return {"format": FORMAT, "variant": model.cfg.name, "tile": model.cfg.attn_tile,
-            "checkpoint": str(path),
+            "checkpoint": checkpoint_label(path),
             "checkpoint_sha256": sha256_file(path), "quantile": quantile,
             "calibration": {"split": "train (bundled panoramas)", "windows": len(windows),
                             "size": list(size), "seed": seed},

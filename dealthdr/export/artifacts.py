@@ -22,7 +22,7 @@ from pathlib import Path
 from dealthdr import __version__
 from dealthdr.calib.buckets import read_buckets, run_calibration
 from dealthdr.calib.windows import make_windows
-from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
+from dealthdr.checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
 from dealthdr.cliargs import configure_logging, parse_size
 from dealthdr.export.buckets import make_buckets
 from dealthdr.export.config import ExportConfig
@@ -141,7 +141,8 @@ def prepare(cfg: ExportConfig):
     path = resolve_checkpoint(cfg.checkpoint)
     model, meta = load_checkpoint(path, cfg.variant)
     sha = sha256_file(path)
-    info = {"variant": model.cfg.name, "checkpoint": str(path), "checkpoint_sha256": sha,
+    info = {"variant": model.cfg.name, "checkpoint": checkpoint_label(path),
+            "checkpoint_sha256": sha,
             "exposure_ratio": model.cfg.exposure_ratio,
             "params": sum(p.numel() for p in model.parameters())}
     if cfg.buckets is not None:
