@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from .checkpoint import read_config, resolve_checkpoint
+from .checkpoint import checkpoint_label, read_config, resolve_checkpoint
 from .model import VARIANTS
 from .train.loop import PRESETS, TrainConfig, Trainer
 
@@ -45,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"clip the gradient norm at this value, 0: no clipping (default "
                         f"{d.grad_clip:g}; the paper does not clip: it keeps the early "
                         "attention-only steps of a from-scratch run stable)")
+    p.add_argument("--mode-mix", type=_mode_mix, default=None, metavar="FLOW,ATTN,FGMA",
+                   help="shares of the joint steps run flow-only (s=0), attention-only (s=inf) "
+                        "and as FGMA at a random s (half in (0, 1], half in (1, 100)); they "
+                        f"must sum to 1 (default {','.join(f'{v:g}' for v in d.mode_mix)})")
     p.add_argument("--white", type=float, default=d.white,
                    help="the loss clips prediction and ground truth at this radiance (in units "
                         "of the short exposure's white) before the mu-law, as `dealthdr evaluate` "
@@ -71,6 +76,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _mode_mix(text: str) -> tuple[float, float, float]:
+    try:
+        mix = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers FLOW,ATTN,FGMA, got {text!r}")
+    if len(mix) != 3 or min(mix) < 0 or not math.isclose(sum(mix), 1.0, abs_tol=1e-6):
+        raise argparse.ArgumentTypeError(f"expected three shares >= 0 that sum to 1, got {text!r}")
+    return mix
+
+
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     """The flags as a TrainConfig: flags given win, then the preset, then the defaults."""
     names = {f.name for f in fields(TrainConfig)}
@@ -90,12 +105,12 @@ def run(args: argparse.Namespace) -> int:
     if cfg.spynet_init and not Path(cfg.spynet_init).is_file():
         raise ValueError(f"--spynet-init {cfg.spynet_init}: no such file")
     if args.init:
-        args.init = str(resolve_checkpoint(args.init))
-        init_variant = read_config(args.init)[0].name
+        path = resolve_checkpoint(args.init)
+        init_variant = read_config(path)[0].name
         if init_variant != cfg.variant:  # fail before any data is read
             raise ValueError(f"--init {args.init} is a {init_variant!r} "
                              f"checkpoint, not --variant {cfg.variant!r}")
-        cfg = replace(cfg, init=args.init)
+        cfg = replace(cfg, init=checkpoint_label(path))
     if args.threads:
         torch.set_num_threads(args.threads)
     record = Trainer(cfg, args.data, args.out, args.vgg_weights).run()

@@ -207,3 +207,15 @@ def test_spynet_starts_from_a_local_basicsr_file(clips, tmp_path):
                           atol=1e-6)
     res = _train(clips, tmp_path / "none", "--spynet-init", str(tmp_path / "missing.pth"))
     assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def test_mode_mix_flag_sets_the_alignment_shares_and_checks_them(capsys):
+    cfg = _train_flags("--mode-mix", "0,1,0")
+    assert cfg.mode_mix == (0.0, 1.0, 0.0)
+    assert {sample_s(cfg, i) for i in range(200)} == {math.inf}
+    flow_only = _train_flags("--mode-mix", "1,0,0")
+    assert {sample_s(flow_only, i) for i in range(200)} == {0.0}
+    for bad in ("0.5,0.5", "0.5,0.6,0.1", "-0.2,0.6,0.6", "a,b,c"):
+        with pytest.raises(SystemExit):
+            _train_flags("--mode-mix", bad)
+        assert "--mode-mix" in capsys.readouterr().err

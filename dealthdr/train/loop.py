@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoint_label, load_checkpoint, save_checkpoint
 from ..fileio import atomic_write_bytes
 from ..model import DeAltHDR, create_model, get_config
 from ..model.inputs import prepare_inputs
@@ -140,6 +140,8 @@ class Trainer:
             return 0, model, None
         model, meta, opt_path, step = load_state(self.ckpt_dir, self.cfg.variant)
         saved = meta.get("train_config", {})
+        if saved.get("init"):  # runs started before records named the shipped one 'default'
+            saved["init"] = checkpoint_label(saved["init"])
         mine = json.loads(json.dumps(asdict(self.cfg)))
         changed = {k for k in mine if k in saved and saved[k] != mine[k]
                    and k not in ("steps", "ckpt_every")}
