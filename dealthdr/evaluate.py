@@ -166,9 +166,9 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         prev = None
         elapsed = 0.0  # reconstruction only, not the metrics
         for t in centres:
+            args = (window_gt_flows(clip, t, window),) if method.gt_flow else ()
             start = time.perf_counter()
             win = slice(t - window // 2, t + window // 2 + 1)
-            args = (window_gt_flows(clip, t, window),) if method.gt_flow else ()
             pred = method.run(frames[win], exposures[win], *args).transpose(1, 2, 0)
             elapsed += time.perf_counter() - start
             gt = clip.hdr[t]
