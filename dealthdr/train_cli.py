@@ -80,9 +80,11 @@ def _mode_mix(text: str) -> tuple[float, float, float]:
     try:
         mix = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers FLOW,ATTN,FGMA, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers FLOW,ATTN,FGMA, got {text!r}") from None
     if len(mix) != 3 or min(mix) < 0 or not math.isclose(sum(mix), 1.0, abs_tol=1e-6):
-        raise argparse.ArgumentTypeError(f"expected three shares >= 0 that sum to 1, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected three shares >= 0 that sum to 1, got {text!r}")
     return mix
 
 
