@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoint_label, load_checkpoint, save_checkpoint
 from ..data.sequence import Sequence
 from ..fileio import atomic_write_bytes
 from ..metrics import MU
@@ -183,6 +183,9 @@ class Adapter:
         model, meta, opt_path, step = load_state(self.ckpt_dir, None)
         saved = meta.get("adapt_config", {})
         mine = json.loads(json.dumps(asdict(self.cfg)))
+        for cfg in (saved, mine):  # the shipped checkpoint by any path is 'default'
+            if cfg.get("init"):
+                cfg["init"] = checkpoint_label(cfg["init"])
         changed = sorted(k for k in mine if k in saved and saved[k] != mine[k]
                          and k not in ("steps", "ckpt_every"))
         if changed or meta.get("source", {}).get("frames_used") != self.source["frames_used"]:

@@ -140,9 +140,10 @@ class Trainer:
             return 0, model, None
         model, meta, opt_path, step = load_state(self.ckpt_dir, self.cfg.variant)
         saved = meta.get("train_config", {})
-        if saved.get("init"):  # runs started before records named the shipped one 'default'
-            saved["init"] = checkpoint_label(saved["init"])
         mine = json.loads(json.dumps(asdict(self.cfg)))
+        for cfg in (saved, mine):  # the shipped checkpoint by any path is 'default'
+            if cfg.get("init"):
+                cfg["init"] = checkpoint_label(cfg["init"])
         changed = {k for k in mine if k in saved and saved[k] != mine[k]
                    and k not in ("steps", "ckpt_every")}
         if changed:
