@@ -19,9 +19,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import checkpoint_label, resolve_checkpoint
+from .checkpoint import checkpoint_label, read_config, resolve_checkpoint
 from .cliargs import apply_threads
 from .data.sequence import open_sequence
+from .model import VARIANTS
 from .reconstruct_cli import add_input_args, frame_range
 from .sensitivity import parse_s
 from .train.adapt import SAMPLINGS, AdaptConfig, Adapter
@@ -42,7 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="run folder; an existing run there is resumed")
     p.add_argument("--init", default=d.init, metavar="PATH|default",
-                   help=f"checkpoint to adapt (default: {d.init}, the shipped one)")
+                   help=f"checkpoint to adapt (default: {d.init}, the shipped one of --variant)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="with --init default: whose shipped checkpoint (default tiny); with a "
+                        "path: the variant it must be (default: whatever it is)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"steps (default {d.steps})")
     p.add_argument("--batch", type=int, default=d.batch,
                    help=f"centre frames per step (default {d.batch})")
@@ -79,11 +83,17 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     if args.white < 0 or args.lr <= 0 or args.lr_min < 0:
         raise ValueError("--white and --lr-min must be >= 0, --lr > 0")
-    if not resolve_checkpoint(args.init).is_file():
+    path = resolve_checkpoint(args.init, args.variant)
+    if not path.is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {args.init}")
+    variant = read_config(path)[0].name
+    if args.variant and variant != args.variant:  # before any footage is read
+        raise ValueError(f"--init {args.init} is a {variant!r} checkpoint, not --variant "
+                         f"{args.variant!r}")
     names = {f.name for f in fields(AdaptConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["init"] = checkpoint_label(resolve_checkpoint(args.init))
+    # the label and the variant together name the weights: 'default' of the checkpoint's variant
+    values.update(init=checkpoint_label(path), variant=variant)
     cfg = AdaptConfig(**values)
     seq = open_sequence(args.input, args.exposure_cycle)
     record = Adapter(cfg, seq, args.out, frame_range(args.frames, len(seq))).run()

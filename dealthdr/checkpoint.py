@@ -13,41 +13,53 @@ from pathlib import Path
 import torch
 
 from .fileio import atomic_write_bytes
-from .model import DeAltHDR, DeAltHDRConfig
+from .model import VARIANTS, DeAltHDR, DeAltHDRConfig
 
 log = logging.getLogger(__name__)
 
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED = {"default": SHIPPED_DIR / "dealthdr_tiny.safetensors"}
+# The variant `--checkpoint default` means when no variant is named: the one every tool, test and
+# record was built around, small enough to run on one CPU.
+DEFAULT_VARIANT = "tiny"
 
 
-def resolve_checkpoint(name: str | Path) -> Path:
-    """'default' -> the checkpoint shipped in dealthdr/weights/; anything else is a path."""
-    if str(name) in SHIPPED:
-        path = SHIPPED[str(name)]
+def shipped_path(variant: str | None = None) -> Path:
+    """Where the shipped checkpoint of `variant` (None: DEFAULT_VARIANT) lives."""
+    return SHIPPED_DIR / f"dealthdr_{variant or DEFAULT_VARIANT}.safetensors"
+
+
+def shipped_variants() -> list[str]:
+    """Variants with a checkpoint in dealthdr/weights/ (weights and config both present)."""
+    return [v for v in VARIANTS
+            if shipped_path(v).is_file() and shipped_path(v).with_suffix(".json").is_file()]
+
+
+def resolve_checkpoint(name: str | Path, variant: str | None = None) -> Path:
+    """'default' -> the shipped checkpoint of `variant` (tiny when None); anything else is a
+    path."""
+    if str(name) == "default":
+        path = shipped_path(variant)
         if not path.is_file():
-            raise FileNotFoundError(f"the shipped {name!r} checkpoint is missing ({path}); "
-                                    "train one with `dealthdr train` or pass a path")
+            which = variant or DEFAULT_VARIANT
+            raise FileNotFoundError(
+                f"no shipped checkpoint of variant {which!r} ({path}); shipped: "
+                f"{shipped_variants() or 'none'}. Train one with `dealthdr train` or pass a path")
         return path
     return Path(name)
 
 
 def checkpoint_label(name: str | Path) -> str:
-    """How records name a checkpoint: 'default' for the shipped one (whatever the path it was
-    given by), else the path as given, so records do not carry this machine's folders."""
+    """How records name a checkpoint: 'default' for a shipped one (whatever the path it was
+    given by; records keep the variant beside it), else the path as given, so records do not
+    carry this machine's folders."""
     try:
-        if Path(name).resolve() == SHIPPED["default"].resolve():
+        path = Path(name).resolve()
+        if any(path == shipped_path(v).resolve() for v in VARIANTS):
             return "default"
     except OSError:
         pass
     return str(name)
-
-
-def shipped_variant() -> str | None:
-    """The variant of the shipped 'default' checkpoint, or None when none ships."""
-    path = SHIPPED["default"]
-    return read_config(path)[0].name if path.with_suffix(".json").is_file() else None
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -89,7 +101,7 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAlt
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, variant)
     weights, _ = _paths(path)
     cfg, meta = read_config(path)
     if variant is not None and cfg.name != variant:

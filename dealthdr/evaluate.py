@@ -42,15 +42,20 @@ GT_FLOW_SUFFIX = " (GT flow)"
 class Method:
     """One thing to evaluate: the network at one s, or a baseline (s None). `window`: the
     frames it needs (the network's `num_frames`); None for a baseline, which takes any odd
-    window. `gt_flow`: `run` takes the window's ground-truth flows as a third argument."""
+    window. `gt_flow`: `run` takes the window's ground-truth flows as a third argument.
+    `variant`/`checkpoint`: which network (None for a baseline); rows of several checkpoints
+    are kept apart by them."""
     name: str
     s: float | None
     run: Reconstruct
     window: int | None = None
     gt_flow: bool = False
+    variant: str | None = None
+    checkpoint: str | None = None
 
 
-def model_method(model: DeAltHDR, s: float, gt_flow: bool = False) -> Method:
+def model_method(model: DeAltHDR, s: float, gt_flow: bool = False,
+                 checkpoint: str | None = None) -> Method:
     """The network at sensitivity s, dynamic mask policy, no gradients. `gt_flow`: an oracle
     that replaces SpyNet's flow (FGMA, its mask and the merge) with the clip's ground truth,
     to measure how much better alignment could buy the same weights."""
@@ -66,7 +71,7 @@ def model_method(model: DeAltHDR, s: float, gt_flow: bool = False) -> Method:
         return out[0].numpy()
 
     name = "dealthdr" + (GT_FLOW_SUFFIX if gt_flow else "")
-    return Method(name, s, run, model.cfg.num_frames, gt_flow)
+    return Method(name, s, run, model.cfg.num_frames, gt_flow, model.cfg.name, checkpoint)
 
 
 def _on_flow_grid(flow: torch.Tensor, flow_scale: int) -> torch.Tensor:
@@ -191,7 +196,8 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
                 sse, n = metrics.mu_squared_error(pred, gt, hard[t], frame_peak)
                 hard_sse, hard_n, hard_frames = hard_sse + sse, hard_n + n, hard_frames + 1
             prev = pred
-        out.append({"method": method.name, "s": method.s, "sums": acc, "counts": counts,
+        out.append({"method": method.name, "variant": method.variant,
+                    "checkpoint": method.checkpoint, "s": method.s, "sums": acc, "counts": counts,
                     "frames": len(centres), "pairs": max(len(centres) - 1, 0),
                     "seconds": elapsed, "hard": {"sse": hard_sse, "values": hard_n,
                                                  "frames": hard_frames,
@@ -229,13 +235,17 @@ def _mean(total: float, count: int) -> float | None:
     return total / count if math.isfinite(total) else total
 
 
+def _key(r: dict) -> tuple:
+    return r["method"], r["variant"], r["checkpoint"], r["s"]
+
+
 def summarise(per_clip: list[dict]) -> list[dict]:
     """Average per-clip sums into one record per method (frame- and pair-weighted)."""
     records = []
-    keys = list(dict.fromkeys((r["method"], r["s"]) for r in per_clip))
-    for name, s in keys:
-        rs = [r for r in per_clip if (r["method"], r["s"]) == (name, s)]
-        rec = {"method": name, "s": s}
+    keys = list(dict.fromkeys(_key(r) for r in per_clip))
+    for key in keys:
+        rs = [r for r in per_clip if _key(r) == key]
+        rec = dict(zip(("method", "variant", "checkpoint", "s"), key))
         for k in FRAME_METRICS + PAIR_METRICS:
             rec[k] = _mean(sum(r["sums"][k] for r in rs), sum(r["counts"][k] for r in rs))
         frames = sum(r["frames"] for r in rs)
@@ -247,7 +257,8 @@ def summarise(per_clip: list[dict]) -> list[dict]:
 
 
 def _clip_record(clip_name: str, r: dict) -> dict:
-    rec = {"clip": clip_name, "method": r["method"], "s": r["s"]}
+    rec = {"clip": clip_name, "method": r["method"], "variant": r["variant"],
+           "checkpoint": r["checkpoint"], "s": r["s"]}
     for k in FRAME_METRICS + PAIR_METRICS:
         rec[k] = _mean(r["sums"][k], r["counts"][k])
     rec.update(_hard_metrics([r["hard"]]))
@@ -348,13 +359,22 @@ def _fmt(v: float | None, digits: int) -> str:
 
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (higher is better except TWE, tOF, ms)."""
-    head = ("| method | s | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ | FovVideoVDP (JOD) ↑ | TWE ↓ "
-            "| tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips | ms/frame |")
+    head = ("| method | variant | s | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ | FovVideoVDP (JOD) ↑ "
+            "| TWE ↓ | tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips | ms/frame |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    # the checkpoint is named only where two rows of one variant would otherwise look alike
+    seen: dict[str, set] = {}
+    for r in records:
+        if r.get("variant"):
+            seen.setdefault(r["variant"], set()).add(r.get("checkpoint"))
     for r in records:
         s = "-" if r["s"] is None else r["s"]
+        variant = r.get("variant") or "-"
+        if len(seen.get(r.get("variant"), ())) > 1:
+            variant += f" ({r['checkpoint']})"
         lines.append(
-            f"| {r['method']} | {s} | {_fmt(r['psnr_mu'], 2)} | {_fmt(r['ssim_mu'], 4)} | "
+            f"| {r['method']} | {variant} | {s} | {_fmt(r['psnr_mu'], 2)} | "
+            f"{_fmt(r['ssim_mu'], 4)} | "
             f"{_fmt(r['psnr_linear'], 2)} | {_fmt(r['fvvdp'], 3)} | {_fmt(r['twe'], 5)} | "
             f"{_fmt(r['tof'], 4)} | {_fmt(r['psnr_mu_hard'], 2)} | "
             f"{_fmt(r['hard_share'], 3)} | {r['frames']} | {r['clips']} | "

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
 from .evaluate import SHORT_WHITE, baseline_methods, evaluate, markdown_table, model_method
 from .fileio import atomic_write_bytes, jsonable
+from .model import VARIANTS
 from .sensitivity import parse_s_list
 from .sysinfo import machine_record
 
@@ -22,11 +23,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "is evaluated; see the 'conventions' field of the JSON for definitions.")
     p.add_argument("--data", type=Path, required=True,
                    help="a clip folder (with meta.json) or a folder of clip folders")
-    p.add_argument("--checkpoint", default=None, metavar="PATH|default",
+    p.add_argument("--checkpoint", default=None, metavar="PATH|default[,...]",
                    help="network weights (.safetensors beside its .json), or 'default' for the "
-                        "shipped checkpoint; omit to evaluate only the baselines")
-    p.add_argument("--variant", default=None,
-                   help="refuse a checkpoint of any other variant (e.g. tiny, s, default)")
+                        "shipped checkpoint of --variant (tiny when none is named); "
+                        "comma-separated to evaluate several in one table; omit to evaluate "
+                        "only the baselines")
+    p.add_argument("--variant", default=None, metavar="NAME[,...]",
+                   help="variant of each --checkpoint (tiny, s, default): with one checkpoint "
+                        "and several variants ('--checkpoint default --variant tiny,s') each "
+                        "variant's shipped weights; with a path, a checkpoint of another "
+                        "variant is refused (default: whatever each checkpoint is)")
     p.add_argument("--s", type=parse_s_list, default=[0.0, 15.0, math.inf], dest="s_values",
                    help="FGMA sensitivities, comma-separated; 0 = flow only, inf = attention "
                         "only (default: 0,15,inf)")
@@ -60,6 +66,28 @@ def _baseline_names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def checkpoint_pairs(checkpoints: str | None, variants: str | None) -> list[tuple[str, str | None]]:
+    """(checkpoint, variant or None) for every network to evaluate, from the two flags."""
+    ckpts, names = _split(checkpoints), _split(variants) or [None]
+    unknown = [v for v in names if v is not None and v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    if len(ckpts) == 1:
+        pairs = [(ckpts[0], v) for v in names]
+    elif len(names) == 1:
+        pairs = [(c, names[0]) for c in ckpts]
+    elif len(ckpts) == len(names):
+        pairs = list(zip(ckpts, names))
+    else:
+        raise ValueError(f"{len(ckpts)} checkpoints and {len(names)} variants: give one of "
+                         "either, or as many variants as checkpoints")
+    return pairs
+
+
 def run(args: argparse.Namespace) -> int:
     if args.max_clips is not None and args.max_clips < 1:
         raise ValueError("--max-clips must be >= 1")
@@ -79,20 +107,29 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
 
-    methods = baseline_methods(_baseline_names(args.baselines))
-    meta, variant = None, None
-    if args.checkpoint:
-        model, meta = load_checkpoint(args.checkpoint, variant=args.variant)
-        variant = model.cfg.name
-        oracle = [model_method(model, s, gt_flow=True) for s in args.s_values] \
-            if args.gt_flow else []
-        methods = [model_method(model, s) for s in args.s_values] + oracle + methods
+    networks, nets = [], []
+    for ckpt, variant in checkpoint_pairs(args.checkpoint, args.variant):
+        # every checkpoint is loaded (and a bad one refused) before any clip is read
+        model, meta = load_checkpoint(ckpt, variant=variant)
+        label = checkpoint_label(resolve_checkpoint(ckpt, variant))
+        if any((n["checkpoint"], n["variant"]) == (label, model.cfg.name) for n in networks):
+            raise ValueError(f"{ckpt} ({model.cfg.name}) is given twice")
+        networks.append({"checkpoint": label, "variant": model.cfg.name, "meta": meta})
+        nets.append((model, label))
+    model_rows, oracle = [], []
+    for model, label in nets:
+        model_rows += [model_method(model, s, checkpoint=label) for s in args.s_values]
+        if args.gt_flow:
+            oracle += [model_method(model, s, gt_flow=True, checkpoint=label)
+                       for s in args.s_values]
+    methods = model_rows + oracle + baseline_methods(_baseline_names(args.baselines))
     result = evaluate(args.data, methods, fvvdp=not args.no_fvvdp, max_clips=args.max_clips,
                       progress=not args.no_progress,
                       white=None if args.normalise == "gt-max" else SHORT_WHITE)
-    result["checkpoint"] = args.checkpoint
-    result["variant"] = variant
-    result["checkpoint_meta"] = meta
+    result["networks"] = networks
+    if len(networks) == 1:  # the single-network fields readers of one-checkpoint results use
+        result.update(checkpoint=networks[0]["checkpoint"], variant=networks[0]["variant"],
+                      checkpoint_meta=networks[0]["meta"])
     result["machine"] = machine_record()
 
     table = markdown_table(result["records"])

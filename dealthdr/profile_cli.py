@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, shipped_variant
+from .checkpoint import load_checkpoint, shipped_variants
 from .cliargs import parse_size
 from .fileio import atomic_write_bytes, jsonable
 from .model import VARIANTS, create_model
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     records = []
     machine = machine_record()
     for name in variants:
-        shipped = shipped_variant() if not args.random_init else None
-        if args.checkpoint or name == shipped:
+        shipped = shipped_variants() if not args.random_init else []
+        if args.checkpoint or name in shipped:
             model, _ = load_checkpoint(args.checkpoint or "default", variant=name)
             weights = str(args.checkpoint or "default (shipped)")
         else:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
 from .cliargs import apply_threads
 from .data.sequence import open_sequence
+from .model import VARIANTS
 from .reconstruct import reconstruct
 from .sensitivity import parse_s
 
@@ -70,7 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output folder; must not exist or be empty (see --overwrite)")
     p.add_argument("--checkpoint", default="default", metavar="PATH|default",
                    help="network weights (.safetensors beside its .json); 'default' is the "
-                        "shipped tiny checkpoint (default: default)")
+                        "shipped checkpoint of --variant (default: default)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="with --checkpoint default: whose shipped weights (default tiny); with "
+                        "a path: the variant it must be (default: whatever it is)")
     p.add_argument("--s", type=parse_s, default=15.0,
                    help="FGMA sensitivity: 0 = flow only, inf = attention everywhere "
                         "(default: 15)")
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     if args.tile < 0 or args.overlap < 0:
         raise ValueError("--tile and --overlap must be >= 0")
-    model, _ = load_checkpoint(args.checkpoint)  # fail on a bad checkpoint before reading data
+    # fail on a bad checkpoint before reading data
+    model, _ = load_checkpoint(args.checkpoint, args.variant)
     seq = open_sequence(args.input, args.exposure_cycle)
     frames = frame_range(args.frames, len(seq))
     manifest = reconstruct(seq, model, args.output, s=args.s, tile=args.tile,
@@ -123,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
                            previews=not args.no_preview, mp4=not args.no_mp4, fps=args.fps,
                            overwrite=args.overwrite, progress=not args.no_progress,
                            device=args.device, stream=not args.no_stream,
-                           extra={"checkpoint": str(args.checkpoint)})
+                           extra={"checkpoint": checkpoint_label(
+                               resolve_checkpoint(args.checkpoint, model.cfg.name)),
+                                  "variant": model.cfg.name})
     line = (f"{len(frames)} HDR frames in {args.output} "
             f"({manifest['seconds_per_frame']:.2f} s/frame)")
     gt = manifest.get("ground_truth")

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.spynet_init and not Path(cfg.spynet_init).is_file():
         raise ValueError(f"--spynet-init {cfg.spynet_init}: no such file")
     if args.init:
-        path = resolve_checkpoint(args.init)
+        path = resolve_checkpoint(args.init, cfg.variant)
         init_variant = read_config(path)[0].name
         if init_variant != cfg.variant:  # fail before any data is read
             raise ValueError(f"--init {args.init} is a {init_variant!r} "

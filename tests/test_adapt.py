@@ -131,3 +131,15 @@ def test_adapt_cli_parses_s_as_a_number_inf_or_mix():
     assert parser.parse_args(base + ["--s", "mix"]).s == -1.0
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--s", "-3"])
+
+
+def test_adapt_cli_checks_the_variant_before_reading_footage(tmp_path, capsys):
+    from dealthdr.cli import main
+
+    missing = tmp_path / "no_such_footage"  # never opened: the variant check comes first
+    args = ["adapt", "--input", str(missing), "--out", str(tmp_path / "o")]
+    assert main([*args, "--init", str(resolve_checkpoint("default")), "--variant", "s"]) == 2
+    assert "is a 'tiny' checkpoint, not --variant 's'" in capsys.readouterr().err
+    assert main([*args, "--variant", "default"]) == 2  # no shipped weights of that variant
+    assert "no shipped checkpoint of variant 'default'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -4,8 +4,10 @@ import os
 import pytest
 
 from dealthdr import create_model
-from dealthdr.checkpoint import (SHIPPED, checkpoint_label, load_checkpoint, resolve_checkpoint,
-                                 save_checkpoint, state_dict_equal)
+from dealthdr import checkpoint
+from dealthdr.checkpoint import (checkpoint_label, load_checkpoint, resolve_checkpoint,
+                                 save_checkpoint, shipped_path, shipped_variants,
+                                 state_dict_equal)
 
 
 def test_round_trip_and_no_temporary_files(tmp_path):
@@ -43,7 +45,7 @@ def test_corrupt_or_missing_files_give_clear_errors(tmp_path):
 
 
 def test_records_name_the_shipped_checkpoint_default_and_keep_other_paths_as_given(tmp_path):
-    shipped = SHIPPED["default"]
+    shipped = shipped_path()
     assert checkpoint_label(shipped) == "default"
     assert checkpoint_label(resolve_checkpoint("default")) == "default"
     # the same file reached through a relative path with '..' is still the shipped one
@@ -56,3 +58,20 @@ def test_records_name_the_shipped_checkpoint_default_and_keep_other_paths_as_giv
         os.chdir(cwd)
     assert checkpoint_label("runs/mine.safetensors") == "runs/mine.safetensors"
     assert checkpoint_label(tmp_path / "x.safetensors") == str(tmp_path / "x.safetensors")
+
+
+def test_default_names_the_shipped_checkpoint_of_the_asked_variant(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "SHIPPED_DIR", tmp_path)
+    tiny, small = create_model("tiny"), create_model("s")
+    save_checkpoint(tiny, tmp_path / "dealthdr_tiny")
+    save_checkpoint(small, tmp_path / "dealthdr_s")
+    assert shipped_variants() == ["s", "tiny"]
+    assert resolve_checkpoint("default") == tmp_path / "dealthdr_tiny.safetensors"
+    assert resolve_checkpoint("default", "s") == tmp_path / "dealthdr_s.safetensors"
+    loaded, _ = load_checkpoint("default", variant="s")
+    assert loaded.cfg.name == "s" and state_dict_equal(loaded, small)
+    assert load_checkpoint("default")[0].cfg.name == "tiny"
+    # records name every shipped checkpoint 'default' (the variant is kept beside it)
+    assert checkpoint_label(tmp_path / "dealthdr_s.safetensors") == "default"
+    with pytest.raises(FileNotFoundError, match=r"variant 'default'.*shipped: \['s', 'tiny'\]"):
+        resolve_checkpoint("default", "default")

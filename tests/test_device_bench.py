@@ -289,13 +289,34 @@ def _stream(latency: dict, runtime="executorch") -> list[dict]:
     return out
 
 
-def _report(tmp_path, psnr: dict):
-    doc = {"format": "dealthdr-quantize-report/1", "backends": {"xnnpack": {"buckets": {
+def _report(tmp_path, psnr: dict, variant: str = "tiny"):
+    doc = {"format": "dealthdr-quantize-report/1", "model": {"variant": variant},
+           "backends": {"xnnpack": {"buckets": {
         f"s{s}_{c}": {"s": s, "centre": c, "fp32": q, "qat": q - 0.3, "ptq": q - 0.5}
         for s, q in psnr.items() for c in ("short", "long")}}}}
-    path = tmp_path / "quantize_report.json"
+    path = tmp_path / f"quantize_report_{variant}.json"
     path.write_text(json.dumps(doc))
     return path
+
+
+def test_quality_figures_are_matched_per_variant(tmp_path):
+    from dealthdr.bench.quality import load_quality
+
+    tiny = _report(tmp_path, {"15": 23.8})
+    small = _report(tmp_path, {"15": 25.1}, variant="s")
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"format": "dealthdr-eval/2", "records": [
+        {"method": "dealthdr", "variant": "s", "s": "100", "psnr_mu": 25.3},
+        {"method": "dealthdr", "variant": "tiny", "s": "100", "psnr_mu": 23.9}]}))
+    q = load_quality([tiny, small, evaluation])
+    assert q.of(record(variant="tiny", s="15", centre="short"))[0] == 23.8
+    assert q.of(record(variant="s", s="15", centre="short"))[0] == 25.1
+    assert q.of(record(variant="s", s="100", centre="long"))[0] == 25.3
+    assert q.of(record(variant="default", s="15", centre="short")) == (None, None)
+    unnamed = tmp_path / "old.json"
+    unnamed.write_text(json.dumps({"format": "dealthdr-quantize-report/1", "backends": {}}))
+    with pytest.raises(ValueError, match="names no variant"):
+        load_quality([unnamed])
 
 
 def test_pick_best_quality_within_budget_and_refusal(tmp_path, capsys):
@@ -354,6 +375,10 @@ def test_plot_writes_figures_and_tables(tmp_path):
     recs += [{**r, "precision": "int8", "latency_ms_median": r["latency_ms_median"] * 0.5,
               "latency_ms_p10": r["latency_ms_p10"] * 0.5, "latency_ms_p90":
               r["latency_ms_p90"] * 0.5} for r in recs if r["runtime"] == "executorch"]
+    # a second variant of the same run: twice the time and the FLOPs, no quality source
+    recs += [{**r, "variant": "default", "gflops": 2 * r["gflops"],
+              **{k: 2 * r[k] for k in ("latency_ms_median", "latency_ms_p10", "latency_ms_p90")}}
+             for r in recs if r["precision"] == "fp32" and r["runtime"] != "onnxruntime"]
     recs.append(record(variant="hdrflow", reference=True, psnr_mu=23.6, latency_ms_median=90.0,
                        latency_ms_p10=88.0, latency_ms_p90=93.0))
     path = tmp_path / "r.jsonl"
@@ -375,7 +400,14 @@ def test_plot_writes_figures_and_tables(tmp_path):
     assert "| ExecuTorch xnnpack | int8 |" in table and "23.40" in table    # QAT of s=0 int8
     assert "| hdrflow |" in table and "x1.71 FLOPs" in table
     assert "FGMA attention" in (tmp_path / "plots" / "table_g.md").read_text()
-    assert len(lines) == 5
+    table_f = (tmp_path / "plots" / "table_f.md").read_text().splitlines()
+    tiny = next(ln for ln in table_f if ln.startswith("| tiny |"))
+    default = next(ln for ln in table_f if ln.startswith("| default |"))
+    # tiny at s=15: 14 GFLOPs = 7 GMACs, eager (150 + 152) / 2 = 151 ms, half the default's;
+    # quality from the report's fp32 row of tiny, none for default
+    assert "| 1.89 | 7.0 (0.50x) |" in tiny and "| 151.0 (0.50x) |" in tiny
+    assert "| 23.80 |" not in tiny and default.endswith("| n/a | n/a |")
+    assert len(lines) == 6
 
 
 # ---------------------------------------------------------------- Apple path

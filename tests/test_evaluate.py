@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dealthdr import baselines, metrics
-from dealthdr.checkpoint import SHIPPED, save_checkpoint
+from dealthdr.checkpoint import save_checkpoint, shipped_path
 from dealthdr.cli import main
 from dealthdr.data.clip import read_clip
 from dealthdr.data.io import write_exr, write_png16
@@ -138,9 +138,9 @@ def test_cli_errors_exit_2(setup, capsys, args, message):
 
 def test_cli_default_checkpoint_and_bad_s(setup, capsys):
     _, data, _ = setup
-    if not SHIPPED["default"].is_file():
+    if not shipped_path().is_file():
         assert main(["evaluate", "--data", str(data), "--checkpoint", "default"]) == 2
-        assert "shipped 'default' checkpoint is missing" in capsys.readouterr().err
+        assert "no shipped checkpoint of variant 'tiny'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--data", str(data), "--s", "-1"])
     assert exc.value.code == 2
@@ -246,3 +246,30 @@ def test_baselines_check_their_input():
         baselines.reference(np.zeros((4, 3, 8, 8)), np.ones(4))
     with pytest.raises(ValueError, match="exposures"):
         baselines.classical(np.zeros((5, 3, 8, 8)), np.ones(3))
+
+
+def test_several_checkpoints_in_one_table_keep_their_rows_apart(setup, capsys):
+    root, data, ck = setup
+    torch.manual_seed(7)
+    other = root / "other"
+    save_checkpoint(create_model("tiny"), other)  # same variant, other weights
+    out = root / "two.json"
+    assert main(["evaluate", "--data", str(data), "--checkpoint", f"{ck},{other}", "--s", "0",
+                 "--baselines", "none", "--no-fvvdp", "--max-clips", "1", "--threads", "1",
+                 "--no-progress", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["checkpoint"]: r for r in doc["records"]}
+    assert set(rows) == {str(ck), str(other)} and len(doc["records"]) == 2
+    assert all(r["variant"] == "tiny" and r["method"] == "dealthdr" for r in rows.values())
+    assert rows[str(ck)]["psnr_mu"] != rows[str(other)]["psnr_mu"]
+    assert [n["checkpoint"] for n in doc["networks"]] == [str(ck), str(other)]
+    assert "variant" not in doc  # one network's shortcut fields only for one network
+    # two rows of one variant say which checkpoint they are
+    assert f"| dealthdr | tiny ({other}) | 0 |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    for args, message in [([f"{ck},{ck}"], "given twice"),
+                          ([f"{ck},{other}", "--variant", "tiny,tiny,tiny"], "2 checkpoints"),
+                          ([str(ck), "--variant", "tiny,huge"], "unknown variant")]:
+        assert main(["evaluate", "--data", str(data), "--no-progress", "--checkpoint",
+                     *args]) == 2
+        assert message in capsys.readouterr().err

@@ -91,15 +91,16 @@ def manifest_paths(items: list[Path]) -> list[Path]:
     return out
 
 
-def _checkpoint(manifest: dict, override: str | None) -> str | None:
-    """A local checkpoint with the manifest's sha256: its recorded path, else the shipped one."""
+def _checkpoint(manifest: dict, override: str | None, variant: str) -> str | None:
+    """A local checkpoint with the manifest's sha256: its recorded path, else the shipped one
+    of the manifest's variant."""
     if override:
-        return str(resolve_checkpoint(override))
+        return str(resolve_checkpoint(override, variant))
     want = manifest.get("model", {}).get("checkpoint_sha256")
     candidates = [manifest.get("model", {}).get("checkpoint"), "default"]
     for c in candidates:
         try:
-            path = resolve_checkpoint(c) if c else None
+            path = resolve_checkpoint(c, variant) if c else None
         except (FileNotFoundError, ValueError):
             continue
         if path is not None and path.is_file() and sha256_file(path) == want:
@@ -124,7 +125,7 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
     for mpath in manifest_paths(items):
         manifest = json.loads(mpath.read_text())
         variant = manifest["model"]["variant"]
-        ckpt = _checkpoint(manifest, checkpoint)
+        ckpt = _checkpoint(manifest, checkpoint, variant)
         for art in manifest["artifacts"]:
             if s_filter is not None and art["s"] not in s_filter or art["centre"] not in centres:
                 continue

@@ -10,6 +10,8 @@ Writes into DIR, per input size:
                        with the linear fit.
   breakdown.png        eager latency per component and s-bucket (Table G), with --breakdown.
   table_i.md, table_g.md
+  table_f.md           per variant: params, GMACs, attention ratio and latency (eager, XNNPACK
+                       fp32) at s=15, held-out PSNR-mu/SSIM-mu, and the classical/reference rows
 Quality comes from --quality files (dealthdr/bench/quality.py); fig1 uses one thread count per
 device (--threads, default the largest measured), the latency figure all of them.
 """
@@ -24,13 +26,16 @@ from dealthdr.bench.breakdown import ROWS
 from dealthdr.bench.quality import load_quality
 from dealthdr.bench.schema import is_reference, read_records
 from dealthdr.bench.stats import fit_line
-from dealthdr.bench.tables import ATTENTION, FGMA_REST, aggregate, line_label, table_g, table_i
+from dealthdr.bench.tables import (ATTENTION, FGMA_REST, aggregate, line_label, table_f, table_g,
+                                   table_i)
 
 log = logging.getLogger(__name__)
 COLOURS = {"torch": "#444444", "onnxruntime": "#1f77b4", "executorch": "#d62728",
            "coreml": "#2ca02c"}
 MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 STYLES = {"fp32": "-", "fp16": "-.", "int8": "--"}
+# Several variants in one figure: same colours per runtime, told apart by width and marker face.
+VARIANT_LOOK = {"tiny": (1.2, None), "s": (2.2, "white"), "default": (3.2, "#dddddd")}
 
 
 def default_quality() -> list[Path]:
@@ -64,33 +69,40 @@ def _fig1(agg: dict, refs: list[dict], size: str, threads, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a_gf, a_ms, a_norm) = plt.subplots(1, 3, figsize=(17, 5.2))
-    devices = {k[0] for k in agg}
+    devices, variants = {k[0] for k in agg}, {k[6] for k in agg}
     drawn_gflops = {}
     any_q = False
     for k, pts in sorted(agg.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
         c, m, ls = COLOURS.get(k[1], "#9467bd"), MARKERS.get(k[3], "o"), STYLES.get(k[3], "-")
         label = line_label(k, len(devices) > 1)
+        look = {}
+        if len(variants) > 1:
+            label = f"{k[6]}: {label}"
+            lw, face = VARIANT_LOOK.get(k[6], (1.5, None))
+            look = {"lw": lw, "mfc": face} if face else {"lw": lw}
         q = [p for p in pts if p["psnr"] is not None]
         if q:
             any_q = True
             xs, ys = [p["ms"] for p in q], [p["psnr"] for p in q]
-            a_ms.plot(xs, ys, ls, marker=m, color=c, label=label)
+            a_ms.plot(xs, ys, ls, marker=m, color=c, label=label, **look)
             _label_points(a_ms, xs, ys, [p["s"] for p in q], c)
             g = [p for p in q if p["gflops"] is not None]
             # Same graph, same FLOPs and quality for every runtime of a precision: one line.
             curve = tuple((p["s"], round(p["gflops"], 3), round(p["psnr"], 3)) for p in g)
             if g and curve not in drawn_gflops:
                 drawn_gflops[curve] = k[3]
+                name = f"{k[6]} " if len(variants) > 1 else ""
                 a_gf.plot([p["gflops"] for p in g], [p["psnr"] for p in g], ls, marker=m,
-                          color="black" if k[3] == "fp32" else c,
-                          label=f"{k[3]}" + (" (every runtime: same graph)" if k[3] == "fp32"
-                                             else f" ({line_label(k).split(' int8')[0]})"))
+                          color="black" if k[3] == "fp32" else c, **look,
+                          label=name + f"{k[3]}" + (
+                              " (every runtime: same graph)" if k[3] == "fp32"
+                              else f" ({line_label(k).split(' int8')[0]})"))
                 _label_points(a_gf, [p["gflops"] for p in g], [p["psnr"] for p in g],
                               [p["s"] for p in g], "black")
         # Normalised at the flow-only bucket, so it must be among the points with a quality.
         if len(q) > 1 and q[0] is pts[0]:
             a_norm.plot([p["ms"] / q[0]["ms"] for p in q], [p["psnr"] - q[0]["psnr"] for p in q],
-                        ls, marker=m, color=c, label=f"ours, time: {label}")
+                        ls, marker=m, color=c, label=f"ours, time: {label}", **look)
     for gf_curve in list(drawn_gflops)[:1]:
         g0 = gf_curve[0]
         if g0[0] != "0" or len(gf_curve) < 2:
@@ -213,6 +225,20 @@ def _breakdown(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _params(records: list[dict]) -> dict[str, float]:
+    """Millions of parameters per variant of the records, counted on meta tensors (no memory,
+    no weights needed)."""
+    import torch
+
+    from dealthdr.model import VARIANTS, create_model
+
+    out = {}
+    for v in {r["variant"] for r in records if r["variant"] in VARIANTS}:
+        with torch.device("meta"):
+            out[v] = sum(p.numel() for p in create_model(v).parameters()) / 1e6
+    return out
+
+
 def draw(record_files: list[Path], out: Path, quality_files, breakdown_file=None,
          threads: int | None = None) -> list[str]:
     """Write every figure and table; return one line per file written."""
@@ -244,7 +270,8 @@ def draw(record_files: list[Path], out: Path, quality_files, breakdown_file=None
         _latency(agg, size, out / f"latency_{size}.png")
         written += [str(out / f"fig1_{size}.png"), str(out / f"latency_{size}.png")]
     (out / "table_i.md").write_text(table_i(records, quality))
-    written.append(str(out / "table_i.md"))
+    (out / "table_f.md").write_text(table_f(records, quality, _params(records)))
+    written += [str(out / "table_i.md"), str(out / "table_f.md")]
     if breakdown_file is not None:
         doc = json.loads(Path(breakdown_file).read_text())
         (out / "table_g.md").write_text(table_g(doc))

@@ -1,4 +1,5 @@
-"""PSNR-mu per (precision, runtime, s, centre), read from the project's evaluation outputs.
+"""PSNR-mu per (variant, precision, runtime, s, centre), read from the project's evaluation
+outputs; each source names its variant, so curves of several variants never mix figures.
 
 Sources, in order of precedence:
   quantize_report.json (dealthdr.quantize.report): per backend and s-bucket graph, PSNR-mu vs
@@ -27,27 +28,34 @@ REPORT_BACKEND = {("executorch", "xnnpack"): "xnnpack", ("onnxruntime", "CPUExec
 
 class Quality:
     def __init__(self) -> None:
-        self.bucket: dict[tuple, tuple[float, str]] = {}   # (prec, backend|None, s, centre)
-        self.by_s: dict[str, tuple[float, str]] = {}       # fp32, dynamic model, per s
+        # (variant, prec, backend|None, s, centre)
+        self.bucket: dict[tuple, tuple[float, str]] = {}
+        self.by_s: dict[tuple, tuple[float, str]] = {}     # fp32 dynamic model: (variant, s)
+        self.rows: dict[tuple, dict] = {}   # evaluation rows: (variant, method, s) -> record
 
     def load(self, path: Path) -> "Quality":
         doc = json.loads(Path(path).read_text())
         fmt = doc.get("format", "")
         if fmt.startswith("dealthdr-quantize-report"):
+            v = _variant(doc.get("model", {}).get("variant"), path)
             for backend, sec in doc.get("backends", {}).items():
                 for name, b in sec.get("buckets", {}).items():
                     s, centre = s_text(b["s"]), b["centre"]
                     src = f"{Path(path).name} ({backend}, {name})"
-                    self.bucket.setdefault(("fp32", None, s, centre), (b["fp32"], src))
+                    self.bucket.setdefault((v, "fp32", None, s, centre), (b["fp32"], src))
                     q = b["qat"] if b.get("qat") is not None else b.get("ptq")
                     if q is not None:
                         kind = "QAT" if b.get("qat") is not None else "PTQ"
-                        self.bucket[("int8", backend, s, centre)] = (q, f"{src} {kind}")
+                        self.bucket[(v, "int8", backend, s, centre)] = (q, f"{src} {kind}")
         elif fmt.startswith("dealthdr-eval"):
             for r in doc["records"]:
+                if r.get("s") is None:  # a baseline: one row per evaluation, whatever variant
+                    self.rows.setdefault((None, r.get("method"), None), r)
                 if r.get("method") == "dealthdr" and r.get("psnr_mu") is not None:
-                    self.by_s.setdefault(s_text(r["s"]), (r["psnr_mu"],
-                                                          f"{Path(path).name} (dynamic)"))
+                    v = _variant(r.get("variant", doc.get("variant")), path)
+                    self.rows.setdefault((v, "dealthdr", s_text(r["s"])), r)
+                    self.by_s.setdefault((v, s_text(r["s"])),
+                                         (r["psnr_mu"], f"{Path(path).name} (dynamic)"))
         else:
             raise ValueError(f"{path}: not a quantize report or an evaluation JSON "
                              f"(format {fmt!r})")
@@ -57,15 +65,21 @@ class Quality:
         """(PSNR-mu, source) of a record's graph, or (None, None)."""
         if rec.get("psnr_mu") is not None:
             return rec["psnr_mu"], "record"
-        s, centre, prec = rec["s"], rec.get("centre"), rec["precision"]
+        v, s, centre, prec = rec.get("variant"), rec["s"], rec.get("centre"), rec["precision"]
         if prec == "int8":
             backend = REPORT_BACKEND.get((rec["runtime"], rec["backend"]),
                                          REPORT_BACKEND.get((rec["runtime"], None)))
-            return self.bucket.get(("int8", backend, s, centre), (None, None))
+            return self.bucket.get((v, "int8", backend, s, centre), (None, None))
         if prec == "fp16":  # Core ML fp16: parity pending off macOS; no figure of its own
             return None, None
-        hit = self.bucket.get(("fp32", None, s, centre))
-        return hit if hit else self.by_s.get(s, (None, None))
+        hit = self.bucket.get((v, "fp32", None, s, centre))
+        return hit if hit else self.by_s.get((v, s), (None, None))
+
+
+def _variant(name: str | None, path: Path) -> str:
+    if not name:
+        raise ValueError(f"{path}: names no variant; quality figures are matched per variant")
+    return name
 
 
 def load_quality(paths) -> Quality:

@@ -101,6 +101,52 @@ def table_i(records: list[dict], quality) -> str:
     return "\n".join(out) + "\n"
 
 
+def table_f(records: list[dict], quality, params: dict[str, float], s: str = "15") -> str:
+    """Table F-style: per variant, size and cost at one s beside held-out quality.
+
+    Latency is the median of both centres' medians per runtime (one thread count: the largest
+    measured); 'x default' divides by the default variant's figure of the same column."""
+    ours = [r for r in records if not is_reference(r) and r["s"] == s and r["precision"] == "fp32"]
+    cols = [("torch", "eager-cpu", "eager ms"), ("executorch", "xnnpack", "XNNPACK fp32 ms")]
+    rows = {}
+    for v in sorted({r["variant"] for r in ours}, key=lambda v: params.get(v, 0)):
+        mine = [r for r in ours if r["variant"] == v]
+        threads = max((r["threads"] for r in mine if r["threads"] is not None), default=None)
+        mine = [r for r in mine if r["threads"] == threads]
+        gf = [r["gflops"] for r in mine if r["gflops"] is not None]
+        row = {"params": params.get(v), "gmacs": sum(gf) / len(gf) / 2 if gf else None,
+               "ratio": sum(r["attention_ratio"] for r in mine) / len(mine)}
+        for runtime, backend, name in cols:
+            ms = [r["latency_ms_median"] for r in mine
+                  if (r["runtime"], r["backend"]) == (runtime, backend)]
+            row[name] = sum(ms) / len(ms) if ms else None
+        ev = quality.rows.get((v, "dealthdr", s), {})
+        row.update(psnr=ev.get("psnr_mu"), ssim=ev.get("ssim_mu"))
+        rows[v] = row
+    ref = rows.get("default", {})
+
+    def rel(v, key):
+        a, b = rows[v].get(key), ref.get(key)
+        return "" if a is None or not b else f" ({a / b:.2f}x)"
+
+    out = [f"| variant | params (M) | GMACs s={s} | R | " + " | ".join(c[2] for c in cols)
+           + f" | PSNR-mu s={s} | SSIM-mu s={s} |", "|---|" + "---:|" * (len(cols) + 5)]
+    for v, r in rows.items():
+        out.append(f"| {v} | {_f(r['params'], '.2f')} | {_f(r['gmacs'], '.1f')}{rel(v, 'gmacs')} "
+                   f"| {r['ratio']:.3f} | "
+                   + " | ".join(f"{_f(r[c[2]], '.1f')}{rel(v, c[2])}" for c in cols)
+                   + f" | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} |")
+    base = [(m, quality.rows[(None, m, None)]) for m in ("classical", "reference")
+            if (None, m, None) in quality.rows]
+    for m, r in base:
+        out.append(f"| {m} (no network) | - | - | - | - | - | {_f(r.get('psnr_mu'), '.2f')} | "
+                   f"{_f(r.get('ssim_mu'), '.4f')} |")
+    out += ["", "(x) = the figure relative to the default variant's. Quality: held-out synthetic "
+            "clips, from the --quality evaluation files; a variant without an evaluation row "
+            "shows n/a. Paper, Table F: DeAltHDR-S at about 0.8x the default's FLOPs."]
+    return "\n".join(out) + "\n"
+
+
 def table_g(doc: dict) -> str:
     """Component x s-bucket: eager ms and share; GFLOPs at the last bucket; the paper's share."""
     buckets = doc.get("buckets", [])

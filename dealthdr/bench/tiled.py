@@ -32,7 +32,7 @@ from pathlib import Path
 
 from dealthdr.bench.worker import peak_memory, start_memory_watch
 from dealthdr.calib.windows import make_windows
-from dealthdr.checkpoint import load_checkpoint, resolve_checkpoint
+from dealthdr.checkpoint import load_checkpoint
 from dealthdr.cliargs import parse_size
 from dealthdr.export.tiles import run_program_tiled
 from dealthdr.fileio import atomic_write_bytes, jsonable, sha256_file
@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
                    help="pixels shared by neighbouring tiles, blended (default 32)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     p.add_argument("--checkpoint", default="default",
-                   help="checkpoint of the untiled eager reference (default: the shipped one)")
+                   help="checkpoint of the untiled eager reference (default: the shipped one of "
+                        "the program's variant)")
     p.add_argument("--out", type=Path, default=Path("runs/tiled.json"),
                    help="record to write (default runs/tiled.json)")
     p.set_defaults(run=run)
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if proc.returncode != 0:
             raise RuntimeError(f"tiled worker exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         measured = json.loads(result.read_text())
-        quality = _against_eager(args, art, output)
+        quality = _against_eager(args, art, manifest["model"]["variant"], output)
     record = {"benchmark": "tiled_pte", "artifact": args.pte.name, "sha256": art["sha256"],
               "method": method, "passes": passes,
               "mode": "frame flows and statistics" if tiled else "tiles alone",
@@ -133,14 +134,14 @@ def _window(size: tuple[int, int], centre: str, frames: int):
     return next(w for w in windows if w.centre == centre)
 
 
-def _against_eager(args: argparse.Namespace, art: dict, output: Path) -> dict:
+def _against_eager(args: argparse.Namespace, art: dict, variant: str, output: Path) -> dict:
     import math
 
     import numpy as np
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), None)
+    model, _ = load_checkpoint(args.checkpoint, variant)
     win = _window(tuple(args.size), art["centre"], art["input_shape"]["frames"][1])
     s = math.inf if art["s"] == "inf" else float(art["s"])
     with torch.no_grad():

@@ -91,7 +91,7 @@ def calibrate(model, windows, s_values: list[float], quantile: float = 0.95,
 def run_calibration(checkpoint: str, variant: str | None, s_values: list[float],
                     size: tuple[int, int], clips: int, quantile: float, seed: int = 0,
                     progress: bool = True) -> dict:
-    path = resolve_checkpoint(checkpoint)
+    path = resolve_checkpoint(checkpoint, variant)
     model, _ = load_checkpoint(path, variant)
     windows = make_windows("train", *size, clips=clips, seed=seed, progress=progress,
                            frames=model.cfg.num_frames)

@@ -138,7 +138,7 @@ def write_manifest(stage: Path, tool: str, cfg: ExportConfig, model_info: dict,
 def prepare(cfg: ExportConfig):
     """Load the model, calibrate (or read) the buckets, make parity windows.
     Returns (model, model_info, calibration, buckets, windows)."""
-    path = resolve_checkpoint(cfg.checkpoint)
+    path = resolve_checkpoint(cfg.checkpoint, cfg.variant)
     model, meta = load_checkpoint(path, cfg.variant)
     sha = sha256_file(path)
     info = {"variant": model.cfg.name, "checkpoint": checkpoint_label(path),

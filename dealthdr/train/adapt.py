@@ -59,6 +59,7 @@ SAMPLINGS = ("motion", "window")
 class AdaptConfig:
     """Hyperparameters of an adaptation run (paper where it says; ours where it is silent)."""
     init: str = "default"           # checkpoint to adapt
+    variant: str | None = None      # None: the checkpoint's; with 'default', the shipped one of it
     steps: int = 200
     batch: int = 1
     patch: int = 96                 # random square crop; 0 = whole frames
@@ -177,15 +178,17 @@ class Adapter:
     def _restore(self):
         step = latest_step(self.ckpt_dir)
         if step is None:
-            student, _ = load_checkpoint(self.cfg.init)
-            teacher, _ = load_checkpoint(self.cfg.init)  # Θ_ema starts at the initial Θ
+            student, _ = load_checkpoint(self.cfg.init, self.cfg.variant)
+            teacher, _ = load_checkpoint(self.cfg.init, self.cfg.variant)  # Θ_ema = initial Θ
             return 0, student, teacher, None
-        model, meta, opt_path, step = load_state(self.ckpt_dir, None)
+        model, meta, opt_path, step = load_state(self.ckpt_dir, self.cfg.variant)
         saved = meta.get("adapt_config", {})
         mine = json.loads(json.dumps(asdict(self.cfg)))
         for cfg in (saved, mine):  # the shipped checkpoint by any path is 'default'
             if cfg.get("init"):
                 cfg["init"] = checkpoint_label(cfg["init"])
+        if mine.get("variant") is None:  # unnamed: whatever the checkpoint is, as saved
+            mine["variant"] = saved.get("variant")
         changed = sorted(k for k in mine if k in saved and saved[k] != mine[k]
                          and k not in ("steps", "ckpt_every"))
         if changed or meta.get("source", {}).get("frames_used") != self.source["frames_used"]:
