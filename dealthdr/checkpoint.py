@@ -37,7 +37,8 @@ def shipped_variants() -> list[str]:
 
 def resolve_checkpoint(name: str | Path, variant: str | None = None) -> Path:
     """'default' -> the shipped checkpoint of `variant` (tiny when None); anything else is a
-    path."""
+    path, given with or without its suffix: the weights file (.safetensors) is returned, which
+    is what digests and labels are taken of."""
     if str(name) == "default":
         path = shipped_path(variant)
         if not path.is_file():
@@ -46,7 +47,7 @@ def resolve_checkpoint(name: str | Path, variant: str | None = None) -> Path:
                 f"no shipped checkpoint of variant {which!r} ({path}); shipped: "
                 f"{shipped_variants() or 'none'}. Train one with `dealthdr train` or pass a path")
         return path
-    return Path(name)
+    return _paths(name)[0]
 
 
 def checkpoint_label(name: str | Path) -> str:

@@ -75,3 +75,9 @@ def test_default_names_the_shipped_checkpoint_of_the_asked_variant(tmp_path, mon
     assert checkpoint_label(tmp_path / "dealthdr_s.safetensors") == "default"
     with pytest.raises(FileNotFoundError, match=r"variant 'default'.*shipped: \['s', 'tiny'\]"):
         resolve_checkpoint("default", "default")
+
+
+def test_a_checkpoint_named_without_suffix_resolves_to_its_weights_file(tmp_path):
+    save_checkpoint(create_model("tiny"), tmp_path / "ck")
+    for name in (tmp_path / "ck", str(tmp_path / "ck.json"), tmp_path / "ck.safetensors"):
+        assert resolve_checkpoint(name) == tmp_path / "ck.safetensors"

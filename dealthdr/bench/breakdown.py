@@ -27,6 +27,7 @@ from dealthdr.checkpoint import checkpoint_label, load_checkpoint
 from dealthdr.cliargs import parse_sizes
 from dealthdr.export.buckets import BucketGraph, example_inputs, make_buckets
 from dealthdr.fileio import atomic_write_bytes
+from dealthdr.model import VARIANTS
 from dealthdr.profile import COMPONENTS, count_flops
 from dealthdr.sensitivity import parse_s_texts
 from dealthdr.sysinfo import machine_record
@@ -42,7 +43,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("breakdown", help="per-component eager latency (Table G)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="default",
-                   help="weights ('default': the shipped checkpoint)")
+                   help="weights ('default': the shipped checkpoint of --variant)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="with --checkpoint default: whose shipped weights (default tiny); with "
+                        "a path: the variant it must be")
     p.add_argument("--size", type=parse_sizes, default=[(256, 256)],
                    help="input size HxW (default 256x256)")
     p.add_argument("--s", type=parse_s_texts, default=["0", "15", "100"], dest="s_values",
@@ -140,24 +144,28 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
             "total_gflops": total_flops / 1e9, "threads": torch.get_num_threads(), "rows": out}
 
 
-def _model_and_buckets(checkpoint: str, calibration: dict, s_values, size, centres):
-    model, _ = load_checkpoint(checkpoint)
+def _model_and_buckets(checkpoint: str, variant: str | None, calibration: dict, s_values,
+                       size, centres):
+    model, _ = load_checkpoint(checkpoint, variant)
     return model.eval(), make_buckets(calibration, [float(s) for s in s_values], size, centres,
                                       model.cfg.attn_tile)
 
 
 def measure_for_jobs(jobs: list, threads: int) -> dict:
-    """Breakdown of the eager jobs' buckets (short centre) at the first size, for `run --plot`."""
+    """Breakdown of the eager jobs' buckets (short centre) at the first size, for `run --plot`;
+    one variant's (the first job's): Table G is a table of one network."""
     import torch
 
     eager = [j for j in jobs if j.runtime == "torch" and j.centre == "short"]
     if not eager:
         return {"buckets": [], "note": "no eager jobs: no breakdown"}
+    eager = [j for j in eager if j.variant == eager[0].variant]
     size = eager[0].size
     cal = {"buckets": [{"s": j.s, "ratio": j.ratio_budget} for j in eager if j.size == size]}
     s_values = list(dict.fromkeys(j.s for j in eager if j.size == size))
     torch.set_num_threads(threads)
-    model, buckets = _model_and_buckets(eager[0].checkpoint, cal, s_values, size, ("short",))
+    model, buckets = _model_and_buckets(eager[0].checkpoint, eager[0].variant, cal, s_values,
+                                        size, ("short",))
     return _doc([measure(model, b, size) for b in buckets], eager[0].checkpoint)
 
 
@@ -178,13 +186,13 @@ def run(args: argparse.Namespace) -> int:
     if args.buckets is not None:
         calibration = read_buckets(args.buckets)
     else:
-        calibration = run_calibration(args.checkpoint, None,
+        calibration = run_calibration(args.checkpoint, args.variant,
                                       [float(s) for s in args.s_values], args.size[0], clips=2,
                                       quantile=0.95)
     torch.set_num_threads(args.threads)
     size = args.size[0]
-    model, buckets = _model_and_buckets(args.checkpoint, calibration, args.s_values, size,
-                                        ("short",))
+    model, buckets = _model_and_buckets(args.checkpoint, args.variant, calibration,
+                                        args.s_values, size, ("short",))
     results = [measure(model, b, size, args.warmup, args.repeat) for b in buckets]
     write(args.out, _doc(results, args.checkpoint))
     print(table_g(_doc(results, args.checkpoint)))

@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="default",
-                   help="checkpoint (.safetensors) or 'default' (the shipped one)")
-    p.add_argument("--variant", default=None, help="expected variant; a mismatch is an error")
+                   help="checkpoint (.safetensors) or 'default' (the shipped one of --variant)")
+    p.add_argument("--variant", default=None,
+                   help="with 'default': whose shipped weights (default tiny); with a path: "
+                        "the expected variant, a mismatch is an error")
     p.add_argument("--s-buckets", type=parse_s_list, default=[0.0, 1.0, 15.0, 100.0],
                    help="comma-separated sensitivities s, 'inf' allowed (default 0,1,15,100)")
     p.add_argument("--size", type=parse_size, default=(256, 256),

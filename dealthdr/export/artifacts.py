@@ -44,10 +44,11 @@ def add_common_flags(p: argparse.ArgumentParser, out_default: str) -> None:
                    help="sensitivities s to export, comma-separated, 'inf' allowed; one "
                         "fixed-shape graph each (default 0,1,15,100)")
     p.add_argument("--checkpoint", default="default",
-                   help="weights (.safetensors + .json) or 'default', the shipped checkpoint")
+                   help="weights (.safetensors + .json) or 'default', the shipped checkpoint "
+                        "of --variant (tiny when none is named)")
     p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="expected variant of --checkpoint; a mismatch is an error "
-                        "(default: whatever the checkpoint is)")
+                   help="variant of --checkpoint: with 'default', whose shipped weights; with a "
+                        "path, a mismatch is an error (default: whatever the checkpoint is)")
     p.add_argument("--size", type=parse_size, default=(256, 256),
                    help="fixed input size HxW (default 256x256, a phone tile; 1080x1920 works)")
     p.add_argument("--centre", choices=("both", "short", "long"), default="both",
