@@ -219,3 +219,16 @@ def test_mode_mix_flag_sets_the_alignment_shares_and_checks_them(capsys):
         with pytest.raises(SystemExit):
             _train_flags("--mode-mix", bad)
         assert "--mode-mix" in capsys.readouterr().err
+
+
+def test_resume_compares_settings_by_meaning():
+    from dealthdr.checkpoint import shipped_path
+    from dealthdr.train.state import changed_settings
+
+    saved = {"init": str(shipped_path()), "steps": 10, "ckpt_every": 5, "lr": 1e-4,
+             "variant": "tiny"}
+    same = {"init": "default", "steps": 20, "ckpt_every": 50, "lr": 1e-4, "variant": None}
+    assert changed_settings(saved, same) == []
+    assert changed_settings(saved, {**same, "lr": 2e-4, "variant": "s"}) == ["lr", "variant"]
+    assert changed_settings(saved, {**same, "init": "runs/other.safetensors"}) == ["init"]
+    assert saved["init"] == str(shipped_path())  # the caller's dicts are left as they were

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..checkpoint import checkpoint_label, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.sequence import Sequence
 from ..fileio import atomic_write_bytes
 from ..metrics import MU
@@ -49,7 +49,8 @@ from ..model import DeAltHDR
 from ..sysinfo import machine_record
 from .loop import TrainConfig, cosine_lr, sample_s
 from .plot import plot_loss_curve
-from .state import latest_step, load_extra, load_optimizer, load_state, save_state
+from .state import (changed_settings, latest_step, load_extra, load_optimizer, load_state,
+                    save_state)
 
 log = logging.getLogger(__name__)
 SAMPLINGS = ("motion", "window")
@@ -183,14 +184,7 @@ class Adapter:
             return 0, student, teacher, None
         model, meta, opt_path, step = load_state(self.ckpt_dir, self.cfg.variant)
         saved = meta.get("adapt_config", {})
-        mine = json.loads(json.dumps(asdict(self.cfg)))
-        for cfg in (saved, mine):  # the shipped checkpoint by any path is 'default'
-            if cfg.get("init"):
-                cfg["init"] = checkpoint_label(cfg["init"])
-        if mine.get("variant") is None:  # unnamed: whatever the checkpoint is, as saved
-            mine["variant"] = saved.get("variant")
-        changed = sorted(k for k in mine if k in saved and saved[k] != mine[k]
-                         and k not in ("steps", "ckpt_every"))
+        changed = changed_settings(saved, json.loads(json.dumps(asdict(self.cfg))))
         if changed or meta.get("source", {}).get("frames_used") != self.source["frames_used"]:
             raise ValueError(f"{self.out} holds a run with other settings "
                              f"({changed or ['frames']}); use another --out or the same "

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import checkpoint_label, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..fileio import atomic_write_bytes
 from ..model import DeAltHDR, create_model, get_config
 from ..model.inputs import prepare_inputs
@@ -30,7 +30,7 @@ from ..sysinfo import machine_record
 from .dataset import ParityBatchSampler, WindowDataset
 from .losses import HDRLoss, flow_epe
 from .plot import plot_loss_curve
-from .state import latest_step, load_optimizer, load_state, save_state
+from .state import changed_settings, latest_step, load_optimizer, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,9 @@ class Trainer:
             return 0, model, None
         model, meta, opt_path, step = load_state(self.ckpt_dir, self.cfg.variant)
         saved = meta.get("train_config", {})
-        mine = json.loads(json.dumps(asdict(self.cfg)))
-        for cfg in (saved, mine):  # the shipped checkpoint by any path is 'default'
-            if cfg.get("init"):
-                cfg["init"] = checkpoint_label(cfg["init"])
-        changed = {k for k in mine if k in saved and saved[k] != mine[k]
-                   and k not in ("steps", "ckpt_every")}
+        changed = changed_settings(saved, json.loads(json.dumps(asdict(self.cfg))))
         if changed:
-            raise ValueError(f"{self.out} holds a run with other settings ({sorted(changed)}); "
+            raise ValueError(f"{self.out} holds a run with other settings ({changed}); "
                              "use another --out or the same settings to resume")
         log.info("resuming from step %d", step)
         return step, model, opt_path

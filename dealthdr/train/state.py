@@ -12,8 +12,25 @@ import torch
 
 from ..fileio import atomic_write_bytes
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoint_label, load_checkpoint, save_checkpoint
 from ..model import DeAltHDR
+
+# What a resumed run may change: how long it runs and how often it saves.
+RESUMABLE_CHANGES = ("steps", "ckpt_every")
+
+
+def changed_settings(saved: dict, mine: dict) -> list[str]:
+    """Settings (JSON-ready dicts of a run config) that differ between a saved run and this one.
+    The initial checkpoint is compared by label (the shipped one by any path is 'default'), and
+    an unnamed variant (None: whatever the checkpoint is) matches the saved one."""
+    saved, mine = dict(saved), dict(mine)
+    for cfg in (saved, mine):
+        if cfg.get("init"):
+            cfg["init"] = checkpoint_label(cfg["init"])
+    if "variant" in mine and mine["variant"] is None:
+        mine["variant"] = saved.get("variant")
+    return sorted(k for k in mine if k in saved and saved[k] != mine[k]
+                  and k not in RESUMABLE_CHANGES)
 
 
 def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
