@@ -510,3 +510,19 @@ def test_discover_plans_stream_fuse_jobs_and_skips_apple_and_per_frame_methods(t
     got = sorted((j.backend, j.method) for j in jobs)
     assert got == [("xnnpack", "forward_short"), ("xnnpack-stream", "fuse_short")]
     assert all(("stream" in j.extra) == (j.backend == "xnnpack-stream") for j in jobs)
+
+
+def test_summary_keeps_variants_apart():
+    from dealthdr.bench.summary import summarise, text
+
+    recs = _stream({"0": (100, 100), "15": (150, 150)}, runtime="torch")
+    recs = [{**r, "backend": "eager-cpu"} for r in recs]
+    recs += [{**r, "variant": "s", "attention_ratio": r["attention_ratio"] / 2,
+              "latency_ms_median": 3 * r["latency_ms_median"]} for r in recs]
+    report = summarise(recs)
+    assert sorted(g["variant"] for g in report["groups"]) == ["s", "tiny"]
+    out = text(report)
+    assert "R per s-bucket, tiny: s0=0.0000, s15=0.4128" in out
+    assert "R per s-bucket, s: s0=0.0000, s15=0.2064" in out
+    assert any(ln.startswith("s        torch/eager-cpu") and "s15:450" in ln
+               for ln in out.splitlines())

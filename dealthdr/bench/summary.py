@@ -79,8 +79,11 @@ def summarise(records: list[dict]) -> dict:
             "vs_eager_geomean": geometric_mean(speeds) if speeds else None})
     int8 = [g for g in out if g["precision"] == "int8" and g["vs_eager_geomean"] is not None]
     return {"groups": out, "int8_target_vs_eager": INT8_TARGET,
-            "int8_meets_target": {f"{g['runtime']}/{g['backend']} {g['size']} t{g['threads']}":
-                                  g["vs_eager_geomean"] >= INT8_TARGET for g in int8}}
+            "int8_meets_target": {_name(g): g["vs_eager_geomean"] >= INT8_TARGET for g in int8}}
+
+
+def _name(g: dict) -> str:
+    return f"{g['variant']} {g['runtime']}/{g['backend']} {g['size']} t{g['threads']}"
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -89,7 +92,7 @@ def _fmt(v, spec: str, none: str = "-") -> str:
 
 def text(report: dict) -> str:
     lines = ["latency against attention ratio R (median ms; fit over both centres' graphs)",
-             f"{'runtime/backend':33} {'prec':5} {'size':9} {'thr':>3}  "
+             f"{'variant':8} {'runtime/backend':24} {'prec':5} {'size':9} {'thr':>3}  "
              f"{'ms per s-bucket (R)':44} {'a ms':>8} {'b ms/R':>8} {'r2':>6} {'max res':>8} "
              f"{'rises':>5} {'mono':>4} {'x eager':>7}"]
     for g in report["groups"]:
@@ -97,22 +100,26 @@ def text(report: dict) -> str:
         fit = g["fit"]
         resid = fit["max_rel_residual"]
         lines.append(
-            f"{g['runtime'] + '/' + g['backend']:33} {g['precision']:5} {g['size']:9} "
+            f"{g['variant']:8} {g['runtime'] + '/' + g['backend']:24} {g['precision']:5} "
+            f"{g['size']:9} "
             f"{_fmt(g['threads'], 'd'):>3}  {cells:44} {fit['intercept']:8.4g} "
             f"{_fmt(fit['slope'], '8.4g'):>8} {_fmt(fit['r2'], '6.3f'):>6} "
             f"{_fmt(None if resid is None else 100 * resid, '7.1f'):>7}% "
             f"{'yes' if g['rises'] else 'NO':>5} {'yes' if g['monotone'] else 'no':>4} "
             f"{_fmt(g['vs_eager_geomean'], '6.2f'):>6}x")
-    ratios = {g["per_s"][i]["s"]: g["per_s"][i]["attention_ratio"] for g in report["groups"]
-              for i in range(len(g["per_s"]))}
-    if ratios:
-        lines.append("R per s-bucket: " + ", ".join(f"s{s}={r:.4f}" for s, r in ratios.items()))
+    # a bucket's R depends on the weights (the flow decides what the mask selects): per variant
+    ratios = defaultdict(dict)
+    for g in report["groups"]:
+        for p in g["per_s"]:
+            ratios[g["variant"]][p["s"]] = p["attention_ratio"]
+    for variant, by_s in ratios.items():
+        lines.append(f"R per s-bucket, {variant}: "
+                     + ", ".join(f"s{s}={r:.4f}" for s, r in by_s.items()))
     lines.append("a + b*R: latency at R=0 and per unit attention ratio; rises: b > 0; mono: every "
                  "bucket slower than the one before; max res: largest |residual| / mean "
                  "latency; x eager: geometric mean over s of eager/runtime")
     for name, ok in report["int8_meets_target"].items():
-        g = next(x for x in report["groups"] if x["precision"] == "int8"
-                 and f"{x['runtime']}/{x['backend']} {x['size']} t{x['threads']}" == name)
+        g = next(x for x in report["groups"] if x["precision"] == "int8" and _name(x) == name)
         lines.append(f"int8 target (>= {report['int8_target_vs_eager']:.0f}x eager fp32) "
                      f"{name}: {g['vs_eager_geomean']:.2f}x -> {'met' if ok else 'NOT met'}")
     return "\n".join(lines)
