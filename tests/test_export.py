@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dealthdr.calib.windows import make_windows
+from dealthdr.checkpoint import shipped_path
 from dealthdr.export.artifacts import digest, staging_dir
 from dealthdr.model.inputs import neighbour_offsets, window_pattern
 from dealthdr.model.network import level_tiles
@@ -221,9 +222,14 @@ def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
         assert exc.value.code == 2
     (tmp_path / "exists").mkdir()
     assert main(["--s-buckets", "0", "--out", str(tmp_path / "exists")]) == 2
+    # a path of another variant is refused; 'default' of a variant that ships none too
+    tiny = str(shipped_path("tiny"))
+    assert main(["--s-buckets", "0", "--checkpoint", tiny, "--variant", "default", "--out",
+                 str(tmp_path / "y")]) == 2
     assert main(["--s-buckets", "0", "--variant", "default", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "duplicates" in err and ">= 0" in err and "--force" in err and "not 'default'" in err
+    assert "no shipped checkpoint of variant 'default'" in err
     assert not (tmp_path / "y").exists()
 
 
