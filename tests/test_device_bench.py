@@ -401,8 +401,8 @@ def test_plot_writes_figures_and_tables(tmp_path):
     assert "| hdrflow |" in table and "x1.71 FLOPs" in table
     assert "FGMA attention" in (tmp_path / "plots" / "table_g.md").read_text()
     table_f = (tmp_path / "plots" / "table_f.md").read_text().splitlines()
-    tiny = next(ln for ln in table_f if ln.startswith("| tiny |"))
-    default = next(ln for ln in table_f if ln.startswith("| default |"))
+    tiny = next(ln for ln in table_f if ln.startswith("| phone-x | tiny |"))
+    default = next(ln for ln in table_f if ln.startswith("| phone-x | default |"))
     # tiny at s=15: 14 GFLOPs = 7 GMACs, eager (150 + 152) / 2 = 151 ms, half the default's;
     # quality from the report's fp32 row of tiny, none for default
     assert "| 1.89 | 7.0 (0.50x) |" in tiny and "| 151.0 (0.50x) |" in tiny

@@ -102,15 +102,18 @@ def table_i(records: list[dict], quality) -> str:
 
 
 def table_f(records: list[dict], quality, params: dict[str, float], s: str = "15") -> str:
-    """Table F-style: per variant, size and cost at one s beside held-out quality.
+    """Table F-style: per device and variant, size and cost at one s beside held-out quality.
 
-    Latency is the median of both centres' medians per runtime (one thread count: the largest
-    measured); 'x default' divides by the default variant's figure of the same column."""
+    Latency is the mean of both centres' medians per runtime (one thread count: the largest
+    measured on that device); '(x)' divides by the default variant's figure of the same column
+    on the same device."""
     ours = [r for r in records if not is_reference(r) and r["s"] == s and r["precision"] == "fp32"]
     cols = [("torch", "eager-cpu", "eager ms"), ("executorch", "xnnpack", "XNNPACK fp32 ms")]
     rows = {}
-    for v in sorted({r["variant"] for r in ours}, key=lambda v: params.get(v, 0)):
-        mine = [r for r in ours if r["variant"] == v]
+    keys = sorted({(r["device"], r["variant"]) for r in ours},
+                  key=lambda k: (k[0], params.get(k[1], 0)))
+    for device, v in keys:
+        mine = [r for r in ours if (r["device"], r["variant"]) == (device, v)]
         threads = max((r["threads"] for r in mine if r["threads"] is not None), default=None)
         mine = [r for r in mine if r["threads"] == threads]
         gf = [r["gflops"] for r in mine if r["gflops"] is not None]
@@ -122,25 +125,25 @@ def table_f(records: list[dict], quality, params: dict[str, float], s: str = "15
             row[name] = sum(ms) / len(ms) if ms else None
         ev = quality.rows.get((v, "dealthdr", s), {})
         row.update(psnr=ev.get("psnr_mu"), ssim=ev.get("ssim_mu"))
-        rows[v] = row
-    ref = rows.get("default", {})
+        rows[(device, v)] = row
 
-    def rel(v, key):
-        a, b = rows[v].get(key), ref.get(key)
+    def rel(k, key):
+        a, b = rows[k].get(key), rows.get((k[0], "default"), {}).get(key)
         return "" if a is None or not b else f" ({a / b:.2f}x)"
 
-    out = [f"| variant | params (M) | GMACs s={s} | R | " + " | ".join(c[2] for c in cols)
-           + f" | PSNR-mu s={s} | SSIM-mu s={s} |", "|---|" + "---:|" * (len(cols) + 5)]
-    for v, r in rows.items():
-        out.append(f"| {v} | {_f(r['params'], '.2f')} | {_f(r['gmacs'], '.1f')}{rel(v, 'gmacs')} "
-                   f"| {r['ratio']:.3f} | "
-                   + " | ".join(f"{_f(r[c[2]], '.1f')}{rel(v, c[2])}" for c in cols)
+    out = [f"| device | variant | params (M) | GMACs s={s} | R | "
+           + " | ".join(c[2] for c in cols) + f" | PSNR-mu s={s} | SSIM-mu s={s} |",
+           "|---|---|" + "---:|" * (len(cols) + 5)]
+    for k, r in rows.items():
+        out.append(f"| {k[0]} | {k[1]} | {_f(r['params'], '.2f')} | "
+                   f"{_f(r['gmacs'], '.1f')}{rel(k, 'gmacs')} | {r['ratio']:.3f} | "
+                   + " | ".join(f"{_f(r[c[2]], '.1f')}{rel(k, c[2])}" for c in cols)
                    + f" | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} |")
     base = [(m, quality.rows[(None, m, None)]) for m in ("classical", "reference")
             if (None, m, None) in quality.rows]
     for m, r in base:
-        out.append(f"| {m} (no network) | - | - | - | - | - | {_f(r.get('psnr_mu'), '.2f')} | "
-                   f"{_f(r.get('ssim_mu'), '.4f')} |")
+        out.append(f"| - | {m} (no network) | - | - | - | - | - | "
+                   f"{_f(r.get('psnr_mu'), '.2f')} | {_f(r.get('ssim_mu'), '.4f')} |")
     out += ["", "(x) = the figure relative to the default variant's. Quality: held-out synthetic "
             "clips, from the --quality evaluation files; a variant without an evaluation row "
             "shows n/a. Paper, Table F: DeAltHDR-S at about 0.8x the default's FLOPs."]
