@@ -10,8 +10,9 @@ Writes into DIR, per input size:
                        with the linear fit.
   breakdown.png        eager latency per component and s-bucket (Table G), with --breakdown.
   table_i.md, table_g.md
-  table_f.md           per device and variant: params, GMACs, attention ratio and latency (eager, XNNPACK
-                       fp32) at s=15, held-out PSNR-mu/SSIM-mu, and the classical/reference rows
+  table_f.md           per device and variant: params, GMACs, attention ratio and latency
+                       (eager, XNNPACK fp32) at s=15, held-out PSNR-mu/SSIM-mu, and the
+                       classical/reference rows
 Quality comes from --quality files (dealthdr/bench/quality.py); fig1 uses one thread count per
 device (--threads, default the largest measured), the latency figure all of them.
 """
