@@ -110,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     networks, nets = [], []
     for ckpt, variant in checkpoint_pairs(args.checkpoint, args.variant):
         # every checkpoint is loaded (and a bad one refused) before any clip is read
-        model, meta = load_checkpoint(ckpt, variant=variant)
-        label = checkpoint_label(resolve_checkpoint(ckpt, variant))
+        path = resolve_checkpoint(ckpt, variant)
+        model, meta = load_checkpoint(path, variant=variant)
+        label = checkpoint_label(path)
         if any((n["checkpoint"], n["variant"]) == (label, model.cfg.name) for n in networks):
             raise ValueError(f"{ckpt} ({model.cfg.name}) is given twice")
         networks.append({"checkpoint": label, "variant": model.cfg.name, "meta": meta})

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tile < 0 or args.overlap < 0:
         raise ValueError("--tile and --overlap must be >= 0")
     # fail on a bad checkpoint before reading data
-    model, _ = load_checkpoint(args.checkpoint, args.variant)
+    path = resolve_checkpoint(args.checkpoint, args.variant)
+    model, _ = load_checkpoint(path, args.variant)
     seq = open_sequence(args.input, args.exposure_cycle)
     frames = frame_range(args.frames, len(seq))
     manifest = reconstruct(seq, model, args.output, s=args.s, tile=args.tile,
@@ -128,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
                            previews=not args.no_preview, mp4=not args.no_mp4, fps=args.fps,
                            overwrite=args.overwrite, progress=not args.no_progress,
                            device=args.device, stream=not args.no_stream,
-                           extra={"checkpoint": checkpoint_label(
-                               resolve_checkpoint(args.checkpoint, model.cfg.name)),
+                           extra={"checkpoint": checkpoint_label(path),
                                   "variant": model.cfg.name})
     line = (f"{len(frames)} HDR frames in {args.output} "
             f"({manifest['seconds_per_frame']:.2f} s/frame)")

@@ -30,8 +30,9 @@ class Quality:
     def __init__(self) -> None:
         # (variant, prec, backend|None, s, centre)
         self.bucket: dict[tuple, tuple[float, str]] = {}
-        self.by_s: dict[tuple, tuple[float, str]] = {}     # fp32 dynamic model: (variant, s)
-        self.rows: dict[tuple, dict] = {}   # evaluation rows: (variant, method, s) -> record
+        # evaluation rows (the fp32 dynamic model; baselines under variant and s None):
+        # (variant, method, s) -> (record, source)
+        self.rows: dict[tuple, tuple[dict, str]] = {}
 
     def load(self, path: Path) -> "Quality":
         doc = json.loads(Path(path).read_text())
@@ -48,14 +49,13 @@ class Quality:
                         kind = "QAT" if b.get("qat") is not None else "PTQ"
                         self.bucket[(v, "int8", backend, s, centre)] = (q, f"{src} {kind}")
         elif fmt.startswith("dealthdr-eval"):
+            src = f"{Path(path).name} (dynamic)"
             for r in doc["records"]:
                 if r.get("s") is None:  # a baseline: one row per evaluation, whatever variant
-                    self.rows.setdefault((None, r.get("method"), None), r)
-                if r.get("method") == "dealthdr" and r.get("psnr_mu") is not None:
+                    self.rows.setdefault((None, r.get("method"), None), (r, src))
+                elif r.get("method") == "dealthdr" and r.get("psnr_mu") is not None:
                     v = _variant(r.get("variant", doc.get("variant")), path)
-                    self.rows.setdefault((v, "dealthdr", s_text(r["s"])), r)
-                    self.by_s.setdefault((v, s_text(r["s"])),
-                                         (r["psnr_mu"], f"{Path(path).name} (dynamic)"))
+                    self.rows.setdefault((v, "dealthdr", s_text(r["s"])), (r, src))
         else:
             raise ValueError(f"{path}: not a quantize report or an evaluation JSON "
                              f"(format {fmt!r})")
@@ -73,7 +73,15 @@ class Quality:
         if prec == "fp16":  # Core ML fp16: parity pending off macOS; no figure of its own
             return None, None
         hit = self.bucket.get((v, "fp32", None, s, centre))
-        return hit if hit else self.by_s.get((v, s), (None, None))
+        if hit:
+            return hit
+        row = self.rows.get((v, "dealthdr", s))
+        return (row[0]["psnr_mu"], row[1]) if row else (None, None)
+
+    def row(self, variant: str | None, method: str, s: str | None) -> dict:
+        """An evaluation row (a baseline: variant and s None), or {} when no source has it."""
+        hit = self.rows.get((variant, method, s))
+        return hit[0] if hit else {}
 
 
 def _variant(name: str | None, path: Path) -> str:

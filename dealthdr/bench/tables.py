@@ -123,7 +123,7 @@ def table_f(records: list[dict], quality, params: dict[str, float], s: str = "15
             ms = [r["latency_ms_median"] for r in mine
                   if (r["runtime"], r["backend"]) == (runtime, backend)]
             row[name] = sum(ms) / len(ms) if ms else None
-        ev = quality.rows.get((v, "dealthdr", s), {})
+        ev = quality.row(v, "dealthdr", s)
         row.update(psnr=ev.get("psnr_mu"), ssim=ev.get("ssim_mu"))
         rows[(device, v)] = row
 
@@ -139,9 +139,10 @@ def table_f(records: list[dict], quality, params: dict[str, float], s: str = "15
                    f"{_f(r['gmacs'], '.1f')}{rel(k, 'gmacs')} | {r['ratio']:.3f} | "
                    + " | ".join(f"{_f(r[c[2]], '.1f')}{rel(k, c[2])}" for c in cols)
                    + f" | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} |")
-    base = [(m, quality.rows[(None, m, None)]) for m in ("classical", "reference")
-            if (None, m, None) in quality.rows]
-    for m, r in base:
+    for m in ("classical", "reference"):
+        r = quality.row(None, m, None)
+        if not r:
+            continue
         out.append(f"| - | {m} (no network) | - | - | - | - | - | "
                    f"{_f(r.get('psnr_mu'), '.2f')} | {_f(r.get('ssim_mu'), '.4f')} |")
     out += ["", "(x) = the figure relative to the default variant's. Quality: held-out synthetic "
