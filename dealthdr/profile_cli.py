@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import paper
 from .checkpoint import load_checkpoint, shipped_variants
 from .cliargs import parse_size
 from .fileio import atomic_write_bytes, jsonable
@@ -17,9 +18,6 @@ from .profile import linear_fit, profile_model
 from .sensitivity import parse_s_list
 from .sysinfo import machine_record
 from .testclip import make_clip
-
-# Paper, Table I / App. E (RTX A6000, 256x256), most likely GMACs (README: measured cost).
-PAPER_GMACS = {0: 98, 15: 128, 100: 159, math.inf: 168}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +75,9 @@ def _summary(records: list[dict]) -> list[str]:
                      "of mean; ")
         if 0 in by_s and math.inf in by_s:
             ratio = by_s[math.inf]["gflops"] / by_s[0]["gflops"]
-            line += f"GFLOPs(s=inf)/GFLOPs(s=0) = {ratio:.3f} (paper: 168/98 = {168 / 98:.3f})"
+            paper_cost = {row[0]: row[4] for row in paper.TABLE_I}
+            line += (f"GFLOPs(s=inf)/GFLOPs(s=0) = {ratio:.3f} (paper: {paper_cost['inf']}/"
+                     f"{paper_cost['0']} = {paper_cost['inf'] / paper_cost['0']:.3f})")
         out.append(line)
     return out
 

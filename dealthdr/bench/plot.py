@@ -22,7 +22,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from dealthdr.bench import paper
+from dealthdr import paper
 from dealthdr.bench.breakdown import ROWS
 from dealthdr.bench.quality import load_quality
 from dealthdr.bench.schema import is_reference, read_records

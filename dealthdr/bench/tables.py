@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dealthdr.bench import paper
+from dealthdr import paper
 from dealthdr.bench.schema import is_reference
 
 # Table G's sub-rows of FGMA (the component rows are `breakdown.ROWS`, from the profiler, which

@@ -22,17 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write_bytes
+from .degrade import SRGB_TO_XYZ
 
 log = logging.getLogger(__name__)
 
 CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 MIN_SIDE = 22  # LibRaw's identify() treats images under 22 x 22 as not RAW
 _CFA_CODE = {"R": 0, "G": 1, "B": 2}  # TIFF/EP CFAPattern colour codes
-# Linear sRGB -> XYZ (D65), as in dealthdr.data.degrade; its inverse is the default ColorMatrix1,
-# i.e. the default "camera" records linear sRGB.
-_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                         [0.2126729, 0.7151522, 0.0721750],
-                         [0.0193339, 0.1191920, 0.9503041]])
 # tifffile refuses to write the EXIF IFD pointer (34665) itself. A placeholder LONG tag with the
 # code just below it is written instead (so IFD0 stays sorted), then renamed and pointed at an
 # EXIF IFD appended to the file.
@@ -114,7 +110,8 @@ def dng_bytes(mosaic: np.ndarray, black_level=0, white_level: int | None = None,
     gains = np.asarray(wb_gains, dtype=np.float64)
     if gains.shape != (3,) or not (gains > 0).all():
         raise ValueError(f"wb_gains must be 3 positive gains (R, G, B), got {wb_gains}")
-    cm = np.linalg.inv(_SRGB_TO_XYZ) if color_matrix is None else np.asarray(color_matrix, float)
+    # by default ColorMatrix1 is sRGB's own: the "camera" records linear sRGB
+    cm = np.linalg.inv(SRGB_TO_XYZ) if color_matrix is None else np.asarray(color_matrix, float)
     if cm.shape != (3, 3) or not np.isfinite(cm).all():
         raise ValueError(f"color_matrix must be a finite 3x3 XYZ -> camera matrix, got {cm.shape}")
     neutral = gains[1] / gains  # DNG stores the camera's neutral, the inverse of the WB gains
