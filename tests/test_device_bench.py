@@ -177,6 +177,18 @@ def test_passes_interleave_pool_and_resume(artifacts, tmp_path, monkeypatch, cap
     assert len(ex["samples_ms"]) == 6 and ex["latency_ms_median"] == 15.0
     assert ex["peak_mem_mb"] == 2.0 and ex["load_ms"] == 7.5
 
+    # --fresh measures every job again and keeps nothing of the earlier run, even with a
+    # resume state left beside it
+    again = []
+    monkeypatch.setattr(run_mod, "run_job", lambda job, *a: again.append(job.runtime) or {
+        **fake(job, *a), "samples_ms": [99.0] * 3})
+    partial.write_text('{"stale": [{}]}')
+    assert main([*argv, "--fresh"]) == 0
+    assert sorted(again) == sorted(first * 2) and not partial.exists()
+    fresh = schema.read_records(out)
+    assert len(fresh) == 3 and all(r["pass_medians_ms"] == [99.0, 99.0] for r in fresh)
+    monkeypatch.setattr(run_mod, "run_job", fake)
+
     # a resume state cut off mid-write (or edited by hand) is refused by name; out is kept
     before = out.read_bytes()
     for junk in ('{"job": [{"samples', '[1, 2]'):

@@ -8,9 +8,10 @@ the load is timed apart, then `--warmup` untimed and `--repeat` timed inferences
 input; the `--trim` share of the fastest and slowest are dropped and the median, p10 and p90
 reported; peak memory is the RSS high-water mark the artifact added. Records are JSON lines
 (dealthdr/bench/schema.py); the file is rewritten atomically after every record, and a rerun
-skips the records it already holds, so an interrupted run resumes where it stopped. The summary
-(per runtime: the linear fit of latency against attention ratio and its residual, and speed
-relative to torch eager) is printed at the end and written beside the records.
+skips the records it already holds, so an interrupted run resumes where it stopped (`--fresh`
+starts anew, for a record whose ratios must all come from one run). The summary (per runtime:
+the linear fit of latency against attention ratio and its residual, and speed relative to
+torch eager) is printed at the end and written beside the records.
 """
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/host.jsonl"),
                    help="JSON-lines records; existing records are kept and not re-measured "
                         "(default runs/host.jsonl, outside the source tree)")
+    p.add_argument("--fresh", action="store_true",
+                   help="measure every job anew: the records and resume state already in --out "
+                        "are dropped (the file is replaced at the first new record), so ratios "
+                        "in it all come from this run; resume an interrupted --fresh run "
+                        "without the flag")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
                    help="also draw the curves, the tables and the eager component breakdown "
                         "into DIR (as `device_bench plot` and `breakdown`)")
@@ -202,17 +208,24 @@ def read_partial(path: Path) -> dict:
 
 
 def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, trim: float,
-                timeout: float, passes: int = 1) -> tuple[list[dict], list[str]]:
+                timeout: float, passes: int = 1, fresh: bool = False,
+                ) -> tuple[list[dict], list[str]]:
     """Run the jobs not yet in `out`, `passes` times interleaved; returns (all records,
     failures). Finished passes of unfinished jobs wait in `<out>.partial.json`, so a resumed
-    run only measures what is missing."""
+    run only measures what is missing. `fresh`: nothing of an earlier run is reused or kept
+    (a record that mixes runs would compare timings taken under different machine states)."""
     from tqdm import tqdm
 
-    records = schema.read_records(out) if out.is_file() else []
+    partial_path = out.with_name(out.name + ".partial.json")
+    if fresh:
+        if out.is_file() or partial_path.is_file():
+            log.info("--fresh: the records in %s are replaced by this run's", out)
+        records, partial = [], {}
+    else:
+        records = schema.read_records(out) if out.is_file() else []
+        partial = read_partial(partial_path)
     host = host_fields(device)
     done = {schema.key(r) for r in records}
-    partial_path = out.with_name(out.name + ".partial.json")
-    partial = read_partial(partial_path)
 
     def job_key(j):
         return (device, j.runtime, j.backend, j.precision, j.variant, j.s, j.centre,
@@ -278,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to measure: no artifact of the manifests matches --sizes / "
                          "--s / --centre / --runtimes on this host")
     records, failures = measure_all(jobs, args.out, args.device, args.warmup, args.repeat,
-                                    args.trim, args.timeout, args.passes)
+                                    args.trim, args.timeout, args.passes, args.fresh)
     mine = [r for r in records if r["device"] == args.device]
     report = summary.summarise(mine)
     summary.write_json(args.out.with_suffix(".summary.json"), report)
