@@ -15,7 +15,7 @@ from .cliargs import parse_size
 from .fileio import atomic_write_bytes, jsonable
 from .model import VARIANTS, create_model
 from .profile import linear_fit, profile_model
-from .sensitivity import parse_s_list
+from .sensitivity import parse_s_list, s_text
 from .sysinfo import machine_record
 from .testclip import make_clip
 
@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
     table_out = sys.stderr if args.json == "-" else sys.stdout
     print(text, file=table_out)
     if args.json:
-        # s = inf as the string "inf", as every other JSON of the project writes it; not by
-        # replacing text in the payload, which would also rewrite any other field's text
-        payload = json.dumps(jsonable(records), indent=2, allow_nan=False)
+        # s in its text form ("0", "15", "inf"), as every other record of the project writes it
+        payload = json.dumps(jsonable([{**r, "s": s_text(r["s"])} for r in records]), indent=2,
+                             allow_nan=False)
         if args.json == "-":
             print(payload)
         else:

@@ -52,7 +52,7 @@ def test_profile_cli_writes_records(tmp_path):
                "--repeats", "1", "--warmup", "0", "--json", str(out))
     assert res.returncode == 0, res.stderr
     records = json.loads(out.read_text())
-    assert [r["s"] for r in records] == [0, 15, "inf"]
+    assert [r["s"] for r in records] == ["0", "15", "inf"]
     keys = {"variant", "size", "s", "attention_ratio", "gmacs", "gflops", "params", "latency_ms"}
     assert all(keys <= r.keys() for r in records)
     assert records[0]["attention_ratio"] == 0 and records[-1]["attention_ratio"] == 1
