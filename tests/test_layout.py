@@ -89,18 +89,6 @@ def test_no_file_edits_sys_path():
     assert not edits
 
 
-def test_the_package_and_the_record_readers_import_without_torch():
-    """`import dealthdr` and the benchmark's record readers stay light: the network (and torch)
-    loads on first use of a network name."""
-    code = ("import sys, dealthdr, dealthdr.model, dealthdr.bench.summary, dealthdr.bench.schema\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "from dealthdr import create_model\n"
-            "assert type(create_model('tiny')).__name__ == 'DeAltHDR'\n"
-            "assert 'torch' in sys.modules")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
 _HELP_DRIVER = """
 import contextlib, io, runpy, sys
 from dealthdr.cli import main
