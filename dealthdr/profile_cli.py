@@ -63,6 +63,8 @@ def _table(records: list[dict]) -> str:
 
 
 def _summary(records: list[dict]) -> list[str]:
+    cost = {row[0]: row[4] for row in paper.TABLE_I}  # s text -> FLOPs (G)
+    paper_0, paper_inf = cost["0"], cost["inf"]
     out = []
     for name in dict.fromkeys(r["variant"] for r in records):
         rs = [r for r in records if r["variant"] == name]
@@ -75,9 +77,8 @@ def _summary(records: list[dict]) -> list[str]:
                      "of mean; ")
         if 0 in by_s and math.inf in by_s:
             ratio = by_s[math.inf]["gflops"] / by_s[0]["gflops"]
-            paper_cost = {row[0]: row[4] for row in paper.TABLE_I}
-            line += (f"GFLOPs(s=inf)/GFLOPs(s=0) = {ratio:.3f} (paper: {paper_cost['inf']}/"
-                     f"{paper_cost['0']} = {paper_cost['inf'] / paper_cost['0']:.3f})")
+            line += (f"GFLOPs(s=inf)/GFLOPs(s=0) = {ratio:.3f} (paper: {paper_inf:g}/"
+                     f"{paper_0:g} = {paper_inf / paper_0:.3f})")
         out.append(line)
     return out
 
