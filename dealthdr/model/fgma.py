@@ -18,8 +18,9 @@ the keys, with no gather at all), and the attention of its t*t queries is dense 
 batched matmul gives queries their scores against a contiguous slice of halo rows, a constant
 band bias keeps each query's w x w window, and a softmax and a second matmul give the values.
 Eager calls go row by row (w * g scores per query where w^2 are needed, 2.4x for w=5, t=8);
-exported graphs take the whole tile at once (g^2 scores per query, one matmul per chunk of tiles:
-fewer, larger ops run faster in a delegate; `_attend_tiles` has the measurements). Either way
+exported graphs take half a tile per step ((t/2 + w - 1) * g scores per query, one matmul per
+chunk of tiles: fewer, larger ops run faster in a delegate; `_attend_tiles` has the
+measurements). Either way
 the ops are ones every delegate runs well (matmul, softmax, static slices) instead of per-pixel
 gathers, and the cost is a fixed amount per selected tile, so the branch is linear in the
 number of selected tiles.
@@ -145,33 +146,42 @@ class FGMA(nn.Module):
             must not exceed it (a tile's halo then lies in a 2x2 block of tiles).
         tile_chunk: tiles processed at once in eager mode (bounds peak memory; no effect on
             the result).
-        graph_chunk: the same in exported graphs, whose steps attend a whole tile per matmul
-            (t^2 x g^2 scores per tile, 147 MB for the 4096 tiles of `tiny`'s level 1 at
-            256x256). Chunks of 1024 tiles: measured on that level's exported branch (XNNPACK,
-            one thread), peak RSS 285 MB instead of 446 MB and 171 ms instead of 188 ms.
+        graph_chunk: the same in exported graphs, whose steps attend several query rows of a
+            tile per matmul (t^2 x g^2 scores per tile at once would be 147 MB for the 4096
+            tiles of `tiny`'s level 1 at 256x256). Chunks of 1024 tiles: measured on that
+            level's exported branch (XNNPACK, one thread, whole tiles per step), peak RSS 285 MB
+            instead of 446 MB and 171 ms instead of 188 ms.
+        graph_rows: query rows of a tile per attention step in exported graphs, a divisor of
+            `tile` (default: half the tile, or the tile when it is odd; eager mode always takes
+            1). See `_attend_tiles`.
 
     Attribute `eager_rows` (default True): eager calls move tiles on the row layout of
     `tile_rows`; False runs the exported graph's layout eagerly (tests compare the two).
     """
 
     def __init__(self, channels: int, window: int, tile: int = 8, tile_chunk: int = 512,
-                 graph_chunk: int = 1024) -> None:
+                 graph_chunk: int = 1024, graph_rows: int | None = None) -> None:
         super().__init__()
         if window % 2 == 0 or 2 * (window // 2) > tile:
             raise ValueError(f"window must be odd and 2 * (window // 2) <= tile, got window "
                              f"{window}, tile {tile}")
+        if graph_rows is None:
+            graph_rows = tile // 2 if tile % 2 == 0 else tile
+        if graph_rows < 1 or tile % graph_rows:
+            raise ValueError(f"graph_rows must divide the tile, got {graph_rows} for tile {tile}")
         self.channels = channels
         self.window = window
         self.tile = tile
         self.tile_chunk = tile_chunk
         self.graph_chunk = graph_chunk
+        self.graph_rows = graph_rows
         self.eager_rows = True
         self.proj_q = nn.Linear(channels, channels)
         self.proj_k = nn.Linear(channels, channels)
         self.proj_v = nn.Linear(channels, channels)
         self.register_buffer("mean_kernel", torch.full((1, 3, 1, 1), 1.0 / 3), persistent=False)
         self.register_buffer("band", _band_bias(tile, window), persistent=False)
-        self.register_buffer("band_tile", _band_bias(tile, window, tile), persistent=False)
+        self.register_buffer("band_graph", _band_bias(tile, window, graph_rows), persistent=False)
 
     @property
     def out_channels(self) -> int:
@@ -299,22 +309,24 @@ class FGMA(nn.Module):
         return rows.reshape(num * a * b, g * g, c + 1)
 
     def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor,
-                      mask: torch.Tensor | None = None, whole: bool = False) -> torch.Tensor:
+                      mask: torch.Tensor | None = None, step: int = 1) -> torch.Tensor:
         """Attention of every query of K tiles over its window.
 
         queries: (K, t, t, C) features; halos: (K, g * g, C + 1) keys and bias; mask: the
         tiles' M (K, t, t, 1) where the graph has it. Query rows y .. y + R - 1 of a tile see
         halo rows y .. y + R + w - 2, one contiguous slice of keys: one matmul per step gives
         those R t queries their scores there (the border bias comes in through a constant-1
-        query channel), and a constant band bias keeps each query's w x w window. R = 1 (row by
-        row) scores w g keys per query where w^2 are needed, R = t (`whole`: the tile at once)
+        query channel), and a constant band bias keeps each query's w x w window. R = `step`:
+        1 (row by row) scores w g keys per query where w^2 are needed, R = t (the tile at once)
         g^2: more arithmetic in fewer, larger matmuls. Measured at level-1 shapes (4096 tiles,
-        C=16, w=5, one thread): torch eager R=1 116 ms, R=t 263 ms; XNNPACK R=1 190 ms, R=t
-        148 ms, so eager runs row by row and exported graphs a tile at once.
+        C=16, w=5, t=8, one thread): torch eager R=1 116 ms, R=t 263 ms, so eager runs row by
+        row; XNNPACK, medians of 12 interleaved runs of the exported branch, R=8 190 ms, R=4
+        168 ms, R=2 166 ms, so exported graphs take half a tile per step (`graph_rows`):
+        (R + w - 1) g = 96 keys per query instead of 144, two steps, a third of the scores
+        alive.
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
         """
         t, c, g, w = self.tile, self.channels, self.halo, self.window
-        step = t if whole else 1
         q = self.proj_q(queries)                                        # Eq. 7, Proj_q
         qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # W_k folded in
         # The constant-1 channel is derived from M in exported graphs: M stays float under
@@ -323,7 +335,9 @@ class FGMA(nn.Module):
         one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
         qk = torch.cat((qk, one), 3)                                    # picks up the bias
         k = qk.shape[0]
-        band = self.band_tile if whole else self.band
+        band = self.band if step == 1 else self.band_graph
+        if band.shape[0] != step * t:
+            raise ValueError(f"no band bias for {step} rows per step")
         parts = []
         for y in range(0, t, step):  # only one step's scores are alive at a time
             # Slices, reshapes and bmm rather than integer indexing, `@` and `stack`: those
@@ -342,7 +356,7 @@ class FGMA(nn.Module):
         F_att * M and M, what `_place` and `_untile` move."""
         c = self.channels
         valid = queries[..., c:]
-        values = self._attend_tiles(queries[..., :c], halos, valid, whole=True)
+        values = self._attend_tiles(queries[..., :c], halos, valid, self.graph_rows)
         return torch.cat((values * valid, valid), 3)
 
     def _place(self, packed: torch.Tensor, ids: torch.Tensor, num: int, a: int, b: int,
