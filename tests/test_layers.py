@@ -39,13 +39,30 @@ def test_router_attention_spans_all_frames():
     assert (a - b).abs().mean() > 1e-3
 
 
-def test_l2_normalize_hw_delegate_form_equals_plain_sum():
-    from dealthdr.model.blocks import l2_normalize_hw
+def test_channel_attention_equals_the_plain_normalised_form():
+    """Scaling the score matrix by inverse norms is attention between L2-normalised rows; the
+    router's keys, normalised before their head-major reshuffle, give the same result."""
+    from dealthdr.model.blocks import channel_attention, inverse_norms_hw
 
-    x = torch.randn(2, 3, 5, 77, dtype=torch.float64)
-    plain = x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-12)
-    assert torch.allclose(l2_normalize_hw(x), plain, rtol=1e-12, atol=1e-12)
-    assert torch.allclose(l2_normalize_hw(x).norm(dim=-1), torch.ones(2, 3, 5, dtype=x.dtype))
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 9, 5, 7, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 9, 5, 7, generator=g, dtype=torch.float64)
+    temp = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64).view(3, 1, 1)
+    qn = F.normalize(q.reshape(2, 3, 2, 35), dim=-1)
+    kn = F.normalize(k.reshape(2, 3, 3, 35), dim=-1)
+    attn = torch.softmax(qn @ kn.transpose(-1, -2) * temp, dim=-1)
+    plain = (attn @ v.reshape(2, 3, 3, 35)).reshape(2, 6, 5, 7)
+    assert torch.allclose(channel_attention(q, k, v, 3, temp), plain, atol=1e-12)
+    assert torch.allclose(inverse_norms_hw(k) * k.flatten(2).norm(dim=-1)[..., None, None],
+                          torch.ones(2, 9, 1, 1, dtype=k.dtype))
+
+    router = FrameHistoryRouter(8, 2, 2.0).double().eval()
+    x, others = torch.randn(1, 8, 6, 6, dtype=torch.float64), torch.randn(4, 8, 6, 6,
+                                                                          dtype=torch.float64)
+    keys = router.to_k(router.norm(torch.cat((x, others))))
+    assert torch.allclose(router._head_major(inverse_norms_hw(keys), 1, 5),
+                          inverse_norms_hw(router._head_major(keys, 1, 5)), atol=1e-12)
 
 
 def test_consistency_difference_channel_mean_as_conv_equals_mean():

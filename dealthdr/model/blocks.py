@@ -66,24 +66,28 @@ class GatedFeedForward(nn.Module):
         return self.project(gate * self.value_dw(self.value_in(x)))
 
 
-def l2_normalize_hw(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Normalise the last (spatial) axis of a (B, heads, d, N) tensor to unit L2 norm.
+def inverse_norms_hw(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 1, 1): 1 / the L2 norm of each channel over H, W.
 
-    The sum of squares is N times a mean over dims (2, 3) of a (B*heads, d, N, 1) view: XNNPACK
-    delegates `mean` only in that form (4-D, dims (2, 3), keepdim), while `sum(-1)` fell back to
-    a portable kernel 24 times in the tiny graph. Equal to the plain form up to float rounding
-    (tested)."""
-    b, h, d, n = x.shape
-    sq = (x * x).reshape(b * h, d, n, 1).mean(dim=(2, 3), keepdim=True).reshape(b, h, d, 1)
-    return x * torch.rsqrt(sq * n + eps * eps)
+    The sum of squares is H*W times a mean over dims (2, 3) of the map as it stands: XNNPACK
+    delegates `mean` in that form (4-D, dims (2, 3), keepdim) and runs it on the channels-last
+    map a convolution left, where `sum(-1)` of a (.., H*W) view fell back to a portable kernel
+    and the mean of a (B*heads, d, H*W, 1) view made the delegate transpose the map first."""
+    n = x.shape[-2] * x.shape[-1]
+    return torch.rsqrt((x * x).mean(dim=(2, 3), keepdim=True) * n + eps * eps)
 
 
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                      temperature: torch.Tensor) -> torch.Tensor:
+                      temperature: torch.Tensor, k_scale: torch.Tensor | None = None,
+                      ) -> torch.Tensor:
     """Restormer-style transposed attention between channel rows.
 
     q: (B, C, H, W); k, v: (B, Ck, H, W) with Ck a multiple of C/heads. The attention matrix per
-    head is (C/heads) x (Ck/heads), so its cost is linear in H*W.
+    head is (C/heads) x (Ck/heads), so its cost is linear in H*W. Rows are L2-normalised over
+    H*W by scaling that matrix, (q_i/|q_i|) . (k_j/|k_j|) = (q_i . k_j) / (|q_i| |k_j|), not the
+    maps: no map-sized multiply. k_scale: k's `inverse_norms_hw` where the caller has them from
+    before rearranging k (the router's keys are a head-major reshuffle of a convolution's output;
+    their mean taken there needs no transpose).
     """
     b, c, h, w = q.shape
     ck = k.shape[1]
@@ -92,15 +96,16 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
         attn = framestats.attend(record, q.reshape(b * heads, c // heads, h * w),
                                  k.reshape(b * heads, ck // heads, h * w), temperature)
         return torch.bmm(attn, v.reshape(b * heads, ck // heads, h * w)).reshape(b, c, h, w)
-    q = l2_normalize_hw(q.reshape(b, heads, c // heads, h * w))
-    k = l2_normalize_hw(k.reshape(b, heads, ck // heads, h * w))
+    k_scale = inverse_norms_hw(k) if k_scale is None else k_scale
+    q_scale = inverse_norms_hw(q).reshape(b, heads, c // heads, 1) * temperature
     # 3-D batched matmuls: a 4-D `@` exports as expand + view + bmm, and the expands run as
     # portable copies outside the XNNPACK delegate.
-    q = (q * temperature).reshape(b * heads, c // heads, h * w)
-    k = k.reshape(b * heads, ck // heads, h * w)
-    v = v.reshape(b * heads, ck // heads, h * w)
-    attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
-    return torch.bmm(attn, v).reshape(b, c, h, w)
+    scores = torch.bmm(q.reshape(b * heads, c // heads, h * w),
+                       k.reshape(b * heads, ck // heads, h * w).transpose(1, 2))
+    scores = (scores * q_scale.reshape(b * heads, c // heads, 1)
+              * k_scale.reshape(b * heads, 1, ck // heads))
+    attn = torch.softmax(scores, dim=-1)
+    return torch.bmm(attn, v.reshape(b * heads, ck // heads, h * w)).reshape(b, c, h, w)
 
 
 class ChannelAttention(nn.Module):

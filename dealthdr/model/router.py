@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import GatedFeedForward, _pointwise_depthwise, channel_attention
+from .blocks import GatedFeedForward, _pointwise_depthwise, channel_attention, inverse_norms_hw
 from .layers import LayerNorm2d
 
 
@@ -40,9 +40,11 @@ class FrameHistoryRouter(nn.Module):
         frames = torch.cat((x.unsqueeze(1), others.reshape(b, per, c, h, w)), dim=1)
         normed = self.norm(frames.reshape(b * (per + 1), c, h, w))
         q = self.to_q(normed.reshape(b, per + 1, c, h, w)[:, 0])
-        k = self._head_major(self.to_k(normed), b, per + 1)
+        k = self.to_k(normed)
+        k_scale = self._head_major(inverse_norms_hw(k), b, per + 1)
+        k = self._head_major(k, b, per + 1)
         v = self._head_major(self.to_v(normed), b, per + 1)
-        x = x + self.project(channel_attention(q, k, v, self.heads, self.temperature))
+        x = x + self.project(channel_attention(q, k, v, self.heads, self.temperature, k_scale))
         return x + self.ffn(self.norm_ffn(x))
 
     def _head_major(self, t: torch.Tensor, b: int, frames: int) -> torch.Tensor:
