@@ -78,3 +78,16 @@ def test_consistency_difference_channel_mean_as_conv_equals_mean():
     assert d.shape == (3, 1, 16, 20)
     assert torch.allclose(d, (back - img).abs().mean(1, keepdim=True), atol=1e-12)
     assert d.max() > 0.05  # the flows are not consistent: a non-trivial difference
+
+
+def test_router_one_window_form_equals_the_batched_form():
+    """A batch of one stacks its frames as 4-D maps; a batch of two takes the 5-D path. Both
+    must route each window the same."""
+    router = FrameHistoryRouter(8, 2, 2.0).double().eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 6, 6, generator=g, dtype=torch.float64)
+    others = torch.randn(8, 8, 6, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        both = router(x, others)
+        one = [router(x[i:i + 1], others[4 * i:4 * i + 4]) for i in range(2)]
+    assert torch.allclose(both, torch.cat(one), atol=1e-12)

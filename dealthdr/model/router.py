@@ -37,9 +37,15 @@ class FrameHistoryRouter(nn.Module):
         """x: (B, C, H, W) current feature; others: (B*T', C, H, W) neighbours, batch-major."""
         b, c, h, w = x.shape
         per = others.shape[0] // b
-        frames = torch.cat((x.unsqueeze(1), others.reshape(b, per, c, h, w)), dim=1)
-        normed = self.norm(frames.reshape(b * (per + 1), c, h, w))
-        q = self.to_q(normed.reshape(b, per + 1, c, h, w)[:, 0])
+        # One window (every export) stacks and picks its frames along the batch as 4-D maps:
+        # a 5-D reshape between convolutions makes XNNPACK transpose the maps to NCHW and back.
+        if b == 1:
+            normed = self.norm(torch.cat((x, others)))
+            q = self.to_q(normed[:1])
+        else:
+            frames = torch.cat((x.unsqueeze(1), others.reshape(b, per, c, h, w)), dim=1)
+            normed = self.norm(frames.reshape(b * (per + 1), c, h, w))
+            q = self.to_q(normed.reshape(b, per + 1, c, h, w)[:, 0])
         k = self.to_k(normed)
         k_scale = self._head_major(inverse_norms_hw(k), b, per + 1)
         k = self._head_major(k, b, per + 1)
