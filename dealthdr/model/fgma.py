@@ -249,25 +249,17 @@ class FGMA(nn.Module):
         grid = (num, a, b)
         if ids is not None and ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
-        keys = self.key_map(warped)               # a tile's halo starts at its own corner here
-        key_hw = keys.shape[-2:]
-        keys, queries = tile_rows.channel_rows(keys), tile_rows.channel_rows(current)
-        valid = mask.reshape(-1, 1)               # one channel: its rows are the map itself
-        out = warped.new_zeros(num * a * t * b * t, c)
         order = torch.arange(num * a * b, device=warped.device) if ids is None else ids
+        parts = []
         for part in _chunks(order, self.tile_chunk):
-            halos = keys.index_select(0, tile_rows.block_rows(part, grid, t, g, key_hw,
-                                                              clamp=False))
-            at = tile_rows.block_rows(part, grid, t, t, (h, w))
-            values = self._attend_tiles(
-                queries.index_select(0, tile_rows.block_rows(part, grid, t, t, (h, w), per))
-                .view(-1, t, t, c), halos.view(-1, g * g, c + 1))
-            values = values.reshape(-1, c) * valid.index_select(0, at)
-            out.index_copy_(0, tile_rows.block_rows(part, grid, t, t, (a * t, b * t),
-                                                    clamp=False), values)
-        attended = out.view(num, a * t, b * t, c).permute(0, 3, 1, 2)
-        if (a * t, b * t) != (h, w):
-            attended = attended[:, :, :h, :w]
+            at = tile_rows.tile_coords(part, grid, t, 0, t)
+            halos = tile_rows.gather_halo(warped, tile_rows.tile_coords(part, grid, t,
+                                                                        self.window // 2, g), _NEG)
+            item, rows, cols = at
+            values = self._attend_tiles(tile_rows.gather_block(current, (item // per, rows, cols)),
+                                        halos)
+            parts.append((values * tile_rows.gather_block(mask, at), at))
+        attended = tile_rows.place_tiles(warped, parts, grid, t)
         executed = mask if ids is None else mask * tile_rows.selected_area(mask, ids, grid, t)
         return attended, executed
 
