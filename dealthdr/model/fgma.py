@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tile_rows
-from .inputs import is_tracing
+from .inputs import after, is_tracing
 from .spynet import flow_warp
 
 _NEG = -1e4  # "minus infinity" that stays finite in fp16
@@ -383,15 +383,21 @@ class FGMA(nn.Module):
         Concat(F_flow, M, F_att) as (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W).
         """
         per = neighbours.shape[0] // current.shape[0]
+        # This level's warps run once its decoder feature exists, and D's corner reads are done
+        # before the feature's begin (see `after`).
+        flow_t_to_n, flow_n_to_t = after(flow_t_to_n, current), after(flow_n_to_t, current)
+        d = None
+        if s != 0 and budget != 0 and not math.isinf(s):
+            d = consistency_difference(_per_neighbour(image_t, per), flow_t_to_n,
+                                       flow_n_to_t, self.mean_kernel)
+            flow_t_to_n = after(flow_t_to_n, d)
         warped = flow_warp(neighbours, flow_t_to_n)                 # Eq. 8, F_flow
         if s == 0 or budget == 0:
             mask = _zeros(warped, 1)
             return torch.cat((warped, mask, _zeros(warped, self.channels)), dim=1), mask
-        if math.isinf(s):  # M is everywhere: no D needed, every tile is taken
+        if d is None:  # s = inf: M is everywhere, no D needed, every tile is taken
             mask, ids = _zeros(warped, 1) + 1.0, None
         else:
-            d = consistency_difference(_per_neighbour(image_t, per), flow_t_to_n,
-                                       flow_n_to_t, self.mean_kernel)
             mask = attention_mask(d, s)
             ids = select_dynamic(mask, self.tile) if budget is None else \
                 select_bucket(d, budget, self.tile)

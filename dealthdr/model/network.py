@@ -18,7 +18,7 @@ from .blocks import make_level
 from .config import DeAltHDRConfig
 from .encoder import Encoder
 from .fgma import FGMA, bucket_tiles, tile_grid, tile_max
-from .inputs import (check_alternating, check_frames, exposures_from_pattern, is_tracing,
+from .inputs import (after, check_alternating, check_frames, exposures_from_pattern, is_tracing,
                      long_pattern_from_exposures, neighbours, normalise_exposure, pad_frames,
                      pooled_guide, prepare_inputs, relative_exposures, take)
 from .layers import Upsample
@@ -259,7 +259,8 @@ class DeAltHDR(nn.Module):
         head = self.head(cur)
         if not self.cfg.merge_base:
             return F.relu(x[:, centre, :3] + head), stats
-        base = self.merge(x[:, :, :3], rel, resize_flow(flow_t_n, (h, w)), centre,
+        # The merge's warp reads its corners after the decoder, not beside FGMA's level-1 warp.
+        base = self.merge(x[:, :, :3], rel, after(resize_flow(flow_t_n, (h, w)), head), centre,
                           head[:, 3:])
         return F.relu(base + head[:, :3]), stats
 
