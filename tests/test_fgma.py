@@ -231,3 +231,32 @@ def test_eager_row_layout_equals_graph_layout(s, budget, size, b):
         assert results[0][1].all()
     for mine, graph in zip(results[0], results[1]):
         assert torch.allclose(mine, graph, atol=1e-5, rtol=1e-5)
+
+
+def test_exported_warps_wait_for_their_level_and_for_d():
+    """In an exported graph each warp depends on what it serves: every grid_sample on the
+    decoder feature (otherwise a delegate partitioner may run all levels' warps in one call,
+    their corner reads alive together), and the feature warp on D (D's reads done first).
+    The values stay those of the plain graph."""
+    args, branch = _inputs(per=2), _Branch(20.0, 3).eval()
+    with torch.no_grad():
+        ep = torch.export.export(branch, args)
+        assert torch.allclose(ep.module()(*args)[0], branch(*args)[0], atol=1e-6)
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    cur, nbs = placeholders[-5], placeholders[-4]
+
+    def ancestors(node):
+        seen, todo = set(), [node]
+        while todo:
+            for a in todo.pop().all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    todo.append(a)
+        return seen
+
+    warps = [n for n in ep.graph.nodes if "grid_sampler" in str(n.target)]
+    assert len(warps) == 3                      # D's two image warps and the feature warp
+    assert all(cur in ancestors(n) for n in warps)
+    feature = [n for n in warps if nbs in ancestors(n.args[0]) | {n.args[0]}]
+    assert len(feature) == 1
+    assert all(w in ancestors(feature[0]) for w in warps if w is not feature[0])
