@@ -287,6 +287,20 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
               tmp_path / "a", teachers, settings={"float_groups": ["merge"]})
 
 
+def test_code_digest_follows_every_source_file(tmp_path):
+    from dealthdr.quantize.resume import code_digest
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "fgma.py").write_text("x = 1\n")
+    (tmp_path / "a.py").write_text("")
+    first = code_digest(tmp_path)
+    assert code_digest(tmp_path) == first
+    (tmp_path / "model" / "fgma.py").write_text("x = 2\n")
+    assert code_digest(tmp_path) != first
+    (tmp_path / "model" / "fgma.py").write_text("x = 1\n")
+    (tmp_path / "model" / "fgma.py").rename(tmp_path / "model" / "other.py")
+    assert code_digest(tmp_path) != first                   # a moved file is other code
+
+
 def test_finished_stages_are_reused_only_with_the_same_settings(tmp_path):
     from dealthdr.export.config import parse_config
     from dealthdr.quantize.config import QuantizeConfig
@@ -300,6 +314,7 @@ def test_finished_stages_are_reused_only_with_the_same_settings(tmp_path):
                               "abc")                       # where and how fast: same result
     assert key != fingerprint(parse(["--lr", "2e-5"]), "abc")
     assert key != fingerprint(parse([]), "another checkpoint")
+    assert key != fingerprint(parse([]), "abc", code="another version of the code")
     stage, again = tmp_path / "stage", tmp_path / "again"
     stage.mkdir(), again.mkdir()
     (stage / "a.pte").write_bytes(b"int8")

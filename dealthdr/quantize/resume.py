@@ -5,7 +5,10 @@ succeeds, so a kill during the Core ML leg (about an hour in on 2 cores) would o
 away the finished sensitivity sweep and the finished XNNPACK leg with its gated .pte files.
 Each finished stage is copied into `<state>/finished/<stage>/` (its report section, artifact
 records and files, written to a temporary folder and renamed) and reused by a later run whose
-settings fingerprint matches; a changed flag that affects the result redoes the stage.
+settings fingerprint matches; a changed flag that affects the result redoes the stage, and so
+does changed code: the fingerprint holds a digest of the package's source, because a stage
+finished by other code holds other graphs (an int8 program of yesterday's FGMA would otherwise
+be copied into today's report as if it were made now).
 """
 from __future__ import annotations
 
@@ -20,11 +23,21 @@ from dealthdr.quantize.config import QuantizeConfig
 
 log = logging.getLogger(__name__)
 
-def fingerprint(cfg: QuantizeConfig, checkpoint_sha256: str) -> str:
-    """Digest of every setting that can change a stage's result (fields not marked NEUTRAL)
-    and the checkpoint's."""
+def code_digest(root: Path | None = None) -> str:
+    """sha256 over the `dealthdr` package's Python sources (relative paths and contents)."""
+    root = root or Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def fingerprint(cfg: QuantizeConfig, checkpoint_sha256: str, code: str | None = None) -> str:
+    """Digest of every setting that can change a stage's result (fields not marked NEUTRAL),
+    the checkpoint's and the code's (`code_digest()` unless given)."""
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if not f.metadata.get("neutral")}
     settings["checkpoint_sha256"] = checkpoint_sha256
+    settings["code"] = code if code is not None else code_digest()
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -44,7 +57,7 @@ class Finished:
         try:
             doc = json.loads(doc_path.read_text())
             if doc["fingerprint"] != self.key:
-                log.info("%s: finished with other settings; running it again", folder)
+                log.info("%s: finished with other settings or code; running it again", folder)
                 return None
             files = list(doc["files"])
             result = doc["result"]
