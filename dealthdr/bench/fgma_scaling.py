@@ -18,11 +18,13 @@ import json
 import logging
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dealthdr.cliargs import parse_size
+from dealthdr.export.config import parse_config
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.model import get_config
 from dealthdr.model.fgma import (
@@ -38,7 +40,23 @@ from dealthdr.sysinfo import machine_record
 log = logging.getLogger("fgma_scaling")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class ScalingConfig:
+    """What `run` times; the flags of `build_parser` one to one (their help says what each
+    means)."""
+    variant: str = "default"
+    level: int = 1
+    size: tuple[int, int] = (256, 256)
+    neighbours: int = 4
+    ratios: str = "0,0.1,0.5,1"
+    repeats: int = 7
+    warmup: int = 2
+    threads: int = 2
+    tolerance: float = 0.15
+    out: Path = Path("runs/fgma_scaling.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="default", help="variant whose level to time (default)")
@@ -58,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="allowed |(t(R)-t(0)) / (R (t(1)-t(0))) - 1| (default: 0.15)")
     p.add_argument("--out", type=Path, default=Path("runs/fgma_scaling.json"),
                    help="JSON record to write (default: runs/fgma_scaling.json)")
-    return p.parse_args(argv)
+    return p
 
 
 def _timed(fn, rounds: list[float]) -> None:
@@ -67,7 +85,7 @@ def _timed(fn, rounds: list[float]) -> None:
     rounds.append((time.perf_counter() - start) * 1e3)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: ScalingConfig) -> dict:
     torch.set_num_threads(args.threads)
     ratios = [float(r) for r in args.ratios.split(",")]
     if any(not 0 <= r <= 1 for r in ratios) or 0.0 not in ratios or 1.0 not in ratios:
@@ -142,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
+    args = parse_config(build_parser(), ScalingConfig, argv)
     try:
         result = run(args)
     except ValueError as err:
