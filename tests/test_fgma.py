@@ -260,3 +260,29 @@ def test_exported_warps_wait_for_their_level_and_for_d():
     feature = [n for n in warps if nbs in ancestors(n.args[0]) | {n.args[0]}]
     assert len(feature) == 1
     assert all(w in ancestors(feature[0]) for w in warps if w is not feature[0])
+
+
+@pytest.mark.parametrize("budget", [3, None])   # gathered tiles, and every tile (s = inf)
+def test_exported_attention_steps_run_one_after_another(budget):
+    """Each attention step of an exported graph, and each chunk of tiles, depends on the one
+    before: a partitioner that re-sorts the nodes it fuses cannot then hold every step's
+    score matrix at once. The values stay those of the plain graph."""
+    branch = _Branch(math.inf if budget is None else 20.0, budget).eval()
+    branch.fgma.graph_chunk = 2                         # several chunks of two steps each
+    args = _inputs(per=2)
+    with torch.no_grad():
+        ep = torch.export.export(branch, args)
+        assert torch.allclose(ep.module()(*args)[0], branch(*args)[0], atol=1e-6)
+    bmms = [n for n in ep.graph.nodes if "bmm" in str(n.target)]
+    assert len(bmms) >= 8                               # scores and values of 2+ chunks x 2 steps
+
+    def ancestors(node):
+        seen, todo = set(), [node]
+        while todo:
+            for a in todo.pop().all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    todo.append(a)
+        return seen
+    for before, later in zip(bmms, bmms[1:]):
+        assert before in ancestors(later), (before.name, later.name)
