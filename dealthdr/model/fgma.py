@@ -215,10 +215,14 @@ class FGMA(nn.Module):
         step = self.graph_chunk if is_tracing() else self.tile_chunk  # bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
             queries = torch.cat((_per_neighbour(own, per, a * b), masks), 3)
-            halos = self.halo_table(warped)
+            # The halo table is 2.25x the map it is built from (w=5, t=8): built for a group of
+            # whole neighbours at a time, each group's just before its attention (measured at
+            # s=15, 256x256: all four of level 1's at once were the largest XNNPACK call).
+            group = max(1, step // (a * b))
             packed = []
-            for q, k in zip(_chunks(queries, step), _chunks(halos, step)):
-                packed.append(self._attend_masked(_after_last(q, packed), k))
+            for tiles, fmap in zip(_chunks(queries, group * a * b), _chunks(warped, group)):
+                for q, k in zip(_chunks(tiles, step), _chunks(self.halo_table(fmap), step)):
+                    packed.append(self._attend_masked(_after_last(q, packed), k))
             return _untile(_cat(packed), num, a, b, h, w)
         if ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
