@@ -7,8 +7,8 @@ Each finished stage is copied into `<state>/finished/<stage>/` (its report secti
 records and files, written to a temporary folder and renamed) and reused by a later run whose
 settings fingerprint matches; a changed flag that affects the result redoes the stage, and so
 does changed code: the fingerprint holds a digest of the package's source, because a stage
-finished by other code holds other graphs (an int8 program of yesterday's FGMA would otherwise
-be copied into today's report as if it were made now).
+finished by other code holds other graphs (an int8 program of an earlier FGMA would otherwise
+be copied into a new report as if it were made now).
 """
 from __future__ import annotations
 
