@@ -28,7 +28,7 @@ def _delegate_ops(lowered):
 
 
 @pytest.mark.e2e   # ExecuTorch lowering
-def test_second_partition_keeps_the_program_order():
+def test_delegates_keep_the_program_order():
     from executorch.exir import to_edge_transform_and_lower
 
     from dealthdr.export.to_executorch import lower, partitioners
