@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dealthdr.export.order import ancestors
 from dealthdr.model.fgma import (DENSE_FROM, FGMA, attention_mask, bucket_tiles, select_bucket,
                                  select_dynamic, tile_max)
 from tests.conftest import textured
@@ -233,17 +234,6 @@ def test_eager_row_layout_equals_graph_layout(s, budget, size, b):
         assert torch.allclose(mine, graph, atol=1e-5, rtol=1e-5)
 
 
-def _ancestors(node):
-    """Every node `node` depends on in its graph."""
-    seen, todo = set(), [node]
-    while todo:
-        for a in todo.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
-    return seen
-
-
 def test_exported_warps_wait_for_their_level_and_for_d():
     """In an exported graph each warp depends on what it serves: every grid_sample on the
     decoder feature (otherwise a delegate partitioner may run all levels' warps in one call,
@@ -257,10 +247,10 @@ def test_exported_warps_wait_for_their_level_and_for_d():
     cur, nbs = placeholders[-5], placeholders[-4]
     warps = [n for n in ep.graph.nodes if "grid_sampler" in str(n.target)]
     assert len(warps) == 3                      # D's two image warps and the feature warp
-    assert all(cur in _ancestors(n) for n in warps)
-    feature = [n for n in warps if nbs in _ancestors(n.args[0]) | {n.args[0]}]
+    assert all(cur in ancestors(n) for n in warps)
+    feature = [n for n in warps if nbs in ancestors(n.args[0]) | {n.args[0]}]
     assert len(feature) == 1
-    assert all(w in _ancestors(feature[0]) for w in warps if w is not feature[0])
+    assert all(w in ancestors(feature[0]) for w in warps if w is not feature[0])
 
 
 @pytest.mark.parametrize("budget", [3, None])   # gathered tiles, and every tile (s = inf)
@@ -277,4 +267,4 @@ def test_exported_attention_steps_run_one_after_another(budget):
     bmms = [n for n in ep.graph.nodes if "bmm" in str(n.target)]
     assert len(bmms) >= 8                               # scores and values of 2+ chunks x 2 steps
     for before, later in zip(bmms, bmms[1:]):
-        assert before in _ancestors(later), (before.name, later.name)
+        assert before in ancestors(later), (before.name, later.name)

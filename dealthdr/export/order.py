@@ -18,6 +18,17 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 
+def ancestors(node) -> set:
+    """Every node of its graph that `node` depends on (what must run before it)."""
+    seen, todo = set(), [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
 @contextmanager
 def program_order():
     """While lowering, partitions are fused keeping the graph's own operator order."""

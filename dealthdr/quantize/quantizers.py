@@ -15,6 +15,7 @@ import logging
 import torch
 from torch import fx
 
+from dealthdr.export.order import ancestors
 from dealthdr.quantize.policy import FloatPolicy
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,7 @@ def check_attention_kept(model: fx.GraphModule) -> None:
     it the attention branch (measured once: the model's in-place scatter, since made out of
     place). The int8 model still runs and scores like the flow-only bucket, so nothing else
     would notice."""
-    out = next(n for n in model.graph.nodes if n.op == "output")
-    seen, todo = set(), [out]
-    while todo:
-        for a in todo.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
+    seen = ancestors(next(n for n in model.graph.nodes if n.op == "output"))
     lost = [n.name for n in model.graph.nodes
             if n.target == torch.ops.aten.topk.default and n not in seen]
     if lost:
