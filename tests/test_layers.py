@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from dealthdr.model.layers import LayerNorm2d
+from dealthdr.model.layers import LayerNorm2d, positive_step, replicate_pad
 from dealthdr.model.router import FrameHistoryRouter
 
 
@@ -91,3 +91,21 @@ def test_router_one_window_form_equals_the_batched_form():
         both = router(x, others)
         one = [router(x[i:i + 1], others[4 * i:4 * i + 4]) for i in range(2)]
     assert torch.allclose(both, torch.cat(one), atol=1e-12)
+
+
+def test_positive_step_is_the_comparison_bit_for_bit():
+    tiny = torch.finfo(torch.float32).tiny
+    x = torch.tensor([-float("inf"), -1e30, -1.0, -tiny / 4, -0.0, 0.0, tiny / 4, tiny, 1e-30,
+                      0.5, 1.0, 1.5, 7.0, 1e30, float("inf")])
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        v = x.to(dtype)
+        assert torch.equal(positive_step(v), (v > 0).to(dtype)), dtype
+    a, b = torch.randn(10000), torch.randn(10000)
+    b[:100] = a[:100]                          # ties: a > b is false, so is the step
+    assert torch.equal(positive_step(a - b), (a > b).float())
+
+
+def test_replicate_pad_equals_f_pad_replicate():
+    x = torch.randn(2, 3, 7, 9)
+    for r in (0, 1, 5):
+        assert torch.equal(replicate_pad(x, r), F.pad(x, (r, r, r, r), mode="replicate"))

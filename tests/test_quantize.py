@@ -45,6 +45,10 @@ def test_policy_keeps_coordinates_indices_and_statistics_float(program):
     nodes = {n.name: n for n in gm.graph.nodes}
     grids = [n.args[1] for n in gm.graph.nodes if n.target in GRID_CONSUMERS]
     assert grids and all(g in policy.coordinates for g in grids)
+    # The mask threshold (a float step: relu, ceil) and what feeds it, s * D - 0.5, stay float.
+    steps = [n.args[0] for n in gm.graph.nodes if n.target == torch.ops.aten.ceil.default]
+    assert steps and all(x in policy.coordinates and x.args[0] in policy.coordinates
+                         for x in steps)
     rsqrt_in = [n.args[0] for n in gm.graph.nodes if n.target == torch.ops.aten.rsqrt.default]
     assert rsqrt_in and all(not policy(a) for a in rsqrt_in)      # var + eps stays float
     ints = [n for n in gm.graph.nodes if n.op == "call_function"

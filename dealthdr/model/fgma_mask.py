@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .layers import positive_step
 from .spynet import flow_warp
 
 
@@ -34,7 +35,8 @@ def attention_mask(d: torch.Tensor, s: float) -> torch.Tensor:
     """Eq. 6 as a float {0, 1} mask. s=0: empty (flow only); s=inf: everywhere (attention only).
 
     Written as s * D > 0.5 rather than D > 0.5 / s so that s=0 never divides by zero; it is
-    monotone in s: a position masked at s is masked at every larger s.
+    monotone in s: a position masked at s is masked at every larger s. The test is computed as
+    a float step (`positive_step`), so an exported graph needs no comparison or bool cast.
     """
     if s < 0 or math.isnan(s):
         raise ValueError(f"sensitivity s must be >= 0, got {s}")
@@ -42,7 +44,7 @@ def attention_mask(d: torch.Tensor, s: float) -> torch.Tensor:
         return torch.zeros_like(d)
     if math.isinf(s):
         return torch.ones_like(d)
-    return (d * s > 0.5).to(d.dtype)
+    return positive_step(d * s - 0.5)
 
 
 def tile_grid(h: int, w: int, tile: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Small layers shared by the blocks: channel LayerNorm and pixel (un)shuffle resampling."""
+"""Small layers shared by the blocks: channel LayerNorm, pixel (un)shuffle resampling, and
+delegate-friendly forms of a step function and of replicate padding."""
 from __future__ import annotations
 
 import torch
@@ -29,6 +30,28 @@ class LayerNorm2d(nn.Module):
         var = F.conv2d(centred * centred, self.mean_kernel)
         y = centred * torch.rsqrt(var + self.eps)
         return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def positive_step(x: torch.Tensor) -> torch.Tensor:
+    """1.0 where x > 0, else 0.0, in x's dtype, as min(ceil(relu(x)), 1).
+
+    Equal to `(x > 0).to(x.dtype)` for every non-NaN float (ceil maps (0, 1] to 1), but without
+    a bool tensor: XNNPACK delegates neither comparisons nor bool-to-float casts, and their
+    portable kernels took 2 ms per 256x256x4 map in the exported graphs (measured), more than
+    the rest of the merge. A threshold test `a > b` is `positive_step(a - b)`: float
+    subtraction keeps the sign of a - b exactly, so the two agree bit for bit."""
+    return torch.ceil(torch.relu(x)).clamp(max=1.0)
+
+
+def replicate_pad(x: torch.Tensor, r: int) -> torch.Tensor:
+    """`F.pad(x, (r, r, r, r), mode="replicate")` for an NCHW map as slices and concatenations.
+
+    torch exports replicate padding as index gathers (portable kernels in ExecuTorch); slices
+    and `cat` stay in the delegate. Exactly equal (tests/test_layers.py)."""
+    if r == 0:
+        return x
+    x = torch.cat([x[..., :1]] * r + [x] + [x[..., -1:]] * r, dim=-1)
+    return torch.cat([x[..., :1, :]] * r + [x] + [x[..., -1:, :]] * r, dim=-2)
 
 
 class Downsample(nn.Module):

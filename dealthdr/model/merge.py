@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import neighbours
+from .layers import positive_step, replicate_pad
 from .spynet import flow_warp
 
 # Well-exposedness: LDR values above SAT_LO lose weight linearly, at SAT_HI they have none
@@ -69,7 +70,7 @@ class ExposureMerge(nn.Module):
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """Separable Gaussian (sigma SMOOTH_SIGMA) with replicated borders, per channel."""
         r = self.blur_x.shape[-1] // 2
-        x = F.pad(x, (r, r, r, r), mode="replicate")
+        x = replicate_pad(x, r)
         x = F.conv2d(x, self.blur_x, groups=self.channels)
         return F.conv2d(x, self.blur_y, groups=self.channels)
 
@@ -131,7 +132,7 @@ def _inside(flow: torch.Tensor) -> torch.Tensor:
     _, _, h, w = flow.shape
     xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w) + flow[:, 0]
     ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1) + flow[:, 1]
-    # A product of float steps, not `&` of bools: coremltools has no `__and__`.
-    def step(cond: torch.Tensor) -> torch.Tensor:
-        return cond.to(flow.dtype)
-    return step(xs >= 0) * step(xs <= w - 1) * step(ys >= 0) * step(ys <= h - 1)
+    # A product of float steps, not `&` of bools: coremltools has no `__and__`, and XNNPACK
+    # delegates neither comparisons nor bool casts. 1 - step(v) is v <= 0.
+    return ((1 - positive_step(-xs)) * (1 - positive_step(xs - (w - 1)))
+            * (1 - positive_step(-ys)) * (1 - positive_step(ys - (h - 1))))

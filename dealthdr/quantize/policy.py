@@ -44,8 +44,11 @@ GROUPS = {
 # flows, and the output composition relu(merge + residual), all in the linear HDR domain.
 IO_GROUP = "io"
 
+# `ceil` is the threshold of `dealthdr.model.layers.positive_step`, the model's float form of
+# a comparison (the mask's s * D > 0.5, the merge's inside test).
 INDEX_CONSUMERS = {torch.ops.aten.topk.default, torch.ops.aten.gt.Scalar,
-                   torch.ops.aten.gt.Tensor, torch.ops.aten.lt.Scalar, torch.ops.aten.ge.Scalar}
+                   torch.ops.aten.gt.Tensor, torch.ops.aten.lt.Scalar, torch.ops.aten.ge.Scalar,
+                   torch.ops.aten.ceil.default}
 GRID_CONSUMERS = {torch.ops.aten.grid_sampler_2d.default, torch.ops.aten.grid_sampler.default}
 # Statistics whose int8 rounding is fatal or biased: a variance quantized to 0 makes rsqrt
 # infinite (measured: NaN at the first LayerNorm under QAT), softmax logits lose the
