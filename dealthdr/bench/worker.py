@@ -110,13 +110,21 @@ def load_executorch(job: dict):
         program = Runtime.get().load_program(job["path"])
         if "stream" in job.get("extra", {}):
             return stream_step({name: program.load_method(name)
-                                for name in program.method_names}, job["centre"])
+                                for name in stream_methods(job["centre"])}, job["centre"])
         method = program.load_method(job["method"])
 
         def run(frames, exposures):
             return method.execute([frames, exposures])[0]
         return run
     return load, "executorch", importlib.metadata.version("executorch"), torch.from_numpy
+
+
+def stream_methods(centre: str) -> tuple[str, ...]:
+    """The methods of a streaming program one centre's frame loop calls. A job loads only these,
+    as a window job loads only its centre's method: the other centre's fuse would add its
+    planned arena to the peak (a loop that alternates centres needs the other centre's method
+    on both paths)."""
+    return "encode_short", "encode_long", "flow", f"fuse_{centre}"
 
 
 def stream_step(methods: dict, centre: str):
