@@ -57,25 +57,32 @@ class ScalingConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = ScalingConfig()                              # the defaults live in the config only
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="default", help="variant whose level to time (default)")
-    p.add_argument("--level", type=int, choices=(1, 2, 3), default=1,
-                   help="decoder level: 1 = full resolution, 2 = 1/2, 3 = 1/4 (default: 1)")
-    p.add_argument("--size", type=parse_size, default=(256, 256),
-                   help="network input size HxW; the level works at size / 2^(level-1)")
-    p.add_argument("--neighbours", type=int, default=4, help="neighbours aligned (paper: 4)")
-    p.add_argument("--ratios", default="0,0.1,0.5,1",
-                   help="tile ratios R to time, comma-separated (default: 0,0.1,0.5,1)")
-    p.add_argument("--repeats", type=int, default=7,
+    p.add_argument("--variant", default=d.variant,
+                   help=f"variant whose level to time (default: {d.variant})")
+    p.add_argument("--level", type=int, choices=(1, 2, 3), default=d.level,
+                   help=f"decoder level: 1 = full resolution, 2 = 1/2, 3 = 1/4 (default: "
+                        f"{d.level})")
+    p.add_argument("--size", type=parse_size, default=d.size,
+                   help="network input size HxW; the level works at size / 2^(level-1) "
+                        f"(default: {d.size[0]}x{d.size[1]})")
+    p.add_argument("--neighbours", type=int, default=d.neighbours,
+                   help=f"neighbours aligned (paper: 4; default: {d.neighbours})")
+    p.add_argument("--ratios", default=d.ratios,
+                   help=f"tile ratios R to time, comma-separated (default: {d.ratios})")
+    p.add_argument("--repeats", type=int, default=d.repeats,
                    help="timed rounds; each round times every R once, interleaved, and the "
-                        "median over rounds is reported (default: 7)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: 2)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--tolerance", type=float, default=0.15,
-                   help="allowed |(t(R)-t(0)) / (R (t(1)-t(0))) - 1| (default: 0.15)")
-    p.add_argument("--out", type=Path, default=Path("runs/fgma_scaling.json"),
-                   help="JSON record to write (default: runs/fgma_scaling.json)")
+                        f"median over rounds is reported (default: {d.repeats})")
+    p.add_argument("--warmup", type=int, default=d.warmup,
+                   help=f"untimed rounds first (default: {d.warmup})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help=f"torch threads (default: {d.threads})")
+    p.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help=f"allowed |(t(R)-t(0)) / (R (t(1)-t(0))) - 1| (default: {d.tolerance})")
+    p.add_argument("--out", type=Path, default=d.out,
+                   help=f"JSON record to write (default: {d.out})")
     return p
 
 
