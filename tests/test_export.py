@@ -169,6 +169,38 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
         to_executorch.check_runnable("forward_short", to_executorch.available_bytes())
 
 
+def _input_offsets(exec_prog) -> list:
+    """Per method, the planned-arena placement of each input tensor (None: not planned)."""
+    out = []
+    for plan in exec_prog.executorch_program.execution_plan:
+        out.append([plan.values[i].val.allocation_info for i in plan.inputs])
+    return out
+
+
+def test_caller_inputs_are_read_in_place_not_copied_into_the_arena(tmp_path):
+    """A streaming fuse reads its features where the frame loop holds them. The inputs get no
+    arena place, and each call reads the tensors it is given (a stale copy would repeat the
+    first call's output)."""
+    from executorch.runtime import Runtime
+
+    from dealthdr.export.to_executorch import lower
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.rand(1, 4, 16, 16)
+    programs = lambda: {"forward": torch.export.export(net, (x,), strict=False)}  # noqa: E731
+    planned, _ = lower(programs(), "xnnpack", rewrite=False)
+    shared, _ = lower(programs(), "xnnpack", rewrite=False, caller_inputs=True)
+    assert all(info is not None for info in _input_offsets(planned)[0])
+    assert all(info is None for info in _input_offsets(shared)[0])
+    path = tmp_path / "shared.pte"
+    path.write_bytes(shared.buffer)
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    for seed in (1, 2):
+        y = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            torch.testing.assert_close(method.execute([y])[0], net(y), atol=1e-5, rtol=1e-5)
+
+
 def _bundle_max_error(data: bytes) -> float:
     from executorch.devtools.bundled_program.serialize import (
         deserialize_from_flatbuffer_to_bundled_program)

@@ -191,6 +191,7 @@ def test_executorch_stream_program_records_and_gates(model, tmp_path):
     for name, r in by_method.items():
         assert r["stream"]["kind"] == name.split("_")[0]
         assert r["stream"]["per_output_frame"] == {"encode": 1, "flow": 2, "fuse": 1}
+        assert r["stream"]["input_memory"] == "caller"
         assert r["parity"]["passed"] and r["planned_activation_bytes"] > 0
         assert r["centre"] == ("any" if r["stream"]["kind"] != "fuse" else name[5:])
     assert by_method["fuse_short"]["stream"]["outputs"] == [[1, 3, *SIZE]]

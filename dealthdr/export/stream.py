@@ -126,11 +126,12 @@ def recorded_methods(bucket: Bucket, group: list[Bucket]) -> list[tuple[str, dic
     return [(f"fuse_{bucket.centre}", {})] + [(m, {"centre": "any"}) for m in shared]
 
 
-def stream_record(method: str, programs: dict, sig: dict, **names) -> dict:
+def stream_record(method: str, programs: dict, sig: dict, **extra) -> dict:
     """The manifest's `stream` entry of one method: what it is, how often a frame loop calls
-    it, and the shapes (and names, where the backend names them) it takes and returns."""
+    it, the shapes (and names, where the backend names them) it takes and returns, and
+    anything else the backend records (`input_memory`)."""
     return {"kind": method_kind(method), "methods": sorted(programs),
-            "per_output_frame": {"encode": 1, "flow": 2, "fuse": 1}, **names, **sig[method]}
+            "per_output_frame": {"encode": 1, "flow": 2, "fuse": 1}, **extra, **sig[method]}
 
 
 def signatures(programs: dict) -> dict:
