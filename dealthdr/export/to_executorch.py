@@ -97,6 +97,17 @@ def planned_bytes(exec_prog) -> dict[str, int]:
     return {plan.name: int(sum(plan.non_const_buffer_sizes)) for plan in plans}
 
 
+def input_memory(exec_prog) -> dict[str, str]:
+    """Per method, where its inputs live: "planned" (copied into the arena on every call),
+    "caller" (read where the caller holds them) or "mixed"."""
+    out = {}
+    for plan in exec_prog.executorch_program.execution_plan:
+        placed = {plan.values[i].val.allocation_info is not None for i in plan.inputs
+                  if hasattr(plan.values[i].val, "allocation_info")}
+        out[plan.name] = "mixed" if len(placed) > 1 else "planned" if True in placed else "caller"
+    return out
+
+
 def available_bytes() -> int:
     """MemAvailable from /proc/meminfo (free + reclaimable), or free pages elsewhere."""
     try:
@@ -183,7 +194,7 @@ def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -
         path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                        "_xnnpack_stream.pte"
         path.write_bytes(exec_prog.buffer)
-        arena, sig = planned_bytes(exec_prog), signatures(programs)
+        arena, sig, memory = planned_bytes(exec_prog), signatures(programs), input_memory(exec_prog)
         methods = program_methods(path)
         for b in group:
             check_runnable(f"fuse_{b.centre}", arena[f"fuse_{b.centre}"])
@@ -192,7 +203,7 @@ def stream_programs(stage: Path, model, info: dict, by_s: dict, size, windows) -
                 records.append(artifact_record(
                     path, stage, "executorch-xnnpack", "fp32", b, size, parity,
                     frames=model.cfg.num_frames, method=method,
-                    stream=stream_record(method, programs, sig, input_memory="caller"),
+                    stream=stream_record(method, programs, sig, input_memory=memory[method]),
                     delegation=cov[method],
                     planned_activation_bytes=arena[method], **extra))
         log.info("stream s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
