@@ -82,6 +82,37 @@ def test_decomposed_warp_program_has_no_grid_sampler_and_the_same_output():
     assert torch.allclose(out.module()(x, flow), Warp()(x, flow), atol=1e-5)
 
 
+def test_permutes_of_the_warp_output_fold_and_the_output_is_unchanged():
+    from dealthdr.export.rewrites import decompose_portable_ops, fold_permutes
+    from dealthdr.model.spynet import flow_warp
+
+    class WarpTwiceThenChannelsLast(nn.Module):
+        # The consistency check's two warps, then a channels-last use of the result (FGMA's
+        # key map) and a transposed one that must keep a (merged) permute.
+        def forward(self, x, flow):
+            there = flow_warp(x, flow, padding_mode="border")
+            back = flow_warp(there, -flow, padding_mode="border")
+            last = back.permute(0, 2, 3, 1)
+            return last * 2.0, back.permute(0, 3, 2, 1).contiguous() + 1.0, back
+
+    x, flow = torch.randn(2, 3, 16, 20), torch.randn(2, 2, 16, 20) * 3
+    want = WarpTwiceThenChannelsLast()(x, flow)
+    program = decompose_portable_ops(torch.export.export(WarpTwiceThenChannelsLast(), (x, flow)))
+
+    def permutes(p):
+        return [n.args[1] for n in p.graph.nodes if n.target == torch.ops.aten.permute.default]
+
+    before = permutes(program)
+    after = permutes(fold_permutes(program))
+    # Each warp: its input to channels last, its output back. The second warp's input permute
+    # cancels the first's output permute, the key-map-like permute cancels the second's
+    # output permute, and the (0, 3, 2, 1) one merges with it.
+    assert len(before) == 6 and len(after) == 3
+    assert [0, 2, 1, 3] in [list(p) for p in after]
+    for got, ref in zip(program.module()(x, flow), want):
+        assert torch.allclose(got, ref, atol=1e-5)
+
+
 def test_pow_and_amax_decompositions_match():
     from dealthdr.export.rewrites import amax_by_maximum, decompose_portable_ops, pow_by_exp_log
 

@@ -8,7 +8,9 @@ corner reads as row gathers of a channels-last map and a weighted sum; fractiona
 gamma curves) into exp and log; `amax` over colour channels into elementwise maxima. They run on
 the ATen program after quantization, so the quantizer only ever sees the original ops (its
 policy keeps the sampling coordinates float) and the decompositions are float. Core ML converts
-from the unrewritten program (it has `resample`, `pow` and reductions).
+from the unrewritten program (it has `resample`, `pow` and reductions). Permutes of permutes,
+which the warp's decomposition leaves where FGMA wants the warped map channels last, are
+folded into one (or none).
 
 Model-level forms that keep ops inside the XNNPACK delegate live in the model itself (channel
 LayerNorm and the consistency difference's channel mean as constant 1x1 convs, the L2 norm's
@@ -127,8 +129,38 @@ def decompose_portable_ops(program):
     return program.run_decompositions(table)
 
 
+def fold_permutes(program):
+    """Each permute of a permute as one permute of the first one's input, none where the two
+    compose to the identity. The warp's row gathers produce channels-last maps that the
+    decomposition permutes back to (N, C, H, W); FGMA's key map and the second warp of the
+    consistency check permute them to channels last again at once, and a delegate runs every
+    permute it is given as a copy of the map. In place; returns the program."""
+    import torch
+
+    permute = torch.ops.aten.permute.default
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        src = node.args[0] if node.target == permute else None
+        if getattr(src, "target", None) != permute or any(u.op == "output" for u in node.users):
+            continue  # an output keeps its node: the signature names it
+        rank = len(node.args[1])
+        inner, outer = ([d % rank for d in n.args[1]] for n in (src, node))
+        dims = [inner[d] for d in outer]
+        if dims == list(range(rank)):
+            node.replace_all_uses_with(src.args[0])
+        else:
+            with graph.inserting_before(node):
+                merged = graph.call_function(permute, (src.args[0], dims))
+            merged.meta = dict(node.meta)
+            node.replace_all_uses_with(merged)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
 def apply_rewrites(program):
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
-    program = decompose_portable_ops(program)
+    program = fold_permutes(decompose_portable_ops(program))
     return constant_prop_pass(program, custom_skip_targets=skip_targets())

@@ -135,10 +135,9 @@ class FGMA(nn.Module):
         num, c, h, w = warped.shape
         t, per = self.tile, num // current.shape[0]
         a, b = tile_grid(h, w, t)
-        pad = (0, b * t - w, 0, a * t - h)
         # Query features tiled once per frame, not once per neighbour: a copy per neighbour
         # is a map-sized table (and a portable expand) for what the tile ids can address.
-        own, masks = _tiles(_pad(current, pad), t), _tiles(_pad(mask, pad), t)
+        own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
         step = self.graph_chunk if is_tracing() else self.tile_chunk  # bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
             queries = torch.cat((_per_neighbour(own, per, a * b), masks), 3)
@@ -156,7 +155,7 @@ class FGMA(nn.Module):
         # Selected tiles gather their halo as the 2x2 block of key tiles starting at the tile
         # (t + 2r <= 2t): four row gathers from a table the size of the map, where a halo table
         # would be 2.25x the map (for w=5, t=8) whatever the number of selected tiles.
-        keys = _tiles(self.key_map(warped), t)                          # (N (a+1) (b+1), ...)
+        keys = tile_rows.tiles_last(self.key_map(warped), t)            # (N (a+1) (b+1), ...)
         keys = keys.reshape(keys.shape[0], -1)
         # Its key-grid row, computed in int64 and cast to int32: coremltools computes // and %
         # in fp32 and refuses float gather indices; a cast between two int types survives
@@ -175,37 +174,45 @@ class FGMA(nn.Module):
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
                      ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`attend` on the eager layout (`tile_rows`): the same tiles, windows and arithmetic,
-        so the same numbers, with work proportional to the selected tiles."""
+        so the same numbers, row by row, with the attention's work proportional to the
+        selected tiles."""
         num, c, h, w = warped.shape
-        t, g, per = self.tile, self.halo, num // current.shape[0]
+        t, per = self.tile, num // current.shape[0]
         a, b = tile_grid(h, w, t)
         grid = (num, a, b)
         if ids is not None and ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
-        order = torch.arange(num * a * b, device=warped.device) if ids is None else ids
+        own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
+        keys = self.key_map(warped)
+        size = keys.shape[1:3]
+        keys = keys.reshape(-1, c + 1)
+        order = torch.arange(num * a * b, device=warped.device) if ids is None else ids.long()
         parts = []
         for part in _chunks(order, self.tile_chunk):
-            at = tile_rows.tile_coords(part, grid, t, 0, t)
-            halos = tile_rows.gather_halo(warped, tile_rows.tile_coords(part, grid, t,
-                                                                        self.window // 2, g), _NEG)
-            item, rows, cols = at
-            values = self._attend_tiles(tile_rows.gather_block(current, (item // per, rows, cols)),
-                                        halos)
-            parts.append((values * tile_rows.gather_block(mask, at), at))
-        attended = tile_rows.place_tiles(warped, parts, grid, t)
+            mine = (part // (a * b * per)) * (a * b) + part % (a * b)
+            halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
+            values = self._attend_tiles(own.index_select(0, mine),
+                                        halos.view(part.shape[0], -1, c + 1))
+            parts.append(values * masks.index_select(0, part))
+        attended = tile_rows.untile(tile_rows.place(parts, ids, num * a * b), grid, h, w)
         executed = mask if ids is None else mask * tile_rows.selected_area(mask, ids, grid, t)
         return attended, executed
 
     def key_map(self, warped: torch.Tensor) -> torch.Tensor:
-        """(N, C + 1, (a + 1) t, (b + 1) t): the warped features and a bias channel (0 inside the
-        image, minus infinity outside), padded by r at the top-left and grown to whole tiles plus
-        one at the bottom-right, so that every tile's halo lies in the 2x2 block of tiles
-        starting at it."""
+        """(N, (a + 1) t, (b + 1) t, C + 1), channels last: the warped features and a bias
+        channel (0 inside the image, minus infinity outside), padded by r at the top-left and
+        grown to whole tiles plus one at the bottom-right, so that every tile's halo lies in the
+        2x2 block of tiles starting at it. Channels last from the start: in exported graphs the
+        warp's row gathers leave F_flow channels last, and the permute back to (N, C, H, W)
+        and this one cancel (`dealthdr.export.rewrites`), where a pad in (N, C, H, W) would
+        sit between them."""
         num, c, h, w = warped.shape
         t, r = self.tile, self.window // 2
         a, b = tile_grid(h, w, t)
-        pad = (r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
-        return torch.cat((F.pad(warped, pad), F.pad(_zeros(warped, 1), pad, value=_NEG)), 1)
+        pad = (0, 0, r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
+        feats = F.pad(warped.permute(0, 2, 3, 1), pad)
+        border = F.pad(_zeros(warped, 1).permute(0, 2, 3, 1), pad, value=_NEG)
+        return torch.cat((feats, border), 3)
 
     def _gather_halos(self, keys: torch.Tensor, rows: torch.Tensor, b: int) -> torch.Tensor:
         """(K, g * g, C + 1) halos of the tiles whose key blocks start at `rows` of the tiled key
@@ -226,7 +233,7 @@ class FGMA(nn.Module):
         num, c, h, w = warped.shape
         t, r, g = self.tile, self.window // 2, self.halo
         a, b = tile_grid(h, w, t)
-        fmap = self.key_map(warped).permute(0, 2, 3, 1).reshape(num, (a + 1) * t, b + 1, t, c + 1)
+        fmap = self.key_map(warped).reshape(num, (a + 1) * t, b + 1, t, c + 1)
         cols = torch.cat((fmap[:, :, :b], fmap[:, :, 1:, :2 * r]), 3)   # (N, H', b, g, C+1)
         rows = cols.reshape(num, a + 1, t, b * g * (c + 1))
         rows = torch.cat((rows[:, :a], rows[:, 1:, :2 * r]), 2)          # (N, a, g, b g (C+1))
@@ -356,24 +363,10 @@ def _band_bias(tile: int, window: int, rows: int = 1) -> torch.Tensor:
     return torch.where(inside, 0.0, _NEG)
 
 
-def _tiles(fmap: torch.Tensor, tile: int) -> torch.Tensor:
-    """(N, C, a t, b t) -> (N a b, t, t, C): tile-major, channels last (a tile's positions and
-    channels are one contiguous row, so a tile moves as one row operation). At most 5-D on the
-    way: Core ML takes no higher rank."""
-    num, c, h, w = fmap.shape
-    a, b = h // tile, w // tile
-    rows = fmap.permute(0, 2, 3, 1).reshape(num * a, tile, b, tile * c)
-    return rows.permute(0, 2, 1, 3).reshape(num * a * b, tile, tile, c)
-
-
 def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N a b, t, t, C + 1) -> F_att (N, C, h, w) and the executed mask (N, 1, h, w)."""
-    t, c1 = tiles.shape[1], tiles.shape[-1]
-    rows = tiles.reshape(num * a, b, t, t * c1).permute(0, 2, 1, 3)
-    fmap = rows.reshape(num, a * t, b * t, c1).permute(0, 3, 1, 2)
-    if a * t != h or b * t != w:  # a no-op slice would export as `alias` (Core ML refuses)
-        fmap = fmap[:, :, :h, :w]
+    fmap = tile_rows.untile(tiles, (num, a, b), h, w)
     return fmap[:, :-1], fmap[:, -1:]
 
 
@@ -384,13 +377,6 @@ def _per_neighbour(x: torch.Tensor, per: int, rows: int = 1) -> torch.Tensor:
     if x.shape[0] == rows:
         return x if per == 1 else torch.cat([x] * per)
     return x.unflatten(0, (-1, rows)).repeat_interleave(per, 0).flatten(0, 1)
-
-
-def _pad(x: torch.Tensor, pad: tuple[int, ...]) -> torch.Tensor:
-    """F.pad, skipped when it adds nothing: a no-op pad still exports as a pad op, and XNNPACK
-    refuses a quantized one at load time (xnn_status_invalid_parameter, int8 long-centre
-    graphs)."""
-    return x if not any(pad) else F.pad(x, pad)
 
 
 def _after_last(x: torch.Tensor, done: list[torch.Tensor]) -> torch.Tensor:
