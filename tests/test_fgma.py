@@ -209,7 +209,8 @@ def test_exported_bucket_pads_only_where_the_map_is_not_whole_tiles():
 @pytest.mark.parametrize("s,budget,size,b", [(2.0, None, (12, 14), 1), (2.0, 5, (12, 14), 1),
                                              (math.inf, None, (16, 16), 1),
                                              (20.0, 2, (16, 13), 1), (2.0, 5, (12, 14), 2),
-                                             (math.inf, None, (8, 12), 2)])
+                                             (math.inf, None, (8, 12), 2),
+                                             (math.inf, None, (10, 13), 2)])
 def test_eager_row_layout_equals_graph_layout(s, budget, size, b):
     """Eager mode gathers tiles as rows of channels-last maps; the exported graph's layout run
     eagerly must give the same outputs, executed masks and gradients."""

@@ -173,28 +173,38 @@ class FGMA(nn.Module):
 
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
                      ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`attend` on the eager layout (`tile_rows`): the same tiles, windows and arithmetic,
-        so the same numbers, row by row, with the attention's work proportional to the
-        selected tiles."""
+        """`attend` on the eager layouts (`tile_rows`): the same tiles, windows and arithmetic,
+        so the same numbers, row by row, with work proportional to the selected tiles."""
         num, c, h, w = warped.shape
         t, per = self.tile, num // current.shape[0]
         a, b = tile_grid(h, w, t)
         grid = (num, a, b)
         if ids is not None and ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
-        own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
-        keys = self.key_map(warped)
-        size = keys.shape[1:3]
-        keys = keys.reshape(-1, c + 1)
-        order = torch.arange(num * a * b, device=warped.device) if ids is None else ids.long()
+        count, r = num * a * b, self.window // 2
         parts = []
-        for part in _chunks(order, self.tile_chunk):
-            mine = (part // (a * b * per)) * (a * b) + part % (a * b)
-            halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
-            values = self._attend_tiles(own.index_select(0, mine),
-                                        halos.view(part.shape[0], -1, c + 1))
-            parts.append(values * masks.index_select(0, part))
-        attended = tile_rows.untile(tile_rows.place(parts, ids, num * a * b), grid, h, w)
+        if ids is None:  # every tile: channels-last tables, one index_select per halo
+            own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
+            keys = self.key_map(warped)
+            size = keys.shape[1:3]
+            keys = keys.reshape(-1, c + 1)
+            for part in _chunks(torch.arange(count, device=warped.device), self.tile_chunk):
+                mine = (part // (a * b * per)) * (a * b) + part % (a * b)
+                halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
+                values = self._attend_tiles(own.index_select(0, mine),
+                                            halos.view(part.shape[0], -1, c + 1))
+                parts.append(values * masks.index_select(0, part))
+            attended = tile_rows.untile(_cat(parts), grid, h, w)
+        else:  # selected tiles: gathered where they lie, no table of the whole map
+            for part in _chunks(ids, self.tile_chunk):
+                at = tile_rows.tile_coords(part, grid, t, 0, t)
+                item, rows, cols = at
+                halos = tile_rows.gather_halo(
+                    warped, tile_rows.tile_coords(part, grid, t, r, self.halo), _NEG)
+                values = self._attend_tiles(
+                    tile_rows.gather_block(current, (item // per, rows, cols)), halos)
+                parts.append((values * tile_rows.gather_block(mask, at), at))
+            attended = tile_rows.place_tiles(warped, parts, grid, t)
         executed = mask if ids is None else mask * tile_rows.selected_area(mask, ids, grid, t)
         return attended, executed
 

@@ -1,16 +1,19 @@
-"""FGMA's eager tile layout: each selected tile's queries and key halo taken as rows of
-channels-last tables, and its result put back as a row.
+"""FGMA's eager tile layout: each tile's queries and key halo taken straight from the feature
+maps, and its result put back, with no tile table of the graph layout's kind.
 
 The exported graph moves tiles through tile-major tables built from static slices
 (`FGMA.key_map`, `halo_table`), because delegates take those and no per-element index
-arithmetic. Eager mode need not. Every table here is built once per call with one copy of its
-map: the queries and the mask tile-major (`tiles`), the keys as the rows of the channels-last
-key map the graph layout tiles too (`FGMA.key_map`: zero features and a minus-infinity bias
-channel outside the image). A tile's g x g halo is then one `index_select` of contiguous C + 1
-float rows at flat indices (`halo_index`), and the tiles' results are rows of the output's
-tile table (`place`). Advanced indexing of the (N, C, H, W) maps at per-position coordinates
-reads each channel with the map's plane stride: at the full-resolution level of `tiny` at
-256x256 (every tile, one thread) the branch took 108 ms that way, 69 ms with these tables.
+arithmetic. Eager mode need not, and takes tiles two ways:
+- selected tiles (`tile_coords`, `gather_block`, `gather_halo`, `place_tiles`): one
+  advanced-indexing gather per tile block, coordinates clamped at the edges, halo positions
+  outside the image given zero features and the minus-infinity bias as in the key map, and one
+  indexed write of the results. Work follows the selected tiles, with no table of the whole map
+  (a fresh map-sized table costs its page faults on every call: 0.35 ms per MB, measured).
+- every tile (`tiles`, `halo_index`, `untile`): the queries and the mask tile-major, the keys as
+  the rows of the channels-last key map, so a halo is one `index_select` of contiguous C + 1
+  float rows instead of reads at the (N, C, H, W) maps' plane stride; the results, already in
+  tile order, are the output's tile table. At the full-resolution level of `tiny` at 256x256
+  (one thread) the branch takes 69 ms this way against 108 ms by per-tile gathers.
 """
 from __future__ import annotations
 
@@ -65,14 +68,53 @@ def halo_index(ids: torch.Tensor, grid: tuple[int, int, int], tile: int, halo: i
     return (corner.view(-1, 1) + offsets.view(1, -1)).reshape(-1)
 
 
-def place(parts: list[torch.Tensor], ids: torch.Tensor | None, count: int) -> torch.Tensor:
-    """A (count, t, t, C) tile table: the rows of `parts` (concatenated) at tiles `ids`, zero
-    elsewhere; with `ids` None the parts are every tile in order. Out of place, so autograd
-    sees one `index_copy`."""
-    rows = parts[0] if len(parts) == 1 else torch.cat(parts)
-    if ids is None:
-        return rows
-    return rows.new_zeros(count, *rows.shape[1:]).index_copy(0, ids.long(), rows)
+def tile_coords(ids: torch.Tensor, grid: tuple[int, int, int], tile: int, offset: int,
+                size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Item, row and column indices (broadcasting to (K, size, size)) of the size x size block
+    whose top-left corner is `offset` up and left of tile `ids`' top-left corner.
+
+    ids: flat tile ids n * a * b + i * b + j on the (N, a, b) tile grid."""
+    _, a, b = grid
+    p = ids.long()
+    n, rem = p // (a * b), p % (a * b)
+    step = torch.arange(size, device=ids.device)
+    rows = ((rem // b) * tile - offset).view(-1, 1, 1) + step.view(1, -1, 1)
+    cols = ((rem % b) * tile - offset).view(-1, 1, 1) + step.view(1, 1, -1)
+    return n.view(-1, 1, 1), rows, cols
+
+
+def gather_block(fmap: torch.Tensor, coords: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """(N, C, H, W) -> (K, size, size, C) at `coords`, clamped to the map. Positions past the
+    bottom/right edge of a query tile read the edge: they are never written out."""
+    n, rows, cols = coords
+    h, w = fmap.shape[-2:]
+    return fmap.permute(0, 2, 3, 1)[n, rows.clamp(0, h - 1), cols.clamp(0, w - 1)]
+
+
+def gather_halo(warped: torch.Tensor, coords: tuple[torch.Tensor, ...], neg: float,
+                ) -> torch.Tensor:
+    """(K, g * g, C + 1) key halos: warped features, zero outside the image, and a bias channel
+    that is 0 inside and `neg` outside (the same values as `FGMA.key_map`)."""
+    _, rows, cols = coords
+    h, w = warped.shape[-2:]
+    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(-1)
+    feats = gather_block(warped, coords) * inside
+    bias = torch.where(inside, 0.0, neg).to(feats.dtype)
+    return torch.cat((feats, bias), -1).flatten(1, 2)
+
+
+def place_tiles(like: torch.Tensor, parts: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
+                grid: tuple[int, int, int], tile: int) -> torch.Tensor:
+    """(N, C, h, w) map: zero, with each (K, t, t, C) result written at its tiles' coordinates.
+    The buffer covers whole tiles, so coordinates need no clamping; tile ids are unique."""
+    num, a, b = grid
+    h, w = like.shape[-2:]
+    c = parts[0][0].shape[-1]
+    out = like.new_zeros(num, a * tile, b * tile, c)
+    for values, (n, rows, cols) in parts:
+        out.index_put_((n, rows, cols), values)
+    fmap = out.permute(0, 3, 1, 2)
+    return fmap if (a * tile, b * tile) == (h, w) else fmap[:, :, :h, :w]
 
 
 def selected_area(mask: torch.Tensor, ids: torch.Tensor, grid: tuple[int, int, int],
