@@ -39,8 +39,9 @@ Two mask policies select the tiles, sharing everything else:
     do, the least inconsistent tiles fall back to flow. K = all tiles (s=inf) selects nothing:
     exported graphs then take every tile by static slices, with no gather or scatter at all.
 
-Eager calls gather the same tiles as rows of channels-last maps (`tile_rows`) instead of
-building the graph's tile tables: identical arithmetic, less data movement, forward and backward.
+Eager calls move the same tiles on `tile_rows`' layouts (per-tile gathers for selected tiles,
+halo rows of the channels-last key map when every tile is taken) instead of the graph's halo
+table: identical arithmetic, less data movement, forward and backward.
 """
 from __future__ import annotations
 
@@ -213,9 +214,10 @@ class FGMA(nn.Module):
         channel (0 inside the image, minus infinity outside), padded by r at the top-left and
         grown to whole tiles plus one at the bottom-right, so that every tile's halo lies in the
         2x2 block of tiles starting at it. Channels last from the start: in exported graphs the
-        warp's row gathers leave F_flow channels last, and the permute back to (N, C, H, W)
-        and this one cancel (`dealthdr.export.rewrites`), where a pad in (N, C, H, W) would
-        sit between them."""
+        warp's row gathers leave F_flow channels last, and where the key map is built from the
+        whole warped map (selected tiles) the permute back to (N, C, H, W) and this one cancel
+        (`dealthdr.export.rewrites`); a pad in (N, C, H, W) would sit between them. The
+        every-tile graph builds it per group of neighbours from a slice, which still does."""
         num, c, h, w = warped.shape
         t, r = self.tile, self.window // 2
         a, b = tile_grid(h, w, t)

@@ -1,5 +1,5 @@
-"""FGMA's eager tile layout: each tile's queries and key halo taken straight from the feature
-maps, and its result put back, with no tile table of the graph layout's kind.
+"""FGMA's tile layouts: the tiling both layouts use (`tiles`, `tiles_last`, `untile`), and how
+eager calls take each tile's queries and key halo and put its result back.
 
 The exported graph moves tiles through tile-major tables built from static slices
 (`FGMA.key_map`, `halo_table`), because delegates take those and no per-element index
@@ -8,12 +8,14 @@ arithmetic. Eager mode need not, and takes tiles two ways:
   advanced-indexing gather per tile block, coordinates clamped at the edges, halo positions
   outside the image given zero features and the minus-infinity bias as in the key map, and one
   indexed write of the results. Work follows the selected tiles, with no table of the whole map
-  (a fresh map-sized table costs its page faults on every call: 0.35 ms per MB, measured).
+  (a fresh map-sized table costs its page faults on every call, about 0.35 ms per MB here: built
+  for selections too, it made the branch 3.4x slower at 10 % of the tiles).
 - every tile (`tiles`, `halo_index`, `untile`): the queries and the mask tile-major, the keys as
   the rows of the channels-last key map, so a halo is one `index_select` of contiguous C + 1
   float rows instead of reads at the (N, C, H, W) maps' plane stride; the results, already in
   tile order, are the output's tile table. At the full-resolution level of `tiny` at 256x256
-  (one thread) the branch takes 69 ms this way against 108 ms by per-tile gathers.
+  (one thread) the branch took 69-88 ms this way against 108-110 ms by per-tile gathers (two
+  measurements on a noisy host).
 """
 from __future__ import annotations
 
