@@ -289,7 +289,7 @@ def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
 
     from dealthdr.model.framestats import pack
     from dealthdr.export.tiles import export_tiled, gate_tiled, run_program_tiled
-    from dealthdr.export.to_executorch import input_memory, lower
+    from dealthdr.export.to_executorch import lower
 
     frame, tile = (64, 128), (64, 64)
     b = make_buckets(CAL, [15.0], tile, ("short",), 8)[0]

@@ -104,7 +104,8 @@ def input_memory(exec_prog) -> dict[str, str]:
     for plan in exec_prog.executorch_program.execution_plan:
         placed = {plan.values[i].val.allocation_info is not None for i in plan.inputs
                   if hasattr(plan.values[i].val, "allocation_info")}
-        out[plan.name] = "mixed" if len(placed) > 1 else "planned" if True in placed else "caller"
+        out[plan.name] = {frozenset({True}): "planned",
+                          frozenset({False}): "caller"}.get(frozenset(placed), "mixed")
     return out
 
 

@@ -163,7 +163,7 @@ class FGMA(nn.Module):
         # export (int32 -> int32 would be dropped as a no-op).
         flat = ids.long()
         block = (flat + (flat // (a * b)) * (a + b + 1) + (flat % (a * b)) // b).to(torch.int32)
-        frame = ((flat // (a * b * per)) * (a * b) + flat % (a * b)).to(torch.int32)
+        frame = tile_rows.frame_tiles(flat, a * b, per).to(torch.int32)
         packed = []
         for part, rows, mine in zip(_chunks(ids, step), _chunks(block, step),
                                     _chunks(frame, step)):
@@ -190,10 +190,9 @@ class FGMA(nn.Module):
             size = keys.shape[1:3]
             keys = keys.reshape(-1, c + 1)
             for part in _chunks(torch.arange(count, device=warped.device), self.tile_chunk):
-                mine = (part // (a * b * per)) * (a * b) + part % (a * b)
+                queries = own.index_select(0, tile_rows.frame_tiles(part, a * b, per))
                 halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
-                values = self._attend_tiles(own.index_select(0, mine),
-                                            halos.view(part.shape[0], -1, c + 1))
+                values = self._attend_tiles(queries, halos.view(part.shape[0], -1, c + 1))
                 parts.append(values * masks.index_select(0, part))
             attended = tile_rows.untile(_cat(parts), grid, h, w)
         else:  # selected tiles: gathered where they lie, no table of the whole map

@@ -54,6 +54,13 @@ def untile(table: torch.Tensor, grid: tuple[int, int, int], h: int, w: int) -> t
     return fmap if (a * t, b * t) == (h, w) else fmap[:, :, :h, :w]
 
 
+def frame_tiles(ids: torch.Tensor, per_item: int, per: int) -> torch.Tensor:
+    """Rows of the query tile table (one frame per `per` neighbours, `per_item` tiles each) that
+    neighbour tiles `ids` read: the same tile of the neighbour's own frame, int64."""
+    p = ids.long()
+    return (p // (per_item * per)) * per_item + p % per_item
+
+
 def halo_index(ids: torch.Tensor, grid: tuple[int, int, int], tile: int, halo: int,
                size: tuple[int, int]) -> torch.Tensor:
     """Flat row indices (K * g * g,) of the g x g halos of tiles `ids` (flat ids
