@@ -282,9 +282,9 @@ def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
 
 @pytest.mark.e2e   # tiled export + ExecuTorch lowering
 def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
-    """A frame as tiles: guide tiles assemble the frame's guide, the flows method gives the
-    whole window's flows, the tile method's partial sums feed the next pass, and the program
-    matches the tiled eager network."""
+    """A frame as tiles: guide tiles assemble the frame's guide, the pair_flows method gives
+    the whole window's flows one neighbour at a time, the tile method's partial sums feed the
+    next pass, and the program matches the tiled eager network."""
     from executorch.runtime import Runtime
 
     from dealthdr.model.framestats import pack
@@ -294,7 +294,7 @@ def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
     frame, tile = (64, 128), (64, 64)
     b = make_buckets(CAL, [15.0], tile, ("short",), 8)[0]
     programs, n = export_tiled(tiny, [b], tile, frame)
-    assert set(programs) == {"guide", "flows", "tile_short"} and n > 0
+    assert set(programs) == {"guide", "pair_flows", "tile_short"} and n > 0
     exec_prog, _ = lower(programs, "xnnpack")
     path = tmp_path / "tiled.pte"
     path.write_bytes(exec_prog.buffer)
@@ -306,8 +306,10 @@ def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
     left = program.load_method("guide").execute([win.frames[..., :64].contiguous(),
                                                  win.exposures])[0]
     assert torch.allclose(left, guide[..., :16], atol=1e-6)     # per position: a crop
-    flows = program.load_method("flows").execute([guide])
-    assert all(torch.allclose(a, r, atol=1e-4) for a, r in zip(flows, ref))
+    pair = program.load_method("pair_flows")
+    for row, j in enumerate((0, 1, 3, 4)):       # neighbours in time order around the centre 2
+        got = pair.execute([guide[:, 2].contiguous(), guide[:, j].contiguous()])
+        assert all(torch.allclose(a[0], r[row], atol=1e-4) for a, r in zip(got, ref))
     res = gate_tiled(path, tiny, b, frame, tile[0], n)
     assert res["passed"] and res["max_abs"] < 1e-4
     two = run_program_tiled(path, "short", win.frames, win.exposures, 64, n, 4, passes=2)

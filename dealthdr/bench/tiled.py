@@ -13,9 +13,10 @@ then its `tile_<centre>` method on every tile for `--passes` passes, each after 
 the frame's channel-attention statistics; a plain bucket program (`forward_<centre>`) runs each
 tile alone (own flows and statistics: visible seams), for comparison.
 
-A fresh worker process loads the program, runs one held-out window, blends the tiles, and
-reports its peak RSS (the kernel's high-water mark, reset after imports, as `run` measures) and
-wall time; the parent then runs the eager model untiled on the same window (dynamic mask policy,
+The parent synthesises one held-out window and hands it over as .npy; a fresh worker process
+loads it and the program, runs the window, blends the tiles, and reports its peak RSS (the
+process's high-water mark: runtime, window and runner) and the part above its baseline after
+imports and the window (`peak_mem_mb`, as `run` measures), and wall time; the parent then runs the eager model untiled on the same window (dynamic mask policy,
 same s) and records the seam quality as PSNR-mu and max |diff| of the tiled program's output
 against it. The record is JSON with the machine, the versions and the artifact's sha256.
 """
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from dealthdr.bench.worker import peak_memory, start_memory_watch
 from dealthdr.calib.windows import make_windows
@@ -104,8 +107,14 @@ def run(args: argparse.Namespace) -> int:
            "frames": art["input_shape"]["frames"][1],
            "sums_length": art["tiled"]["sums_length"] if tiled else None,
            "flow_scale": art["tiled"]["flow_scale"] if tiled else None}
+    win = _window(tuple(args.size), art["centre"], job["frames"])
     with tempfile.TemporaryDirectory() as tmp:
         spec, result, output = (Path(tmp) / n for n in ("job.json", "result.json", "out.npy"))
+        # synthesised here: the worker's memory is then what a frame loop holds (the runtime,
+        # the window, the runner), not the synthesis' freed heap
+        for name, a in (("frames", win.frames), ("exposures", win.exposures)):
+            job[name] = str(Path(tmp) / f"{name}.npy")
+            np.save(job[name], a.numpy())
         job["output"] = str(output)
         spec.write_text(json.dumps(job))
         proc = subprocess.run([sys.executable, "-m", "dealthdr.bench.tiled", str(spec), str(result)],
@@ -113,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         if proc.returncode != 0:
             raise RuntimeError(f"tiled worker exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         measured = json.loads(result.read_text())
-        quality = _against_eager(args, art, manifest["model"]["variant"], output)
+        quality = _against_eager(args, art, manifest["model"]["variant"], win, output)
     record = {"benchmark": "tiled_pte", "artifact": args.pte.name, "sha256": art["sha256"],
               "method": method, "passes": passes,
               "mode": "frame flows and statistics" if tiled else "tiles alone",
@@ -134,15 +143,13 @@ def _window(size: tuple[int, int], centre: str, frames: int):
     return next(w for w in windows if w.centre == centre)
 
 
-def _against_eager(args: argparse.Namespace, art: dict, variant: str, output: Path) -> dict:
+def _against_eager(args: argparse.Namespace, art: dict, variant: str, win, output: Path) -> dict:
     import math
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(max(1, args.threads))
     model, _ = load_checkpoint(args.checkpoint, variant)
-    win = _window(tuple(args.size), art["centre"], art["input_shape"]["frames"][1])
     s = math.inf if art["s"] == "inf" else float(art["s"])
     with torch.no_grad():
         ref = model.eval()(win.frames, win.exposures, s=s)
@@ -153,14 +160,12 @@ def _against_eager(args: argparse.Namespace, art: dict, variant: str, output: Pa
 
 def _worker(job: dict) -> dict:
     """In a fresh process: load the program, run every tile, blend; peak memory and time."""
-    import numpy as np
     import torch
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
     _unsafe_reset_threadpool(job["threads"])
-    win = _window(tuple(job["size"]), job["centre"], job["frames"])
-    frames, exposures = win.frames.contiguous(), win.exposures.contiguous()
+    frames, exposures = (torch.from_numpy(np.load(job[n])) for n in ("frames", "exposures"))
     watch = start_memory_watch()
     start = time.perf_counter()
     if job["sums_length"] is None:

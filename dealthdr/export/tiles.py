@@ -6,8 +6,10 @@ its channel attention's statistics. The tiled export therefore has three kinds o
 - `guide(frames, exposures) -> guide` at the *tile* size: SpyNet's input for the tile, pooled to
   1/flow_scale (`DeAltHDR.flow_guide`, per position, so the frame's guide is assembled from
   tiles: a whole-frame program would hold 1080p intermediates, ~250 MB, measured);
-- `flows(guide) -> (O_t->n, O_n->t)` on the frame's 1/flow_scale grid: SpyNet once on the whole
-  window (`DeAltHDR.flows_from_guide`);
+- `pair_flows(guide_a, guide_b) -> (O_a->b, O_b->a)` on the frame's 1/flow_scale grid: SpyNet
+  on the centre and one neighbour (`DeAltHDR.pair_flows_from_guide`), called once per
+  neighbour; the whole window's eight directions in one call held ~640 MB of SpyNet
+  intermediates at 1080p (measured), one pair holds a quarter;
 - `tile_<centre>(frames, exposures, flow_t_n, flow_n_t, share, frame_sums, frame_wide)
   -> (hdr, partial_sums)` at the *tile* size: the network on one tile with the crops of the
   frame's flows; `share` is the tile's part of each position (blend weight over summed
@@ -43,13 +45,13 @@ class GuideGraph(nn.Module):
         return self.model.flow_guide(frames, exposures)
 
 
-class FlowGraph(nn.Module):
+class PairFlowGraph(nn.Module):
     def __init__(self, model: DeAltHDR) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, guide: torch.Tensor):
-        return self.model.flows_from_guide(guide)
+    def forward(self, guide_a: torch.Tensor, guide_b: torch.Tensor):
+        return self.model.pair_flows_from_guide(guide_a, guide_b)
 
 
 class TileGraph(nn.Module):
@@ -87,8 +89,8 @@ def tile_inputs(model: DeAltHDR, bucket: Bucket, size: tuple[int, int], shapes: 
 
 def export_tiled(model: DeAltHDR, buckets: list[Bucket], tile: tuple[int, int],
                  frame: tuple[int, int]) -> tuple[dict, int]:
-    """({guide, flows, tile_<centre> per bucket: ExportedProgram}, length of the packed sums)
-    for buckets of one s."""
+    """({guide, pair_flows, tile_<centre> per bucket: ExportedProgram}, length of the packed
+    sums) for buckets of one s."""
     fs = model.cfg.flow_scale
     align = network_align(fs)
     if tile[0] % align or tile[1] % align:
@@ -100,8 +102,9 @@ def export_tiled(model: DeAltHDR, buckets: list[Bucket], tile: tuple[int, int],
     with torch.no_grad():
         out = {"guide": torch.export.export(GuideGraph(model).eval(),
                                             example_inputs(buckets[0], tile, t), strict=False),
-               "flows": torch.export.export(FlowGraph(model).eval(),
-                                            (torch.rand(1, t, 3, *grid),), strict=False)}
+               "pair_flows": torch.export.export(PairFlowGraph(model).eval(),
+                                                 (torch.rand(1, 3, *grid), torch.rand(1, 3, *grid)),
+                                                 strict=False)}
         for b in buckets:
             out[f"tile_{b.centre}"] = torch.export.export(
                 TileGraph(model, b, shapes).eval(), tile_inputs(model, b, tile, shapes),
@@ -138,15 +141,19 @@ def eager_tiled(model: DeAltHDR, s: float, frames, exposures, tile: int, overlap
 
 def run_program_tiled(path, centre: str, frames, exposures, tile: int, sums_length: int,
                       flow_scale: int, overlap: int = 32, passes: int = 2):
-    """A window through a tiled .pte: the frame's guide tile by tile, its flows once, then the
-    tile method per tile and pass.
+    """A window through a tiled .pte: the frame's guide tile by tile, its flows pair by pair,
+    then the tile method per tile and pass.
 
     A loaded Program caches its methods, and each keeps its XNNPACK runtime (SpyNet's on the
-    whole frame: ~640 MB at 1080p, measured), so the guide and flows run in a Program that is
-    dropped before the tile method loads in a fresh one."""
+    whole frame), so the guide and flows run in a Program that is dropped before the tile
+    method loads in a fresh one."""
     from executorch.runtime import Runtime
 
     program = Runtime.get().load_program(str(path))
+    if "pair_flows" not in program.method_names:
+        raise ValueError(f"{path}: no pair_flows method (methods: "
+                         f"{sorted(program.method_names)}); re-export it with "
+                         "export/to_executorch.py --tiled-frame")
     align = network_align(flow_scale)
     padded = pad_frames(frames, align)
     hp, wp = padded.shape[-2:]
@@ -159,8 +166,11 @@ def run_program_tiled(path, centre: str, frames, exposures, tile: int, sums_leng
             guide[..., y // flow_scale:(y + th) // flow_scale,
                   x // flow_scale:(x + tw) // flow_scale] = \
                 guide_method.execute([crop, exposures])[0]
-    flows = tuple(t.clone() for t in program.load_method("flows").execute([guide]))
-    del guide_method, program, guide
+    pair, c = program.load_method("pair_flows"), guide.shape[1] // 2
+    pairs = [pair.execute([guide[:, c].contiguous(), guide[:, j].contiguous()])
+             for j in range(guide.shape[1]) if j != c]
+    flows = tuple(torch.cat([p[d] for p in pairs]) for d in (0, 1))
+    del guide_method, pair, pairs, program, guide
     tile_program = Runtime.get().load_program(str(path))   # alive while its method runs
     result = tiled_through(program_tile_run(tile_program.load_method(f"tile_{centre}"),
                                             sums_length),

@@ -165,20 +165,20 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, cfg: ExecuTorchCo
         path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                        f"_xnnpack_tiled{frame[0]}x{frame[1]}.pte"
         path.write_bytes(exec_prog.buffer)
-        arena = planned_bytes(exec_prog)
+        arena, sig = planned_bytes(exec_prog), signatures(programs)
         tiled = {"frame": list(frame), "tile": list(tile), "sums_length": sums_length,
                  "flow_scale": model.cfg.flow_scale}
         for b in group:
             parity = gate_tiled(path, model, b, frame, tile[0], sums_length)
-            methods = [f"tile_{b.centre}"] + (["guide", "flows"] if b is group[0] else [])
+            methods = [f"tile_{b.centre}"] + (["guide", "pair_flows"] if b is group[0] else [])
             for method in methods:
-                kind = method.split("_")[0]
-                size = tile if kind != "flows" else frame
+                kind = "tile" if method.startswith("tile_") else method
+                size = frame if kind == "pair_flows" else tile
                 extra = {} if kind == "tile" else {"centre": "any"}
                 records.append(artifact_record(
                     path, stage, "executorch-xnnpack", "fp32", b, size, parity,
                     frames=model.cfg.num_frames, method=method,
-                    tiled={"kind": kind, **tiled}, delegation=cov[method],
+                    tiled={"kind": kind, **sig[method], **tiled}, delegation=cov[method],
                     planned_activation_bytes=arena[method], **extra))
         log.info("tiled s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
                                                     for m, a in arena.items()})
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiled-frame", type=parse_size, default=None, metavar="HxW",
                    help="also write <name>_tiled<H>x<W>.pte per s: a frame of HxW (e.g. "
                         "1080x1920) as --size tiles, with the frame's flows and attention "
-                        "statistics (methods guide, flows, tile_<centre>; run by `python -m "
+                        "statistics (methods guide, pair_flows, tile_<centre>; run by `python -m "
                         "device_bench tiled`), gated against the tiled eager network "
                         "(xnnpack only; default: none)")
     p.add_argument("--stream", action="store_true",

@@ -191,6 +191,17 @@ class DeAltHDR(nn.Module):
         grid = tuple(guide.shape[-2:])
         return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
 
+    def pair_flows_from_guide(self, guide_a: torch.Tensor, guide_b: torch.Tensor,
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """O_{a->b} and O_{b->a}, each (N, 2, h, w), of frames' guides (N, 3, h, w): the rows of
+        `flows_from_guide` for the centre a and one neighbour b. SpyNet's pairs are
+        independent, so a window's flows are these, one neighbour at a time, with a quarter
+        of the working memory of the whole window's batch."""
+        n, grid = guide_a.shape[0], tuple(guide_a.shape[-2:])
+        flow = self.spynet.estimate(torch.cat((guide_a, guide_b)), torch.cat((guide_b, guide_a)),
+                                    1)
+        return resize_flow(flow[:n], grid), resize_flow(flow[n:], grid)
+
     def _padded_inputs(self, frames: torch.Tensor, exposures: torch.Tensor) -> torch.Tensor:
         return pad_frames(prepare_inputs(frames, exposures, self.cfg.gamma), PAD_MULTIPLE)
 
