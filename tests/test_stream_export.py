@@ -117,15 +117,37 @@ def test_benchmark_step_runs_the_steady_state_and_returns_the_window_output(mode
                if k in stream_methods("short")}
     frames, exposures = _sequence(5)
     f, e = frames[None], exposures[None]
-    step = stream_step(methods, "short")
+    one = methods["encode_short"].run([f[:, 0], e[:, :1]])
+    grid = methods["flow"].run([f[:, 0], e[:, :1]] * 2)[0].shape[1:]
+    step = stream_step(methods, "short", [x.shape for x in one] +
+                       [(4, *x.shape[1:]) for x in one] + [(4, *grid)] * 2)
     with torch.no_grad():
         ref = BucketGraph(model, buckets[0])(f, e)
-    assert float((step(f, e) - ref).abs().max()) <= 1e-5      # fills the ring
+    # the window fills the buffers, after a warm-up fuse on them
+    assert float((step(f, e) - ref).abs().max()) <= 1e-5
     assert methods["encode_short"].calls == 3 and methods["encode_long"].calls == 2
-    assert methods["flow"].calls == 4
-    assert float((step(f, e) - ref).abs().max()) <= 1e-5      # one steady-state frame
+    assert methods["flow"].calls == 4 and methods["fuse_short"].calls == 2
+    out = step(f, e)                                          # one steady-state frame
+    assert out.shape == ref.shape and torch.isfinite(out).all()
     assert methods["encode_short"].calls == 4 and methods["encode_long"].calls == 2
-    assert methods["flow"].calls == 6 and methods["fuse_short"].calls == 2
+    assert methods["flow"].calls == 6 and methods["fuse_short"].calls == 3
+
+
+def test_the_benchmark_loop_slides_its_stacked_features_one_frame_in_place():
+    from dealthdr.bench.worker import slide
+
+    def feats(frame):     # two levels, each filled with its frame's number
+        return [torch.full((1, 2, 4, 4), float(frame)), torch.full((1, 3, 2, 2), float(frame))]
+
+    window = [feats(j) for j in range(5)]
+    centre = window[2]
+    near = [torch.cat([window[j][lv] for j in (0, 1, 3, 4)]) for lv in range(2)]
+    buffers = [t.data_ptr() for t in centre + near]
+    slide(centre, near, feats(5))
+    for lv in range(2):
+        assert centre[lv].unique().tolist() == [3.0]
+        assert [float(x[0, 0, 0]) for x in near[lv]] == [1.0, 2.0, 4.0, 5.0]
+    assert [t.data_ptr() for t in centre + near] == buffers    # in place: no new memory
 
 
 def test_a_streamed_frame_counts_one_encode_and_half_of_spynet():
