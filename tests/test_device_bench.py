@@ -475,6 +475,10 @@ def test_tiled_runs_a_program_over_a_larger_frame_and_records_memory_and_seams(a
     assert np.isfinite(rec["max_abs_vs_untiled_eager"])
     assert main(["-q", "tiled", str(pte), "--size", "16x72", "--out", str(out)]) == 2
     assert main(["-q", "tiled", str(pte), "--centre", "long", "--out", str(out)]) == 2
+    # a program without the frame-level methods (or one exported before pair_flows) is named
+    from dealthdr.export.tiles import run_program_tiled
+    with pytest.raises(ValueError, match="no pair_flows method"):
+        run_program_tiled(pte, "short", torch.rand(1, 5, 3, 48, 72), torch.ones(1, 5), 24, 1, 4)
 
 
 def test_stream_benchmark_records_both_modes(tmp_path):

@@ -8,8 +8,9 @@ its channel attention's statistics. The tiled export therefore has three kinds o
   tiles: a whole-frame program would hold 1080p intermediates, ~250 MB, measured);
 - `pair_flows(guide_a, guide_b) -> (O_a->b, O_b->a)` on the frame's 1/flow_scale grid: SpyNet
   on the centre and one neighbour (`DeAltHDR.pair_flows_from_guide`), called once per
-  neighbour; the whole window's eight directions in one call held ~640 MB of SpyNet
-  intermediates at 1080p (measured), one pair holds a quarter;
+  neighbour: at 1080p the whole window's eight directions in one call held ~640 MB of XNNPACK
+  buffers, one pair ~440 MB (measured; most of it is the 7x7 convolutions' indirection
+  buffers, per output pixel, whatever the batch);
 - `tile_<centre>(frames, exposures, flow_t_n, flow_n_t, share, frame_sums, frame_wide)
   -> (hdr, partial_sums)` at the *tile* size: the network on one tile with the crops of the
   frame's flows; `share` is the tile's part of each position (blend weight over summed

@@ -195,8 +195,8 @@ class DeAltHDR(nn.Module):
                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """O_{a->b} and O_{b->a}, each (N, 2, h, w), of frames' guides (N, 3, h, w): the rows of
         `flows_from_guide` for the centre a and one neighbour b. SpyNet's pairs are
-        independent, so a window's flows are these, one neighbour at a time, with a quarter
-        of the working memory of the whole window's batch."""
+        independent, so a window's flows are these, one neighbour at a time (a program that
+        runs them so holds one pair's buffers instead of the window's)."""
         n, grid = guide_a.shape[0], tuple(guide_a.shape[-2:])
         flow = self.spynet.estimate(torch.cat((guide_a, guide_b)), torch.cat((guide_b, guide_a)),
                                     1)
