@@ -46,10 +46,11 @@ def after(x: torch.Tensor, dep: torch.Tensor) -> torch.Tensor:
     (measured: the 12 reads of FGMA's three levels in one XNNPACK call, 178 MB of planned
     activations at s=0; 122 MB with each level's warps tied to its decoder feature). FGMA ties
     its attention steps the same way, so no partitioner can hold every step's scores at once.
-    A 4-D slice, not a reshape: a reshape of a channels-last map makes XNNPACK transpose it."""
+    A slice of every dim, not a reshape: a reshape of a channels-last map makes XNNPACK
+    transpose it."""
     if not is_tracing():
         return x
-    return x + dep[:1, :1, :1, :1].clamp(-1.0, 1.0) * 0.0
+    return x + dep[(slice(0, 1),) * dep.dim()].clamp(-1.0, 1.0) * 0.0
 
 
 def take(x: torch.Tensor, indices: list[int]) -> torch.Tensor:
