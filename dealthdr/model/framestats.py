@@ -79,8 +79,8 @@ def attend(record: FrameStatistics, q: torch.Tensor, k: torch.Tensor,
     partial = _sums(q, k, weight)
     record.partials.append(partial)
     # The partial sums feed only the program's last output, so a partitioner may compute them
-    # in a late delegate call and keep every q and k alive until then (measured: a 256x256 tile
-    # program planned 214 MB, its window program 112 MB); tied here, they are computed first.
+    # in a late delegate call and keep every q and k alive until then. Tied here, they are
+    # computed first (measured, 256x256 tile program: 214 MB planned untied, 165 MB tied).
     if record.given is None:
         return _after_all(_softmax(_sums(q, k, None), temperature), partial)
     index = len(record.partials) - 1
