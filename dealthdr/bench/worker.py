@@ -154,15 +154,6 @@ def stream_step(methods: dict, centre: str, state_shapes: list[tuple[int, ...]])
     def call(name, *inputs):
         return methods[name].execute([t.contiguous() for t in inputs])
 
-    def warm_up(frames, exposures):
-        shapes = [o.shape for o in call("encode_short", frames[:, 0], exposures[:, :1])]
-        flow = call("flow", *(frames[:, 0], exposures[:, :1]) * 2)[0]
-        t = frames.shape[1]
-        zeros = [torch.zeros(sh) for sh in shapes] + \
-                [torch.zeros(t - 1, *sh[1:]) for sh in shapes] + \
-                [torch.zeros(t - 1, *flow.shape[1:]) for _ in range(2)]
-        call(f"fuse_{centre}", frames, exposures, *zeros)
-
     def run(frames, exposures):
         rel = exposures / exposures.min(dim=1, keepdim=True).values
         t = frames.shape[1]
