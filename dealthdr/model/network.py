@@ -186,10 +186,11 @@ class DeAltHDR(nn.Module):
         return pooled_guide(frames, exposures, self.cfg.gamma, pad, fs)
 
     def flows_from_guide(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`window_flows` from a whole frame's `flow_guide`, on its grid."""
-        flows = self._flows(guide, guide.shape[1] // 2, scale=1)
-        grid = tuple(guide.shape[-2:])
-        return resize_flow(flows[0], grid), resize_flow(flows[1], grid)
+        """`window_flows` from a whole frame's `flow_guide`, on its grid: every neighbour's
+        pair in one SpyNet call."""
+        nb = neighbours(guide, guide.shape[1] // 2)
+        cur = guide[:, guide.shape[1] // 2:guide.shape[1] // 2 + 1].expand_as(nb)
+        return self.pair_flows_from_guide(_stack(cur), _stack(nb))
 
     def pair_flows_from_guide(self, guide_a: torch.Tensor, guide_b: torch.Tensor,
                               ) -> tuple[torch.Tensor, torch.Tensor]:
