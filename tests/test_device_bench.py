@@ -475,10 +475,58 @@ def test_tiled_runs_a_program_over_a_larger_frame_and_records_memory_and_seams(a
     assert np.isfinite(rec["max_abs_vs_untiled_eager"])
     assert main(["-q", "tiled", str(pte), "--size", "16x72", "--out", str(out)]) == 2
     assert main(["-q", "tiled", str(pte), "--centre", "long", "--out", str(out)]) == 2
-    # a program without the frame-level methods (or one exported before pair_flows) is named
+    # a program that is not a frame flows program is named as such
     from dealthdr.export.tiles import run_program_tiled
-    with pytest.raises(ValueError, match="no pair_flows method"):
-        run_program_tiled(pte, "short", torch.rand(1, 5, 3, 48, 72), torch.ones(1, 5), 24, 1, 4)
+    with pytest.raises(ValueError, match="not a frame flows program"):
+        run_program_tiled(pte, pte, "short", torch.rand(1, 5, 3, 48, 72), torch.ones(1, 5), 24,
+                          1, 4)
+
+
+@pytest.mark.e2e   # exporter CLI + ExecuTorch runs
+def test_tiled_export_writes_a_shared_flows_program_that_the_tiled_bench_runs(tmp_path):
+    """`--tiled-frame`: one frame flows program for every s beside the tile program, named in
+    the tile records; `device_bench tiled` runs the pair and records both."""
+    from dealthdr.export.to_executorch import main as export
+
+    out = tmp_path / "et"
+    assert export(["--s-buckets", "0", "--size", "64x64", "--centre", "short",
+                   "--calib-clips", "1", "--tiled-frame", "64x128", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_method = {a["method"]: a for a in manifest["artifacts"]}
+    tile, flows = by_method["tile_short"], by_method["pair_flows"]
+    assert tile["tiled"]["flows_program"] == flows["file"] == by_method["guide"]["file"]
+    assert flows["file"] == "dealthdr_tiny_xnnpack_flows64x128.pte"
+    assert flows["s"] == flows["centre"] == "any" and "bucket_k" not in flows
+    assert flows["parity"]["passed"] and tile["parity"]["passed"]
+    assert len({a["file"] for a in manifest["artifacts"]}) == 3
+    rec_path = tmp_path / "tiled.json"
+    assert main(["-q", "tiled", str(out / tile["file"]), "--size", "64x128", "--overlap", "8",
+                 "--out", str(rec_path)]) == 0
+    rec = json.loads(rec_path.read_text())
+    assert rec["flows_artifact"] == flows["file"] and rec["flows_sha256"] == flows["sha256"]
+    assert rec["tiles"] == 3 and rec["psnr_mu_vs_untiled_eager"] > 30
+    (out / flows["file"]).unlink()
+    assert main(["-q", "tiled", str(out / tile["file"]), "--size", "64x128",
+                 "--out", str(rec_path)]) == 2
+
+
+def test_tiled_finds_the_frame_flows_program_its_record_names(tmp_path):
+    from dealthdr.bench.tiled import _flows_program
+    from dealthdr.fileio import sha256_file
+
+    pte, flows = tmp_path / "t.pte", tmp_path / "f.pte"
+    pte.write_bytes(b"tile")
+    flows.write_bytes(b"flows")
+    art = {"tiled": {"flows_program": "f.pte"}}
+    manifest = {"artifacts": [{"file": "f.pte", "sha256": sha256_file(flows)}]}
+    assert _flows_program(pte, manifest, art) == flows
+    with pytest.raises(ValueError, match="names no frame flows program"):
+        _flows_program(pte, manifest, {"tiled": {}})
+    with pytest.raises(FileNotFoundError, match="frame flows program of t.pte is missing"):
+        _flows_program(pte, {"artifacts": []}, art)
+    flows.write_bytes(b"other")
+    with pytest.raises(ValueError, match="sha256 differs"):
+        _flows_program(pte, manifest, art)
 
 
 def test_stream_benchmark_records_both_modes(tmp_path):

@@ -282,30 +282,35 @@ def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
 
 @pytest.mark.e2e   # tiled export + ExecuTorch lowering
 def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
-    """A frame as tiles: guide tiles assemble the frame's guide, the pair_flows method gives
-    the whole window's flows one neighbour at a time, the tile method's partial sums feed the
-    next pass, and the program matches the tiled eager network."""
+    """A frame as tiles: the frame flows program's guide tiles assemble the frame's guide, its
+    pair_flows method gives the whole window's flows one neighbour at a time, the tile
+    program's partial sums feed the next pass, and the pair matches the tiled eager network."""
     from executorch.runtime import Runtime
 
     from dealthdr.model.framestats import pack
-    from dealthdr.export.tiles import export_tiled, gate_tiled, run_program_tiled
+    from dealthdr.export.tiles import (export_frame_flows, export_tiled, gate_tiled,
+                                       run_program_tiled)
     from dealthdr.export.to_executorch import lower
 
     frame, tile = (64, 128), (64, 64)
     b = make_buckets(CAL, [15.0], tile, ("short",), 8)[0]
-    programs, n = export_tiled(tiny, [b], tile, frame)
-    assert set(programs) == {"guide", "pair_flows", "tile_short"} and n > 0
+    programs, n = export_tiled(tiny, [b], tile)
+    assert set(programs) == {"tile_short"} and n > 0
+    flow_programs = export_frame_flows(tiny, tile, frame)
+    assert set(flow_programs) == {"guide", "pair_flows"}
     exec_prog, _ = lower(programs, "xnnpack")
+    flows_prog, _ = lower(flow_programs, "xnnpack")
     # The channel attentions' partial sums feed only the last output; tied to where they are
     # computed, they do not keep q and k alive to the end (untied: 1.35x the window's arena).
     from dealthdr.export.buckets import export_program
     from dealthdr.export.to_executorch import planned_bytes
     window, _ = lower({"forward_short": export_program(tiny, b, tile)}, "xnnpack")
     assert planned_bytes(exec_prog)["tile_short"] < 1.1 * planned_bytes(window)["forward_short"]
-    path = tmp_path / "tiled.pte"
+    path, flows_path = tmp_path / "tiled.pte", tmp_path / "flows.pte"
     path.write_bytes(exec_prog.buffer)
+    flows_path.write_bytes(flows_prog.buffer)
     win = next(w for w in make_windows("heldout", *frame, clips=1, seed=1) if w.centre == "short")
-    program = Runtime.get().load_program(str(path))
+    program = Runtime.get().load_program(str(flows_path))
     with torch.no_grad():
         guide = tiny.flow_guide(win.frames, win.exposures)
         ref = tiny.window_flows(win.frames, win.exposures)
@@ -316,9 +321,16 @@ def test_tiled_program_reproduces_the_tiled_eager_network(tiny, tmp_path):
     for row, j in enumerate((0, 1, 3, 4)):       # neighbours in time order around the centre 2
         got = pair.execute([guide[:, 2].contiguous(), guide[:, j].contiguous()])
         assert all(torch.allclose(a[0], r[row], atol=1e-4) for a, r in zip(got, ref))
-    res = gate_tiled(path, tiny, b, frame, tile[0], n)
+    res = gate_tiled(path, flows_path, tiny, b, frame, tile[0], n)
     assert res["passed"] and res["max_abs"] < 1e-4
-    two = run_program_tiled(path, "short", win.frames, win.exposures, 64, n, 4, passes=2)
+    two = run_program_tiled(path, flows_path, "short", win.frames, win.exposures, 64, n, 4,
+                            passes=2)
     assert two.tiles == 3 and pack(two.frame_sums).numel() == n
-    one = run_program_tiled(path, "short", win.frames, win.exposures, 64, n, 4, passes=1)
+    one = run_program_tiled(path, flows_path, "short", win.frames, win.exposures, 64, n, 4,
+                            passes=1)
+    # the two programs swapped, or a centre the tile program lacks, are named
+    with pytest.raises(ValueError, match="not a frame flows program"):
+        run_program_tiled(path, path, "short", win.frames, win.exposures, 64, n, 4)
+    with pytest.raises(ValueError, match="no method tile_long"):
+        run_program_tiled(path, flows_path, "long", win.frames, win.exposures, 64, n, 4)
     assert np.abs(one.hdr - two.hdr).max() > 1e-5   # pass 2 attends with the frame's sums

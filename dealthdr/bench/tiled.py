@@ -7,9 +7,10 @@
 A phone runs a 256x256 (or 512x512) program over a 1920x1080 window as overlapping tiles
 (`dealthdr.tiling`: the same code `dealthdr reconstruct --tile` uses for the eager model), so
 memory stays that of one tile's program whatever the frame size. A tiled program
-(`--tiled-frame`) first assembles the frame's 1/4-resolution flow guide from its `guide` method
-on the tiles and runs its `flows` method once on it,
-then its `tile_<centre>` method on every tile for `--passes` passes, each after the first with
+(`--tiled-frame`) comes with a frame flows program named in its manifest record: the worker
+assembles the frame's 1/4-resolution flow guide from that program's `guide` method on the tiles
+and runs its `pair_flows` method once per neighbour, drops it, then loads the tile program and
+runs its `tile_<centre>` method on every tile for `--passes` passes, each after the first with
 the frame's channel-attention statistics; a plain bucket program (`forward_<centre>`) runs each
 tile alone (own flows and statistics: visible seams), for comparison.
 
@@ -101,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap must be in [0, {tile_h // 2}), got {args.overlap}")
     if sha256_file(args.pte) != art["sha256"]:
         raise ValueError(f"{args.pte}: sha256 differs from its manifest; re-export")
-    job = {"pte": str(args.pte), "method": method, "size": list(args.size),
+    flows = _flows_program(args.pte, manifest, art) if tiled else None
+    job = {"pte": str(args.pte), "flows_pte": flows and str(flows), "method": method,
+           "size": list(args.size),
            "tile": tile_h, "overlap": args.overlap, "threads": args.threads,
            "centre": art["centre"], "passes": passes,
            "frames": art["input_shape"]["frames"][1],
@@ -124,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         measured = json.loads(result.read_text())
         quality = _against_eager(args, art, manifest["model"]["variant"], win, output)
     record = {"benchmark": "tiled_pte", "artifact": args.pte.name, "sha256": art["sha256"],
+              **({"flows_artifact": flows.name, "flows_sha256": sha256_file(flows)}
+                 if flows else {}),
               "method": method, "passes": passes,
               "mode": "frame flows and statistics" if tiled else "tiles alone",
               "variant": manifest["model"]["variant"], "s": art["s"],
@@ -136,6 +141,21 @@ def run(args: argparse.Namespace) -> int:
              measured["wall_s"], measured["peak_rss_mb"], quality["psnr_mu_vs_untiled_eager"],
              args.out)
     return 0
+
+
+def _flows_program(pte: Path, manifest: dict, art: dict) -> Path:
+    """The frame flows program a tile program's record names, checked against its own."""
+    name = art["tiled"].get("flows_program")
+    if name is None:
+        raise ValueError(f"{pte.name}: its record names no frame flows program (exported "
+                         "before tiled exports wrote one); re-export with --tiled-frame")
+    path = pte.parent / name
+    rec = next((a for a in manifest["artifacts"] if a["file"] == name), None)
+    if rec is None or not path.is_file():
+        raise FileNotFoundError(f"{path}: the frame flows program of {pte.name} is missing")
+    if sha256_file(path) != rec["sha256"]:
+        raise ValueError(f"{path}: sha256 differs from its manifest; re-export")
+    return path
 
 
 def _window(size: tuple[int, int], centre: str, frames: int):
@@ -174,9 +194,9 @@ def _worker(job: dict) -> dict:
                            frames, exposures, job["tile"], job["overlap"])
     else:
         with torch.no_grad():
-            result = run_program_tiled(job["pte"], job["centre"], frames, exposures, job["tile"],
-                                       job["sums_length"], job["flow_scale"], job["overlap"],
-                                       job["passes"])
+            result = run_program_tiled(job["pte"], job["flows_pte"], job["centre"], frames,
+                                       exposures, job["tile"], job["sums_length"],
+                                       job["flow_scale"], job["overlap"], job["passes"])
     wall = time.perf_counter() - start
     mem = peak_memory(watch)
     np.save(job["output"], result.hdr)

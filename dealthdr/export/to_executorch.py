@@ -34,7 +34,7 @@ from dealthdr.export.order import program_order
 from dealthdr.export.rewrites import apply_rewrites
 from dealthdr.export.stream import (export_stream, gate_stream, program_methods, recorded_methods,
                                     signatures, stream_record)
-from dealthdr.export.tiles import export_tiled, gate_tiled
+from dealthdr.export.tiles import export_frame_flows, export_tiled, gate_tiled
 
 log = logging.getLogger(__name__)
 
@@ -155,33 +155,48 @@ def bundle(exec_prog, methods: dict, windows) -> bytes:
 
 
 def tiled_programs(stage: Path, model, info: dict, by_s: dict, cfg: ExecuTorchConfig) -> list[dict]:
-    """One tiled .pte per s (guide and tile methods at --size, flows on the frame's 1/4 grid),
-    gated; its records."""
+    """The frame flows program (guide at --size, pair_flows on the frame's 1/4 grid; one for
+    every s) and one tile program per s, each tile method gated; their records."""
     frame, tile = tuple(cfg.tiled_frame), tuple(cfg.size)
-    records = []
+    tiled = {"frame": list(frame), "tile": list(tile), "flow_scale": model.cfg.flow_scale}
+    programs = export_frame_flows(model, tile, frame)
+    exec_prog, flow_cov = lower(programs, "xnnpack")
+    flows_path = stage / f"dealthdr_{info['variant']}_xnnpack_flows{frame[0]}x{frame[1]}.pte"
+    flows_path.write_bytes(exec_prog.buffer)
+    flow_arena, flow_sig = planned_bytes(exec_prog), signatures(programs)
+    log.info("tiled flows: %s", {m: f"{a / 1e6:.0f} MB planned" for m, a in flow_arena.items()})
+    # The flows program has no gate of its own: each tile gate runs it end to end.
+    records, flow_parity = [], None
     for group in by_s.values():
-        programs, sums_length = export_tiled(model, group, tile, frame)
+        programs, sums_length = export_tiled(model, group, tile)
         exec_prog, cov = lower(programs, "xnnpack")
         path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                        f"_xnnpack_tiled{frame[0]}x{frame[1]}.pte"
         path.write_bytes(exec_prog.buffer)
         arena, sig = planned_bytes(exec_prog), signatures(programs)
-        tiled = {"frame": list(frame), "tile": list(tile), "sums_length": sums_length,
-                 "flow_scale": model.cfg.flow_scale}
         for b in group:
-            parity = gate_tiled(path, model, b, frame, tile[0], sums_length)
-            methods = [f"tile_{b.centre}"] + (["guide", "pair_flows"] if b is group[0] else [])
-            for method in methods:
-                kind = "tile" if method.startswith("tile_") else method
-                size = frame if kind == "pair_flows" else tile
-                extra = {} if kind == "tile" else {"centre": "any"}
-                records.append(artifact_record(
-                    path, stage, "executorch-xnnpack", "fp32", b, size, parity,
-                    frames=model.cfg.num_frames, method=method,
-                    tiled={"kind": kind, **sig[method], **tiled}, delegation=cov[method],
-                    planned_activation_bytes=arena[method], **extra))
+            parity = gate_tiled(path, flows_path, model, b, frame, tile[0], sums_length)
+            flow_parity = flow_parity or {**parity, "gated_with": path.name}
+            method = f"tile_{b.centre}"
+            records.append(artifact_record(
+                path, stage, "executorch-xnnpack", "fp32", b, tile, parity,
+                frames=model.cfg.num_frames, method=method,
+                tiled={"kind": "tile", **sig[method], **tiled, "sums_length": sums_length,
+                       "flows_program": flows_path.name},
+                delegation=cov[method], planned_activation_bytes=arena[method]))
         log.info("tiled s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
                                                     for m, a in arena.items()})
+    first = next(iter(by_s.values()))[0]
+    for method in ("guide", "pair_flows"):
+        rec = artifact_record(
+            flows_path, stage, "executorch-xnnpack", "fp32", first,
+            frame if method == "pair_flows" else tile, flow_parity,
+            frames=model.cfg.num_frames, method=method,
+            tiled={"kind": method, **flow_sig[method], **tiled},
+            delegation=flow_cov[method], planned_activation_bytes=flow_arena[method])
+        for key in ("bucket_k", "attention_ratio_budget", "tiles_run", "tiles_per_level"):
+            rec.pop(key)  # no bucket: the same program serves every s
+        records.append({**rec, "s": "any", "centre": "any"})
     return records
 
 
@@ -226,11 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lower the graph as exported, without the delegate-friendly rewrites "
                         "(to measure what they buy)")
     p.add_argument("--tiled-frame", type=parse_size, default=None, metavar="HxW",
-                   help="also write <name>_tiled<H>x<W>.pte per s: a frame of HxW (e.g. "
-                        "1080x1920) as --size tiles, with the frame's flows and attention "
-                        "statistics (methods guide, pair_flows, tile_<centre>; run by `python -m "
-                        "device_bench tiled`), gated against the tiled eager network "
-                        "(xnnpack only; default: none)")
+                   help="also write <name>_tiled<H>x<W>.pte per s (methods tile_<centre>) and "
+                        "one dealthdr_<variant>_xnnpack_flows<H>x<W>.pte (methods guide, "
+                        "pair_flows): a frame of HxW (e.g. 1080x1920) as --size tiles, with the "
+                        "frame's flows and attention statistics; run by `python -m device_bench "
+                        "tiled`, gated against the tiled eager network (xnnpack only; default: "
+                        "none)")
     p.add_argument("--stream", action="store_true",
                    help="also write <name>_stream.pte per s: the streaming methods of a "
                         "phone's frame loop (encode_short, encode_long, flow: once per input "
@@ -300,7 +316,7 @@ def export_executorch(cfg: ExecuTorchConfig) -> int:
             notes.append("Core ML delegate: numeric parity pending (needs macOS/iOS)")
         write_manifest(stage, "export/to_executorch.py", cfg, info, calibration, records,
                        started, notes)
-    log.info("wrote %d programs to %s", len(by_s), cfg.out)
+    log.info("wrote %d programs to %s", len({r["file"] for r in records}), cfg.out)
     return 0
 
 
