@@ -219,6 +219,20 @@ class WithPortableSum(Stand):
         return super().forward(frames, exposures) * frames.sum(dim=(1, 2)).unsqueeze(1)
 
 
+def test_profile_pte_synthesises_inputs_for_any_method_of_our_programs():
+    from dealthdr.bench.profile_pte import method_inputs
+
+    fuse = method_inputs("fuse_long", [(1, 5, 3, 8, 8), (1, 5), (1, 1), (4, 2, 2, 2)])
+    assert fuse[1].tolist() == [[8.0, 1.0, 8.0, 1.0, 8.0]]       # the long centre's pattern
+    assert fuse[0].shape == (1, 5, 3, 8, 8) and fuse[2].tolist() == [[1.0]]
+    assert 0 <= float(fuse[3].min()) and float(fuse[3].max()) < 1 and fuse[3].std() > 0
+    guide = method_inputs("guide", [(1, 5, 3, 8, 8), (1, 5)])
+    assert guide[1].tolist() == [[1.0, 8.0, 1.0, 8.0, 1.0]]      # no centre: short's
+    flow = method_inputs("flow", [(1, 3, 8, 8), (1, 1), (1, 3, 8, 8), (1, 1)])
+    assert [tuple(x.shape) for x in flow] == [(1, 3, 8, 8), (1, 1)] * 2
+    assert not torch.equal(flow[0], torch.ones(1, 3, 8, 8))
+
+
 @pytest.mark.e2e   # ExecuTorch lowering + profile
 def test_profile_pte_splits_execute_into_delegate_portable_and_runtime(tmp_path, capsys):
     from dealthdr.export.to_executorch import lower

@@ -4,8 +4,8 @@
         --method forward_short --threads 1 --repeat 3
 
 Loads the .pte with ETDump event tracing, runs the method `--warmup` + `--repeat` times on
-random frames with the method's centre exposure pattern (a bucket graph's cost does not depend
-on content: K is fixed), and reads the trace with `executorch.devtools.Inspector`. Per timed
+synthetic inputs of its shapes (a window gets the method's centre exposure pattern; our
+methods' cost does not depend on content: a bucket's K is fixed), and reads the trace with `executorch.devtools.Inspector`. Per timed
 run it splits Method::execute into XNNPACK delegate calls, portable (non-delegated) kernels and
 the runtime's own glue, and ranks the portable kernels and the delegate's internal operators by
 time (medians over the timed runs; each part is its own median, so they add up to
@@ -33,6 +33,7 @@ from dealthdr.fileio import atomic_write_bytes, sha256_file
 log = logging.getLogger(__name__)
 _SUFFIX = re.compile(r"\s+#\d+$")         # XNNPACK numbers its operator instances: "... #12"
 # Events that span others: the whole run, one delegate call, one portable kernel with its glue.
+_FLOAT32 = 6     # ExecuTorch's ScalarType::Float, what method metadata reports for float32
 _TOTALS = {"Method::execute": "execute", "DELEGATE_CALL": "delegate", "OPERATOR_CALL": "operator"}
 
 
@@ -41,8 +42,10 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pte", type=Path, help="the .pte to profile (an export/ or quantize/ artifact)")
     p.add_argument("--method", default=None,
-                   help="method to run, forward_short or forward_long (default: the first of "
-                        "the program's methods)")
+                   help="method to run: forward_short or forward_long of a bucket program, any "
+                        "method of a streaming or tiled one (fuse_short, encode_long, flow, "
+                        "tile_short, pair_flows, ...) (default: the first of the program's "
+                        "methods)")
     p.add_argument("--threads", type=int, default=1,
                    help="ExecuTorch threadpool size (default 1, as device_bench run's default "
                         "acceptance runs)")
@@ -72,20 +75,36 @@ def _load(path: Path, method: str | None):
     if method not in names:
         raise ValueError(f"{path}: no method {method!r}; it has {sorted(names)}")
     meta = module.method_meta(method)
-    shape = tuple(meta.input_tensor_meta(0).sizes())
-    if meta.num_inputs() != 2 or len(shape) != 5:
-        raise ValueError(f"{path}:{method}: not a DeAltHDR bucket graph (inputs: frames "
-                         f"(1, T, 3, H, W) and exposures (1, T); got {meta.num_inputs()} "
-                         f"inputs, frames {shape})")
-    return module, method, shape
+    shapes = []
+    for i in range(meta.num_inputs()):
+        tensor = meta.input_tensor_meta(i)
+        if tensor.dtype() != _FLOAT32:
+            raise ValueError(f"{path}:{method}: input {i} has ScalarType {tensor.dtype()}; "
+                             "profile-pte synthesises float32 inputs only")
+        shapes.append(tuple(tensor.sizes()))
+    return module, method, shapes
 
 
-def _centre(method: str) -> str:
-    centre = method.rsplit("_", 1)[-1]
-    if centre not in ("short", "long"):
-        raise ValueError(f"method {method!r}: expected forward_short or forward_long, whose "
-                         "name gives the centre exposure of the inputs")
-    return centre
+def method_inputs(method: str, shapes: list[tuple[int, ...]]) -> list:
+    """Inputs for any method of our programs, from its input shapes: a window (1, T, 3, H, W)
+    with exposures (1, T) gets the centre's pattern (from the method's `_short`/`_long`
+    suffix; short otherwise); single values (a relative exposure, a flag) are 1; every other
+    input is uniform in [0, 1). The cost of our methods does not depend on the content (a
+    bucket's K is fixed), only on the shapes."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    out = [torch.from_numpy(rng.random(s, dtype=np.float32)) for s in shapes]
+    for i, s in enumerate(shapes):
+        if int(np.prod(s)) == 1:
+            out[i] = torch.ones(s)
+    if len(shapes) >= 2 and len(shapes[0]) == 5 and shapes[1] == shapes[0][:2]:
+        centre = method.rsplit("_", 1)[-1]
+        out[0], out[1] = (torch.from_numpy(a) for a in make_inputs(
+            centre if centre in ("short", "long") else "short", shapes[0][-2:],
+            frames=shapes[0][1]))
+    return out
 
 
 def aggregate(events, warmup: int) -> dict:
@@ -143,12 +162,11 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
     if threads < 1 or warmup < 0 or repeat < 1:
         raise ValueError("--threads and --repeat must be >= 1, --warmup >= 0")
     _unsafe_reset_threadpool(threads)
-    module, method, shape = _load(path, method)
-    frames, exposures = (torch.from_numpy(a) for a in make_inputs(_centre(method), shape[-2:],
-                                                                  frames=shape[1]))
+    module, method, shapes = _load(path, method)
+    inputs = tuple(method_inputs(method, shapes))
     started = time.perf_counter()
     for _ in range(warmup + repeat):
-        module.run_method(method, (frames, exposures))
+        module.run_method(method, inputs)
     log.info("%s:%s: %d runs in %.1f s", path.name, method, warmup + repeat,
              time.perf_counter() - started)
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +177,8 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
             atomic_write_bytes(keep, trace.read_bytes())
     events = [e for b in blocks if b.name == "Execute" for e in b.events]
     return {"artifact": path.name, "sha256": sha256_file(path), "method": method,
-            "size": f"{shape[-2]}x{shape[-1]}", "threads": threads,
+            "size": f"{shapes[0][-2]}x{shapes[0][-1]}", "input_shapes": [list(x) for x in shapes],
+            "threads": threads,
             "threads_effective": int(_threadpool_get_thread_count()), "warmup": warmup,
             "executorch": importlib.metadata.version("executorch"), "torch": torch.__version__,
             **aggregate(events, warmup)}
