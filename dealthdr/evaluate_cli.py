@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
+from .cliargs import reuse_freed_memory
 from .evaluate import SHORT_WHITE, baseline_methods, evaluate, markdown_table, model_method
 from .fileio import atomic_write_bytes, jsonable
 from .model import VARIANTS
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
+    reuse_freed_memory()
 
     networks, nets = [], []
     for ckpt, variant in checkpoint_pairs(args.checkpoint, args.variant):

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
-from .cliargs import apply_threads
+from .cliargs import apply_threads, reuse_freed_memory
 from .data.sequence import open_sequence
 from .model import VARIANTS
 from .reconstruct import reconstruct
@@ -115,6 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
+    reuse_freed_memory()
     if args.tile < 0 or args.overlap < 0:
         raise ValueError("--tile and --overlap must be >= 0")
     # fail on a bad checkpoint before reading data
