@@ -4,15 +4,15 @@
         --method forward_short --threads 1 --repeat 3
 
 Loads the .pte with ETDump event tracing, runs the method `--warmup` + `--repeat` times on
-synthetic inputs of its shapes (a window gets the method's centre exposure pattern; our
-methods' cost does not depend on content: a bucket's K is fixed), and reads the trace with `executorch.devtools.Inspector`. Per timed
-run it splits Method::execute into XNNPACK delegate calls, portable (non-delegated) kernels and
-the runtime's own glue, and ranks the portable kernels and the delegate's internal operators by
-time (medians over the timed runs; each part is its own median, so they add up to
-execute's only approximately). The portable ops are the ones to move into the delegate:
-this is how FGMA's element-wise gathers and scatters were found (export/README.md).
-Traced times run a little slower than `device_bench run`'s untraced ones; compare shares, not
-absolute figures, across the two.
+synthetic inputs of its shapes (a window gets the method's centre exposure pattern; our methods'
+cost does not depend on content: a bucket's K is fixed), and reads the trace with
+`executorch.devtools.Inspector`. Per timed run it splits Method::execute into XNNPACK delegate
+calls, portable (non-delegated) kernels and the runtime's own glue, and ranks the portable
+kernels and the delegate's internal operators by time (medians over the timed runs; each part is
+its own median, so they add up to execute's only approximately). The portable ops are the ones
+to move into the delegate: this is how FGMA's element-wise gathers and scatters were found
+(export/README.md). Traced times run a little slower than `device_bench run`'s untraced ones;
+compare shares, not absolute figures, across the two.
 """
 from __future__ import annotations
 

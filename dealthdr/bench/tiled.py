@@ -15,11 +15,12 @@ the frame's channel-attention statistics; a plain bucket program (`forward_<cent
 tile alone (own flows and statistics: visible seams), for comparison.
 
 The parent synthesises one held-out window and hands it over as .npy; a fresh worker process
-loads it and the program, runs the window, blends the tiles, and reports its peak RSS (the
+loads it and the programs, runs the window, blends the tiles, and reports its peak RSS (the
 process's high-water mark: runtime, window and runner), the part above its baseline after
 imports and the window (`peak_mem_mb`, as `run` measures) and wall time; the parent then runs
-the eager model untiled on the same window (dynamic mask policy, same s) and records the seam quality as PSNR-mu and max |diff| of the tiled program's output
-against it. The record is JSON with the machine, the versions and the artifact's sha256.
+the eager model untiled on the same window (dynamic mask policy, same s) and records the seam
+quality as PSNR-mu and max |diff| of the tiled program's output against it. The record is JSON
+with the machine, the versions and the artifact's sha256.
 """
 from __future__ import annotations
 
