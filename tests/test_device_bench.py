@@ -533,7 +533,7 @@ def test_tiled_finds_the_frame_flows_program_its_record_names(tmp_path):
     flows.write_bytes(b"flows")
     art = {"tiled": {"flows_program": "f.pte"}}
     manifest = {"artifacts": [{"file": "f.pte", "sha256": sha256_file(flows)}]}
-    assert _flows_program(pte, manifest, art) == flows
+    assert _flows_program(pte, manifest, art) == (flows, sha256_file(flows))
     with pytest.raises(ValueError, match="names no frame flows program"):
         _flows_program(pte, manifest, {"tiled": {}})
     with pytest.raises(FileNotFoundError, match="frame flows program of t.pte is missing"):

@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap must be in [0, {tile_h // 2}), got {args.overlap}")
     if sha256_file(args.pte) != art["sha256"]:
         raise ValueError(f"{args.pte}: sha256 differs from its manifest; re-export")
-    flows = _flows_program(args.pte, manifest, art) if tiled else None
-    job = {"pte": str(args.pte), "flows_pte": flows and str(flows), "method": method,
+    flows = _flows_program(args.pte, manifest, art) if tiled else None   # (path, sha256)
+    job = {"pte": str(args.pte), "flows_pte": flows and str(flows[0]), "method": method,
            "size": list(args.size),
            "tile": tile_h, "overlap": args.overlap, "threads": args.threads,
            "centre": art["centre"], "passes": passes,
@@ -128,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
         measured = json.loads(result.read_text())
         quality = _against_eager(args, art, manifest["model"]["variant"], win, output)
     record = {"benchmark": "tiled_pte", "artifact": args.pte.name, "sha256": art["sha256"],
-              **({"flows_artifact": flows.name, "flows_sha256": sha256_file(flows)}
-                 if flows else {}),
+              **({"flows_artifact": flows[0].name, "flows_sha256": flows[1]} if flows else {}),
               "method": method, "passes": passes,
               "mode": "frame flows and statistics" if tiled else "tiles alone",
               "variant": manifest["model"]["variant"], "s": art["s"],
@@ -144,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flows_program(pte: Path, manifest: dict, art: dict) -> Path:
-    """The frame flows program a tile program's record names, checked against its own."""
+def _flows_program(pte: Path, manifest: dict, art: dict) -> tuple[Path, str]:
+    """The frame flows program a tile program's record names, and its sha256, checked against
+    its own record."""
     name = art["tiled"].get("flows_program")
     if name is None:
         raise ValueError(f"{pte.name}: its record names no frame flows program (exported "
@@ -156,7 +156,7 @@ def _flows_program(pte: Path, manifest: dict, art: dict) -> Path:
         raise FileNotFoundError(f"{path}: the frame flows program of {pte.name} is missing")
     if sha256_file(path) != rec["sha256"]:
         raise ValueError(f"{path}: sha256 differs from its manifest; re-export")
-    return path
+    return path, rec["sha256"]
 
 
 def _window(size: tuple[int, int], centre: str, frames: int):

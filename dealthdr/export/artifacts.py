@@ -107,15 +107,20 @@ def digest(path: Path) -> tuple[int, str]:
 def artifact_record(path: Path, root: Path, backend: str, precision: str, bucket,
                     size: tuple[int, int], parity: dict, *, frames: int, **extra) -> dict:
     """The manifest record of one artifact; `frames`: its window length (the model's
-    `num_frames`)."""
+    `num_frames`). `bucket` None: a program that serves every s and centre (a tiled export's
+    frame flows), recorded with s and centre "any" and no attention fields."""
     n_bytes, sha = digest(path)
     h, w = size
-    # The tiles each level's attention runs in per neighbour: K, or every tile for a bucket of
-    # at least DENSE_FROM of them (cheaper than gathering that many, and exact).
-    runs = [bucket_tiles(k, n) for k, n in zip(bucket.budget, level_tiles(size, bucket.tile))]
+    if bucket is None:
+        attention = {"s": "any", "centre": "any"}
+    else:
+        # The tiles each level's attention runs in per neighbour: K, or every tile for a
+        # bucket of at least DENSE_FROM of them (cheaper than gathering that many, and exact).
+        tiles = level_tiles(size, bucket.tile)
+        attention = {**bucket.record(), "tiles_per_level": list(tiles),
+                     "tiles_run": [bucket_tiles(k, n) for k, n in zip(bucket.budget, tiles)]}
     return {"file": str(path.relative_to(root)), "backend": backend, "precision": precision,
-            **bucket.record(), "tiles_run": runs, "tiles_per_level": list(
-                level_tiles(size, bucket.tile)),
+            **attention,
             "input_shape": {"frames": [1, frames, 3, h, w], "exposures": [1, frames]},
             "output_shape": [1, 3, h, w], "bytes": n_bytes, "sha256": sha, **extra,
             "parity": parity}

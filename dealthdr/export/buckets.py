@@ -100,10 +100,16 @@ class BucketGraph(nn.Module):
 def example_inputs(bucket: Bucket, size: tuple[int, int],
                    frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A window of `frames` frames (the model's `num_frames`) with the bucket's pattern."""
+    return window_inputs(bucket.centre, size, frames)
+
+
+def window_inputs(centre: str, size: tuple[int, int],
+                  frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window of `frames` frames with the exposure pattern of a `centre` exposure."""
     h, w = size
     gen = torch.Generator().manual_seed(0)
     window = torch.rand(1, frames, 3, h, w, generator=gen)
-    exposures = torch.tensor([[8.0 if p else 1.0 for p in window_pattern(bucket.centre, frames)]])
+    exposures = torch.tensor([[8.0 if p else 1.0 for p in window_pattern(centre, frames)]])
     return window, exposures
 
 

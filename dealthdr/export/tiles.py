@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from dealthdr.calib.windows import make_windows
-from dealthdr.export.buckets import Bucket, example_inputs
+from dealthdr.export.buckets import Bucket, example_inputs, window_inputs
 from dealthdr.export.gate import THRESHOLD_DB, GateFailed
 from dealthdr.metrics import psnr_mu
 from dealthdr.model import DeAltHDR
@@ -106,9 +106,7 @@ def frame_flow_inputs(model: DeAltHDR, tile: tuple[int, int], frame: tuple[int, 
     """Example inputs of the frame flows program's methods."""
     align = _check_tile(model, tile)
     grid = [(n + (-n) % align) // model.cfg.flow_scale for n in frame]
-    t = model.cfg.num_frames
-    exposures = torch.tensor([[8.0 if p else 1.0 for p in window_pattern("short", t)]])
-    return {"guide": (torch.rand(1, t, 3, *tile), exposures),
+    return {"guide": window_inputs("short", tile, model.cfg.num_frames),
             "pair_flows": (torch.rand(1, 3, *grid), torch.rand(1, 3, *grid))}
 
 

@@ -186,17 +186,13 @@ def tiled_programs(stage: Path, model, info: dict, by_s: dict, cfg: ExecuTorchCo
                 delegation=cov[method], planned_activation_bytes=arena[method]))
         log.info("tiled s=%s: %s", group[0].s_key, {m: f"{a / 1e6:.0f} MB planned"
                                                     for m, a in arena.items()})
-    first = next(iter(by_s.values()))[0]
     for method in ("guide", "pair_flows"):
-        rec = artifact_record(
-            flows_path, stage, "executorch-xnnpack", "fp32", first,
+        records.append(artifact_record(
+            flows_path, stage, "executorch-xnnpack", "fp32", None,
             frame if method == "pair_flows" else tile, flow_parity,
             frames=model.cfg.num_frames, method=method,
             tiled={"kind": method, **flow_sig[method], **tiled},
-            delegation=flow_cov[method], planned_activation_bytes=flow_arena[method])
-        for key in ("bucket_k", "attention_ratio_budget", "tiles_run", "tiles_per_level"):
-            rec.pop(key)  # no bucket: the same program serves every s
-        records.append({**rec, "s": "any", "centre": "any"})
+            delegation=flow_cov[method], planned_activation_bytes=flow_arena[method]))
     return records
 
 
