@@ -2,6 +2,7 @@
 pick, plot, the Table G breakdown and the Apple path's records and commands."""
 import json
 import math
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 from dealthdr.bench import schema
 from dealthdr.bench.cli import main
 from dealthdr.bench.stats import fit_line, latency_stats, percentile, trimmed
+from dealthdr.bench.worker import ALLOCATOR_KEEPS
 
 SIZE = (32, 32)
 
@@ -122,6 +124,9 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
                                                      / sum(level_tiles(SIZE, 8)), abs=1e-6)
         assert r["gflops"] > 0 and r["peak_mem_mb"] >= 0 and r["load_ms"] > 0
         assert len(r["samples_ms"]) == 4
+        # every runtime timed with the allocator settings of `dealthdr reconstruct`
+        glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+        assert r["allocator"] == (ALLOCATOR_KEEPS if glibc else "system defaults")
         assert r["latency_ms_median"] == pytest.approx(latency_stats(r["samples_ms"])[
             "latency_ms_median"], abs=1e-3)
     summary = json.loads(out.with_suffix(".summary.json").read_text())

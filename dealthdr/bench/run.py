@@ -142,7 +142,7 @@ def build_record(job, result: dict, host: dict, gflops, components: dict, trim: 
         "latency_ms_mean": round(st["latency_ms_mean"], 3), "samples_kept": st["samples_kept"],
         "samples_ms": [round(v, 3) for v in result["samples_ms"]], "trim": trim,
         "warmup": result.get("warmup"), "peak_rss_mb": round(result["peak_rss_mb"], 1),
-        "peak_mem_method": result["peak_mem_method"],
+        "peak_mem_method": result["peak_mem_method"], "allocator": result.get("allocator"),
         "threads_effective": result.get("threads_effective"),
         "gflops_components": {k: round(v, 4) for k, v in components.items()},
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

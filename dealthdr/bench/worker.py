@@ -11,6 +11,12 @@ Linux the kernel's high-water mark (VmHWM) is reset after the imports and the in
 (`/proc/self/clear_refs`, "5"), so import-time peaks do not count. Elsewhere (macOS) the
 process's `ru_maxrss` is used, which includes the imports' own peak; the record says which.
 tracemalloc would miss it all: the runtimes allocate in native code.
+
+Every runtime runs with the allocator settings of `dealthdr reconstruct` and `evaluate`
+(`dealthdr.cliargs.reuse_freed_memory`: on glibc, freed memory is kept for the next inference
+instead of being unmapped and faulted in again), so torch eager is timed as this project runs
+it. With glibc's defaults eager took 10-16 % longer per forward at 256x256 on one thread; the
+record's `allocator` field says which settings applied.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dealthdr.checkpoint import load_checkpoint
+from dealthdr.cliargs import reuse_freed_memory
 from dealthdr.export.buckets import Bucket, BucketGraph
 
 
@@ -222,6 +229,8 @@ def load_onnxruntime(job: dict):
     return load, "onnxruntime", ort.__version__, lambda a: a
 
 
+ALLOCATOR_KEEPS = "glibc, freed memory kept (M_MMAP_THRESHOLD 32 MiB, no trim)"
+
 LOADERS = {"torch": load_eager, "executorch": load_executorch, "onnxruntime": load_onnxruntime}
 
 
@@ -259,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(Path(argv[0]).read_text())
     os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
+    kept = reuse_freed_memory()
     result = measure(job)
+    result["allocator"] = ALLOCATOR_KEEPS if kept else "system defaults"
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 
