@@ -3,6 +3,7 @@ subcommands and the tools' scripts); imports nothing of the project, so any CLI 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
 
@@ -20,6 +21,19 @@ def parse_size(text: str) -> tuple[int, int]:
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'256x256,1080x1920' -> [(256, 256), (1080, 1920)]."""
     return [parse_size(t) for t in text.split(",") if t.strip()]
+
+
+def config_from(cls, namespace: argparse.Namespace, skip: tuple[str, ...] = ()):
+    """The typed config `cls` (a dataclass, one field per flag) from parsed flags, so that
+    library code takes configs, never an argparse.Namespace. The parser's own entries (`skip`)
+    aside, the flags and the fields must be the same names: a flag without a field, or a field
+    without a flag, is a TypeError naming them (caught by the tests, not at a user's run)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = set(vars(namespace)) - set(skip)
+    if names != given:
+        raise TypeError(f"{cls.__name__}: flags without a field {sorted(given - names)}, "
+                        f"fields without a flag {sorted(names - given)}")
+    return cls(**{n: getattr(namespace, n) for n in names})
 
 
 def apply_threads(threads: int | None) -> None:

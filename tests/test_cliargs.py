@@ -1,11 +1,12 @@
-"""Process settings the inference commands apply."""
+"""Process settings the inference commands apply; typed configs from parsed flags."""
+import argparse
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from dealthdr.cliargs import reuse_freed_memory
+from dealthdr.cliargs import config_from, reuse_freed_memory
 
 # In a fresh CLI-like process: where a 16 MiB activation lands (below the heap's end, i.e.
 # on the brk heap, rather than in its own mmap) and whether freeing it shrinks the heap.
@@ -37,3 +38,35 @@ def test_freed_activations_stay_on_the_heap_for_the_next_window():
 def test_reuse_freed_memory_is_a_no_op_off_glibc(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert reuse_freed_memory() is False
+
+
+def test_every_device_bench_command_parses_into_its_typed_config():
+    """The bench libraries take a config dataclass: each subcommand's flags (defaults
+    included) become exactly its fields, and the handler gets the config, not the namespace."""
+    from dealthdr.bench import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    positional = {"summary": ["r.jsonl"], "plot": ["r.jsonl", "--out", "p"],
+                  "pick": ["--budget-ms", "5", "--records", "r.jsonl"], "ingest": ["r.jsonl"],
+                  "profile-pte": ["a.pte"], "tiled": ["a.pte"], "run": ["--artifacts", "x"],
+                  "apple": ["--artifacts", "x"]}
+    for name in sub.choices:
+        ns = parser.parse_args([name, *positional.get(name, [])])
+        cfg = config_from(ns.config, ns, cli._PARSER_ENTRIES)
+        assert type(cfg) is ns.config and not isinstance(cfg, argparse.Namespace)
+        flags = {a.dest for a in sub.choices[name]._actions if a.dest != "help"}
+        assert set(vars(cfg)) == flags, name
+
+
+def test_config_from_names_flags_and_fields_that_do_not_match():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Small:
+        size: int
+        out: str
+
+    assert config_from(Small, argparse.Namespace(size=3, out="o", run=1), ("run",)) == Small(3, "o")
+    with pytest.raises(TypeError, match=r"without a field \['extra'\].*without a flag \['out'\]"):
+        config_from(Small, argparse.Namespace(size=3, extra=1))

@@ -35,6 +35,7 @@ import platform
 import shlex
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.ingest import merge
@@ -75,7 +76,7 @@ def add_parser(sub) -> None:
                         "the source tree)")
     p.add_argument("--print-commands", action="store_true",
                    help="print the Xcode / devicectl route for the packages and exit (any OS)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=AppleConfig)
 
 
 def parse_units(text: str) -> list[str]:
@@ -248,19 +249,35 @@ async def _remote(entries, units_list, target: str, team: str, warmup: int, repe
     return results
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class AppleConfig:
+    """`device_bench apple`'s settings, one field per flag (`--help` explains each)."""
+    artifacts: list[Path]
+    compute_units: str
+    functions: str | None
+    target: str
+    team: str
+    device: str | None
+    warmup: int
+    repeat: int
+    trim: float
+    out: Path
+    print_commands: bool
+
+
+def run(cfg: AppleConfig) -> int:
     import asyncio
 
-    functions = [f.strip() for f in args.functions.split(",")] if args.functions else None
-    entries = coreml_entries(args.artifacts, functions)
-    if args.print_commands:
+    functions = [f.strip() for f in cfg.functions.split(",")] if cfg.functions else None
+    entries = coreml_entries(cfg.artifacts, functions)
+    if cfg.print_commands:
         for cmd in xcode_commands([e["package"] for e in entries]):
             print(shlex.join(cmd))
         print("# then in Xcode: the package's Performance tab > + > the phone, compute units > "
               "Run; write the median / load into a record and `python -m device_bench ingest`")
         return 0
     require_macos()
-    units_list = parse_units(args.compute_units)
+    units_list = parse_units(cfg.compute_units)
     flops = FlopCache()
 
     def gflops(e):
@@ -270,23 +287,23 @@ def run(args: argparse.Namespace) -> int:
         total = flops(job)[0]
         return None if total is None else round(total, 4)
 
-    if args.target == "mac":
-        host = {"device": args.device or platform.node(), "cpu": platform.processor() or
+    if cfg.target == "mac":
+        host = {"device": cfg.device or platform.node(), "cpu": platform.processor() or
                 platform.machine(), "os": f"macOS {platform.mac_ver()[0]}"}
-        results = [(e, u, *_mac(e, u, args.warmup, args.repeat), None)
+        results = [(e, u, *_mac(e, u, cfg.warmup, cfg.repeat), None)
                    for e in entries for u in units_list]
     else:
-        results = asyncio.run(_remote(entries, units_list, args.target, args.team, args.warmup,
-                                      args.repeat))
+        results = asyncio.run(_remote(entries, units_list, cfg.target, cfg.team, cfg.warmup,
+                                      cfg.repeat))
     records = []
     for entry, units, samples, load_ms, mem, version, plan, name in results:
-        h = host if args.target == "mac" else {"device": args.device or name,
+        h = host if cfg.target == "mac" else {"device": cfg.device or name,
                                                "cpu": "Apple SoC", "os": version.split(", ")[1]}
         records.append(apple_record(h, entry, units, samples, load_ms, mem, version, plan,
-                                    args.trim, gflops(entry)))
+                                    cfg.trim, gflops(entry)))
         print(f"{entry['function']} {units}: {records[-1]['latency_ms_median']:.1f} ms, "
               f"plan {plan['ops']}")
-    existing = read_records(args.out) if args.out.is_file() else []
-    write_records(args.out, merge(existing, records)[0])
-    print(f"wrote {len(records)} record(s) to {args.out}")
+    existing = read_records(cfg.out) if cfg.out.is_file() else []
+    write_records(cfg.out, merge(existing, records)[0])
+    print(f"wrote {len(records)} record(s) to {cfg.out}")
     return 0

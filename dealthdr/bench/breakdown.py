@@ -19,6 +19,7 @@ import logging
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.tables import ATTENTION, FGMA_REST, table_g
@@ -59,7 +60,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed forwards (default 5)")
     p.add_argument("--out", type=Path, default=Path("runs/breakdown.json"),
                    help="JSON output (default runs/breakdown.json)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=BreakdownConfig)
 
 
 class _Timer:
@@ -178,22 +179,36 @@ def write(path: Path, doc: dict) -> None:
     atomic_write_bytes(Path(path), (json.dumps(doc, indent=2) + "\n").encode())
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class BreakdownConfig:
+    """`device_bench breakdown`'s settings, one field per flag (`--help` explains each)."""
+    checkpoint: str
+    variant: str | None
+    size: list[tuple[int, int]]
+    s_values: list[str]
+    buckets: Path | None
+    threads: int
+    warmup: int
+    repeat: int
+    out: Path
+
+
+def run(cfg: BreakdownConfig) -> int:
     import torch
 
-    if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
+    if cfg.repeat < 1 or cfg.warmup < 0 or cfg.threads < 1:
         raise ValueError("--repeat and --threads must be >= 1, --warmup >= 0")
-    if args.buckets is not None:
-        calibration = read_buckets(args.buckets)
+    if cfg.buckets is not None:
+        calibration = read_buckets(cfg.buckets)
     else:
-        calibration = run_calibration(args.checkpoint, args.variant,
-                                      [float(s) for s in args.s_values], args.size[0], clips=2,
+        calibration = run_calibration(cfg.checkpoint, cfg.variant,
+                                      [float(s) for s in cfg.s_values], cfg.size[0], clips=2,
                                       quantile=0.95)
-    torch.set_num_threads(args.threads)
-    size = args.size[0]
-    model, buckets = _model_and_buckets(args.checkpoint, args.variant, calibration,
-                                        args.s_values, size, ("short",))
-    results = [measure(model, b, size, args.warmup, args.repeat) for b in buckets]
-    write(args.out, _doc(results, args.checkpoint))
-    print(table_g(_doc(results, args.checkpoint)))
+    torch.set_num_threads(cfg.threads)
+    size = cfg.size[0]
+    model, buckets = _model_and_buckets(cfg.checkpoint, cfg.variant, calibration,
+                                        cfg.s_values, size, ("short",))
+    results = [measure(model, b, size, cfg.warmup, cfg.repeat) for b in buckets]
+    write(cfg.out, _doc(results, cfg.checkpoint))
+    print(table_g(_doc(results, cfg.checkpoint)))
     return 0

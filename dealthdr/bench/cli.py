@@ -18,7 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dealthdr.cliargs import configure_logging
+from dealthdr.cliargs import config_from, configure_logging
+
+# What the parser adds beside the subcommand's flags.
+_PARSER_ENTRIES = ("quiet", "command", "run", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(not args.quiet)
+    cfg = config_from(args.config, args, _PARSER_ENTRIES)
     try:
-        return args.run(args) or 0
+        return args.run(cfg) or 0
     except (ValueError, FileNotFoundError, RecordError) as err:
         print(f"device_bench {args.command}: error: {err}", file=sys.stderr)
         return 2

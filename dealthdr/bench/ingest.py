@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.schema import key, read_records, write_records
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
                    help="records file to merge into, created if missing "
                         "(default runs/device_records.jsonl, outside the source tree)")
     p.add_argument("--dry-run", action="store_true", help="validate only, write nothing")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=IngestConfig)
 
 
 def merge(existing: list[dict], incoming: list[dict]) -> tuple[list[dict], int, int]:
@@ -47,17 +48,25 @@ def merge(existing: list[dict], incoming: list[dict]) -> tuple[list[dict], int, 
     return merged, added, replaced
 
 
-def run(args: argparse.Namespace) -> int:
-    incoming = [r for f in args.files for r in read_records(f)]
+@dataclass(frozen=True)
+class IngestConfig:
+    """`device_bench ingest`'s settings, one field per flag (`--help` explains each)."""
+    files: list[Path]
+    into: Path
+    dry_run: bool
+
+
+def run(cfg: IngestConfig) -> int:
+    incoming = [r for f in cfg.files for r in read_records(f)]
     if not incoming:
-        raise ValueError(f"no records in {[str(f) for f in args.files]}")
-    existing = read_records(args.into) if args.into.is_file() else []
+        raise ValueError(f"no records in {[str(f) for f in cfg.files]}")
+    existing = read_records(cfg.into) if cfg.into.is_file() else []
     merged, added, replaced = merge(existing, incoming)
     devices = sorted({r["device"] for r in incoming})
-    if args.dry_run:
+    if cfg.dry_run:
         print(f"{len(incoming)} valid record(s) from {devices}; nothing written (--dry-run)")
         return 0
-    write_records(args.into, merged)
-    print(f"{args.into}: {added} added, {replaced} replaced ({len(merged)} records; devices "
+    write_records(cfg.into, merged)
+    print(f"{cfg.into}: {added} added, {replaced} replaced ({len(merged)} records; devices "
           f"{devices})")
     return 0

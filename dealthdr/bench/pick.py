@@ -6,14 +6,15 @@ with the flags), a bucket fits when both of its centre graphs (an alternating st
 them in turn) meet the budget at the chosen statistic (`--statistic p90`, the default, holds
 for 9 frames in 10; `median` for the typical frame). Among those that fit, the highest PSNR-mu
 wins (`--quality`); where no quality is known for a bucket the attention ratio decides,
-since quality rises with it (paper, Table I), and the answer says so. Exit 0 when a bucket fits, 1 when none does
-(the message names the fastest bucket and its latency).
+since quality rises with it (paper, Table I), and the answer says so. Exit 0 when a bucket
+fits, 1 when none does (the message names the fastest bucket and its latency).
 """
 from __future__ import annotations
 
 import argparse
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.plot import default_quality
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
                    help="PSNR-mu sources (eval JSON, quantize_report.json); default "
                         "dealthdr/weights/eval_heldout.json")
     p.add_argument("--json", action="store_true", help="print the picks as JSON")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=PickConfig)
 
 
 def choose(records: list[dict], budget_ms: float, statistic: str = "p90", quality=None) -> list:
@@ -90,21 +91,36 @@ def describe(a: dict, budget_ms: float, statistic: str) -> str:
     return f"{where}: s={p['s']} ({p['latency_ms']:.1f} ms {statistic} <= {budget_ms:g} ms; {why})"
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.budget_ms <= 0:
-        raise ValueError(f"--budget-ms must be positive, got {args.budget_ms}")
-    records = [r for p in args.records for r in read_records(p)]
-    flt = {"device": args.device, "runtime": args.runtime, "precision": args.precision,
-           "size": args.size, "threads": args.threads}
+@dataclass(frozen=True)
+class PickConfig:
+    """`device_bench pick`'s settings, one field per flag (`--help` explains each)."""
+    budget_ms: float
+    records: list[Path]
+    device: str | None
+    runtime: str | None
+    precision: str | None
+    size: str | None
+    threads: int | None
+    statistic: str
+    quality: list[Path] | None
+    json: bool
+
+
+def run(cfg: PickConfig) -> int:
+    if cfg.budget_ms <= 0:
+        raise ValueError(f"--budget-ms must be positive, got {cfg.budget_ms}")
+    records = [r for p in cfg.records for r in read_records(p)]
+    flt = {"device": cfg.device, "runtime": cfg.runtime, "precision": cfg.precision,
+           "size": cfg.size, "threads": cfg.threads}
     records = [r for r in records if all(v is None or r[k] == v for k, v in flt.items())]
     if not records:
         given = {k: v for k, v in flt.items() if v is not None}
-        raise ValueError(f"no records match {given} in {[str(p) for p in args.records]}")
-    quality = load_quality(args.quality if args.quality is not None else default_quality())
-    answers = choose(records, args.budget_ms, args.statistic, quality)
-    if args.json:
+        raise ValueError(f"no records match {given} in {[str(p) for p in cfg.records]}")
+    quality = load_quality(cfg.quality if cfg.quality is not None else default_quality())
+    answers = choose(records, cfg.budget_ms, cfg.statistic, quality)
+    if cfg.json:
         print(json.dumps(answers, indent=2))
     else:
         for a in answers:
-            print(describe(a, args.budget_ms, args.statistic))
+            print(describe(a, cfg.budget_ms, cfg.statistic))
     return 0 if any(a["pick"] is not None for a in answers) else 1

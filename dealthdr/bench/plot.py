@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr import paper
@@ -57,7 +58,7 @@ def add_parser(sub) -> None:
                    help="`device_bench breakdown` JSON for breakdown.png and table_g.md")
     p.add_argument("--threads", type=int, default=None,
                    help="thread count drawn in fig1 (default: the largest per device)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=PlotConfig)
 
 
 def _label_points(ax, xs, ys, labels, colour) -> None:
@@ -283,8 +284,18 @@ def draw(record_files: list[Path], out: Path, quality_files, breakdown_file=None
     return [f"wrote {w}" for w in written]
 
 
-def run(args: argparse.Namespace) -> int:
-    quality = args.quality if args.quality is not None else default_quality()
-    for line in draw(args.records, args.out, quality, args.breakdown, args.threads):
+@dataclass(frozen=True)
+class PlotConfig:
+    """`device_bench plot`'s settings, one field per flag (`--help` explains each)."""
+    records: list[Path]
+    out: Path
+    quality: list[Path] | None
+    breakdown: Path | None
+    threads: int | None
+
+
+def run(cfg: PlotConfig) -> int:
+    quality = cfg.quality if cfg.quality is not None else default_quality()
+    for line in draw(cfg.records, cfg.out, quality, cfg.breakdown, cfg.threads):
         print(line)
     return 0

@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.run import host_fields
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default runs/profile_<pte stem>_<method>.json, outside "
                         "the source tree)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=ProfilePteConfig)
 
 
 def _load(path: Path, method: str | None):
@@ -184,16 +185,29 @@ def profile(path: Path, method: str | None, threads: int, warmup: int, repeat: i
             **aggregate(events, warmup)}
 
 
-def run(args: argparse.Namespace) -> int:
-    rec = {**host_fields("host"), **profile(args.pte, args.method, args.threads, args.warmup,
-                                            args.repeat, args.etdump)}
-    out = args.out or Path("runs") / f"profile_{args.pte.stem}_{rec['method']}.json"
+@dataclass(frozen=True)
+class ProfilePteConfig:
+    """`device_bench profile-pte`'s settings, one field per flag (`--help` explains each)."""
+    pte: Path
+    method: str | None
+    threads: int
+    warmup: int
+    repeat: int
+    top: int
+    etdump: Path | None
+    out: Path | None
+
+
+def run(cfg: ProfilePteConfig) -> int:
+    rec = {**host_fields("host"), **profile(cfg.pte, cfg.method, cfg.threads, cfg.warmup,
+                                            cfg.repeat, cfg.etdump)}
+    out = cfg.out or Path("runs") / f"profile_{cfg.pte.stem}_{rec['method']}.json"
     atomic_write_bytes(out, json.dumps(rec, indent=2).encode())
     log.info("execute %.1f ms = delegate calls %.1f (%d) + portable ops %.1f (%d) + runtime %.1f",
              rec["execute_ms"], rec["delegate_calls_ms"], rec["delegate_calls_per_run"],
              rec["portable_ops_ms"], rec["portable_calls_per_run"], rec["runtime_other_ms"])
     for kind in ("portable_ops", "delegated_ops"):
-        for r in rec[kind][:args.top]:
+        for r in rec[kind][:cfg.top]:
             log.info("  %-9s %-40s %4d calls %9.2f ms", kind.split("_")[0], r["op"],
                      r["calls_per_run"], r["ms"])
     log.info("wrote %s", out)

@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench import breakdown, plot, schema, summary
@@ -105,7 +106,7 @@ def add_parser(sub) -> None:
     p.add_argument("--quality", type=Path, nargs="*", default=None, metavar="FILE",
                    help="with --plot: PSNR-mu sources (eval JSON, quantize_report.json); default "
                         "dealthdr/weights/eval_heldout.json")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=RunConfig)
 
 
 def host_fields(device: str) -> dict:
@@ -274,33 +275,55 @@ def measure_all(jobs: list, out: Path, device: str, warmup: int, repeat: int, tr
     return records, failures
 
 
-def run(args: argparse.Namespace) -> int:
-    runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
+@dataclass(frozen=True)
+class RunConfig:
+    """`device_bench run`'s settings, one field per flag (`--help` explains each)."""
+    artifacts: list[Path]
+    sizes: list[tuple[int, int]]
+    threads: list[int]
+    runtimes: str
+    s_filter: list[str] | None
+    centre: str
+    warmup: int
+    repeat: int
+    passes: int
+    trim: float
+    checkpoint: str | None
+    device: str
+    timeout: float
+    out: Path
+    fresh: bool
+    plot: Path | None
+    quality: list[Path] | None
+
+
+def run(cfg: RunConfig) -> int:
+    runtimes = tuple(r.strip() for r in cfg.runtimes.split(",") if r.strip())
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
         raise ValueError(f"--runtimes: {bad or 'nothing given'}; choose from {list(RUNTIMES)}")
-    if args.warmup < 1 or args.repeat < 1 or args.passes < 1:
+    if cfg.warmup < 1 or cfg.repeat < 1 or cfg.passes < 1:
         raise ValueError("--warmup, --repeat and --passes must be >= 1 (the first warm-up "
                          "inference checks the output)")
-    if not 0 <= args.trim < 0.5:
-        raise ValueError(f"--trim must be in [0, 0.5), got {args.trim}")
-    centres = ("short", "long") if args.centre == "both" else (args.centre,)
-    jobs = discover(args.artifacts, args.sizes, args.threads, runtimes, args.s_filter, centres,
-                    args.checkpoint)
+    if not 0 <= cfg.trim < 0.5:
+        raise ValueError(f"--trim must be in [0, 0.5), got {cfg.trim}")
+    centres = ("short", "long") if cfg.centre == "both" else (cfg.centre,)
+    jobs = discover(cfg.artifacts, cfg.sizes, cfg.threads, runtimes, cfg.s_filter, centres,
+                    cfg.checkpoint)
     if not jobs:
         raise ValueError("nothing to measure: no artifact of the manifests matches --sizes / "
                          "--s / --centre / --runtimes on this host")
-    records, failures = measure_all(jobs, args.out, args.device, args.warmup, args.repeat,
-                                    args.trim, args.timeout, args.passes, args.fresh)
-    mine = [r for r in records if r["device"] == args.device]
+    records, failures = measure_all(jobs, cfg.out, cfg.device, cfg.warmup, cfg.repeat,
+                                    cfg.trim, cfg.timeout, cfg.passes, cfg.fresh)
+    mine = [r for r in records if r["device"] == cfg.device]
     report = summary.summarise(mine)
-    summary.write_json(args.out.with_suffix(".summary.json"), report)
+    summary.write_json(cfg.out.with_suffix(".summary.json"), report)
     print(summary.text(report))
-    if args.plot is not None:
-        quality = args.quality if args.quality is not None else plot.default_quality()
-        bd_path = args.plot / "breakdown.json"
-        breakdown.write(bd_path, breakdown.measure_for_jobs(jobs, max(args.threads)))
-        for line in plot.draw([args.out], args.plot, quality, bd_path):
+    if cfg.plot is not None:
+        quality = cfg.quality if cfg.quality is not None else plot.default_quality()
+        bd_path = cfg.plot / "breakdown.json"
+        breakdown.write(bd_path, breakdown.measure_for_jobs(jobs, max(cfg.threads)))
+        for line in plot.draw([cfg.out], cfg.plot, quality, bd_path):
             print(line)
     if failures:
         print(f"{len(failures)} measurement(s) failed:\n  " + "\n  ".join(failures),

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.cliargs import parse_size
@@ -49,40 +50,54 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic clip")
     p.add_argument("--out", type=Path, default=Path("runs/stream.json"),
                    help="JSON record to write (default runs/stream.json)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=StreamConfig)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.repeats < 1 or args.threads < 1:
+@dataclass(frozen=True)
+class StreamConfig:
+    """`device_bench stream`'s settings, one field per flag (`--help` explains each)."""
+    size: tuple[int, int]
+    frames: int
+    s: float
+    checkpoint: str
+    threads: int
+    repeats: int
+    seed: int
+    out: Path
+
+
+def run(cfg: StreamConfig) -> int:
+    if cfg.repeats < 1 or cfg.threads < 1:
         raise ValueError("--repeats and --threads must be >= 1")
     with tempfile.TemporaryDirectory(prefix="dealthdr_stream_") as tmp:
-        clip = _clip(Path(tmp), args)
+        clip = _clip(Path(tmp), cfg)
         runs = {"stream": [], "windows": []}
-        for r in range(args.repeats):
+        for r in range(cfg.repeats):
             for mode in runs:
                 out = Path(tmp) / f"{mode}{r}"
-                runs[mode].append(_reconstruct(clip, out, mode, args))
+                runs[mode].append(_reconstruct(clip, out, mode, cfg))
                 log.info("%s round %d: %.1f s, peak %.0f MB", mode, r, runs[mode][-1]["seconds"],
                          runs[mode][-1]["peak_rss_mb"])
         max_abs = _max_abs(Path(tmp) / "stream0" / "hdr", Path(tmp) / "windows0" / "hdr")
-    record = _record(args, runs, max_abs)
-    atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
+    record = _record(cfg, runs, max_abs)
+    atomic_write_bytes(cfg.out, (json.dumps(record, indent=2) + "\n").encode())
     log.info("streaming %.2fx faster (%.1f vs %.1f s), peak RSS %.2fx, max |diff| %.2e -> %s",
              record["speedup"], record["stream"]["seconds_median"],
-             record["windows"]["seconds_median"], record["peak_rss_ratio"], max_abs, args.out)
+             record["windows"]["seconds_median"], record["peak_rss_ratio"], max_abs, cfg.out)
     return 0
 
 
-def _clip(root: Path, args: argparse.Namespace) -> Path:
-    cfg = SynthConfig(frames=args.frames, height=args.size[0], width=args.size[1])
-    return synth_dataset(root / "clips", 1, cfg, load_panoramas(BUNDLED_HDRI, "heldout", cfg),
-                         seed=args.seed, progress=False)[0]
+def _clip(root: Path, cfg: StreamConfig) -> Path:
+    synth = SynthConfig(frames=cfg.frames, height=cfg.size[0], width=cfg.size[1])
+    return synth_dataset(root / "clips", 1, synth,
+                         load_panoramas(BUNDLED_HDRI, "heldout", synth), seed=cfg.seed,
+                         progress=False)[0]
 
 
-def _reconstruct(clip: Path, out: Path, mode: str, args: argparse.Namespace) -> dict:
+def _reconstruct(clip: Path, out: Path, mode: str, cfg: StreamConfig) -> dict:
     cmd = [sys.executable, "-m", "dealthdr", "reconstruct", "--input", str(clip), "--output",
-           str(out), "--checkpoint", str(args.checkpoint), "--s", str(args.s), "--threads",
-           str(args.threads), "--float32", "--no-preview", "--no-progress", "--tile", "0"]
+           str(out), "--checkpoint", str(cfg.checkpoint), "--s", str(cfg.s), "--threads",
+           str(cfg.threads), "--float32", "--no-preview", "--no-progress", "--tile", "0"]
     if mode == "windows":
         cmd.append("--no-stream")
     # stderr to a file, not a pipe: the child's warnings could fill a pipe nobody reads
@@ -111,14 +126,14 @@ def _max_abs(a: Path, b: Path) -> float:
     return max(float(np.abs(read_hdr(a / n) - read_hdr(b / n)).max()) for n in names)
 
 
-def _record(args: argparse.Namespace, runs: dict, max_abs: float) -> dict:
+def _record(cfg: StreamConfig, runs: dict, max_abs: float) -> dict:
     summary = {mode: {"seconds_median": statistics.median(r["seconds"] for r in rs),
                       "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs), "runs": rs}
                for mode, rs in runs.items()}
     machine = machine_record()
-    machine["threads"] = args.threads
-    return {"benchmark": "reconstruct_stream_vs_windows", "size": list(args.size),
-            "frames": args.frames, "s": args.s, "checkpoint": str(args.checkpoint), **summary,
+    machine["threads"] = cfg.threads
+    return {"benchmark": "reconstruct_stream_vs_windows", "size": list(cfg.size),
+            "frames": cfg.frames, "s": cfg.s, "checkpoint": str(cfg.checkpoint), **summary,
             "speedup": summary["windows"]["seconds_median"] / summary["stream"]["seconds_median"],
             "peak_rss_ratio": summary["stream"]["peak_rss_mb_max"]
             / summary["windows"]["peak_rss_mb_max"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.schema import is_reference, read_records
@@ -31,7 +32,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", type=Path, nargs="+", help="JSON-lines record files")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=SummaryConfig)
 
 
 def group_key(r: dict) -> tuple:
@@ -129,10 +130,17 @@ def write_json(path: Path, report: dict) -> None:
     atomic_write_bytes(Path(path), (json.dumps(report, indent=2) + "\n").encode())
 
 
-def run(args: argparse.Namespace) -> int:
-    records = [r for p in args.records for r in read_records(p)]
+@dataclass(frozen=True)
+class SummaryConfig:
+    """`device_bench summary`'s settings, one field per flag (`--help` explains each)."""
+    records: list[Path]
+    json: Path | None
+
+
+def run(cfg: SummaryConfig) -> int:
+    records = [r for p in cfg.records for r in read_records(p)]
     report = summarise(records)
     print(text(report))
-    if args.json:
-        write_json(args.json, report)
+    if cfg.json:
+        write_json(cfg.json, report)
     return 0

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def add_parser(sub) -> None:
                         "the program's variant)")
     p.add_argument("--out", type=Path, default=Path("runs/tiled.json"),
                    help="record to write (default runs/tiled.json)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, config=TiledConfig)
 
 
 def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
@@ -82,36 +83,49 @@ def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
     return manifest, [a for a in manifest["artifacts"] if a["file"] == pte.name]
 
 
-def run(args: argparse.Namespace) -> int:
-    manifest, arts = _artifacts(args.pte)
+@dataclass(frozen=True)
+class TiledConfig:
+    """`device_bench tiled`'s settings, one field per flag (`--help` explains each)."""
+    pte: Path
+    centre: str
+    passes: int
+    size: tuple[int, int]
+    overlap: int
+    threads: int
+    checkpoint: str
+    out: Path
+
+
+def run(cfg: TiledConfig) -> int:
+    manifest, arts = _artifacts(cfg.pte)
     tiled = any("tiled" in a for a in arts)
-    method = f"tile_{args.centre}" if tiled else f"forward_{args.centre}"
+    method = f"tile_{cfg.centre}" if tiled else f"forward_{cfg.centre}"
     art = next((a for a in arts if a.get("method") == method), None)
     if art is None:
-        raise ValueError(f"the manifest beside {args.pte} lists no method {method!r} for it")
-    passes = args.passes if tiled else 1
+        raise ValueError(f"the manifest beside {cfg.pte} lists no method {method!r} for it")
+    passes = cfg.passes if tiled else 1
     if passes < 1:
         raise ValueError(f"--passes must be >= 1, got {passes}")
-    if tiled and tuple(art["tiled"]["frame"]) != tuple(args.size):
-        raise ValueError(f"{args.pte.name} was exported for {art['tiled']['frame']} frames; "
-                         f"--size is {list(args.size)}")
+    if tiled and tuple(art["tiled"]["frame"]) != tuple(cfg.size):
+        raise ValueError(f"{cfg.pte.name} was exported for {art['tiled']['frame']} frames; "
+                         f"--size is {list(cfg.size)}")
     tile_h, tile_w = art["input_shape"]["frames"][-2:]
-    if tile_h != tile_w or args.size[0] < tile_h or args.size[1] < tile_w:
-        raise ValueError(f"--size {args.size[0]}x{args.size[1]} must be at least the program's "
+    if tile_h != tile_w or cfg.size[0] < tile_h or cfg.size[1] < tile_w:
+        raise ValueError(f"--size {cfg.size[0]}x{cfg.size[1]} must be at least the program's "
                          f"square size {tile_h}x{tile_w}")
-    if not 0 <= args.overlap < tile_h // 2:
-        raise ValueError(f"--overlap must be in [0, {tile_h // 2}), got {args.overlap}")
-    if sha256_file(args.pte) != art["sha256"]:
-        raise ValueError(f"{args.pte}: sha256 differs from its manifest; re-export")
-    flows = _flows_program(args.pte, manifest, art) if tiled else None   # (path, sha256)
-    job = {"pte": str(args.pte), "flows_pte": flows and str(flows[0]), "method": method,
-           "size": list(args.size),
-           "tile": tile_h, "overlap": args.overlap, "threads": args.threads,
+    if not 0 <= cfg.overlap < tile_h // 2:
+        raise ValueError(f"--overlap must be in [0, {tile_h // 2}), got {cfg.overlap}")
+    if sha256_file(cfg.pte) != art["sha256"]:
+        raise ValueError(f"{cfg.pte}: sha256 differs from its manifest; re-export")
+    flows = _flows_program(cfg.pte, manifest, art) if tiled else None   # (path, sha256)
+    job = {"pte": str(cfg.pte), "flows_pte": flows and str(flows[0]), "method": method,
+           "size": list(cfg.size),
+           "tile": tile_h, "overlap": cfg.overlap, "threads": cfg.threads,
            "centre": art["centre"], "passes": passes,
            "frames": art["input_shape"]["frames"][1],
            "sums_length": art["tiled"]["sums_length"] if tiled else None,
            "flow_scale": art["tiled"]["flow_scale"] if tiled else None}
-    win = _window(tuple(args.size), art["centre"], job["frames"])
+    win = _window(tuple(cfg.size), art["centre"], job["frames"])
     with tempfile.TemporaryDirectory() as tmp:
         spec, result, output = (Path(tmp) / n for n in ("job.json", "result.json", "out.npy"))
         # synthesised here: the worker's memory is then what a frame loop holds (the runtime,
@@ -121,25 +135,25 @@ def run(args: argparse.Namespace) -> int:
             np.save(job[name], a.numpy())
         job["output"] = str(output)
         spec.write_text(json.dumps(job))
-        proc = subprocess.run([sys.executable, "-m", "dealthdr.bench.tiled", str(spec), str(result)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "dealthdr.bench.tiled", str(spec),
+                               str(result)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"tiled worker exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         measured = json.loads(result.read_text())
-        quality = _against_eager(args, art, manifest["model"]["variant"], win, output)
-    record = {"benchmark": "tiled_pte", "artifact": args.pte.name, "sha256": art["sha256"],
+        quality = _against_eager(cfg, art, manifest["model"]["variant"], win, output)
+    record = {"benchmark": "tiled_pte", "artifact": cfg.pte.name, "sha256": art["sha256"],
               **({"flows_artifact": flows[0].name, "flows_sha256": flows[1]} if flows else {}),
               "method": method, "passes": passes,
               "mode": "frame flows and statistics" if tiled else "tiles alone",
               "variant": manifest["model"]["variant"], "s": art["s"],
               "bucket_k": art["bucket_k"], "program_size": [tile_h, tile_w],
-              "size": list(args.size), "overlap": args.overlap, "threads": args.threads,
+              "size": list(cfg.size), "overlap": cfg.overlap, "threads": cfg.threads,
               **measured, **quality, "machine": machine_record()}
-    atomic_write_bytes(args.out, (json.dumps(jsonable(record), indent=2) + "\n").encode())
+    atomic_write_bytes(cfg.out, (json.dumps(jsonable(record), indent=2) + "\n").encode())
     log.info("%s %s at %dx%d: %d tiles, %.1f s, peak RSS %.0f MB, PSNR-mu vs untiled eager "
-             "%.2f dB; wrote %s", args.pte.name, method, *args.size, measured["tiles"],
+             "%.2f dB; wrote %s", cfg.pte.name, method, *cfg.size, measured["tiles"],
              measured["wall_s"], measured["peak_rss_mb"], quality["psnr_mu_vs_untiled_eager"],
-             args.out)
+             cfg.out)
     return 0
 
 
@@ -164,13 +178,13 @@ def _window(size: tuple[int, int], centre: str, frames: int):
     return next(w for w in windows if w.centre == centre)
 
 
-def _against_eager(args: argparse.Namespace, art: dict, variant: str, win, output: Path) -> dict:
+def _against_eager(cfg: TiledConfig, art: dict, variant: str, win, output: Path) -> dict:
     import math
 
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
-    model, _ = load_checkpoint(args.checkpoint, variant)
+    torch.set_num_threads(max(1, cfg.threads))
+    model, _ = load_checkpoint(cfg.checkpoint, variant)
     s = math.inf if art["s"] == "inf" else float(art["s"])
     with torch.no_grad():
         ref = model.eval()(win.frames, win.exposures, s=s)
