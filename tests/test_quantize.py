@@ -236,6 +236,25 @@ def test_resume_refuses_a_state_of_other_graphs_with_a_clear_error(tmp_path):
         load_state(tmp_path, *prepared(4), {"k": 1})
 
 
+def test_resume_starts_afresh_from_a_state_of_other_code(tmp_path, caplog):
+    """Other code traces other graphs whose observers can carry the same names and shapes, so
+    a state saved by it would load without an error into the wrong ranges: it is set aside
+    (training starts at step 0), while other settings are still refused."""
+    from dealthdr.quantize.qat_train import load_state, save_state, tie_parameters
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+    gm = torch.export.export(net, (torch.rand(1, 3, 8, 8),), strict=False).module()
+    shared = tie_parameters({"g": gm})
+    opt = torch.optim.Adam(shared.values())
+    save_state(tmp_path, {"g": gm}, shared, opt, 7, [0.1], {"k": 1, "code": "old"})
+    assert load_state(tmp_path, {"g": gm}, shared, opt, {"k": 1, "code": "old"})[0] == 7
+    with caplog.at_level("WARNING"):
+        assert load_state(tmp_path, {"g": gm}, shared, opt, {"k": 1, "code": "new"}) == (0, [])
+    assert "saved by other code" in caplog.text
+    with pytest.raises(ValueError, match="QAT state of other settings"):
+        load_state(tmp_path, {"g": gm}, shared, opt, {"k": 2, "code": "new"})
+
+
 @pytest.mark.e2e   # QAT training runs
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train

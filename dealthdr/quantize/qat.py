@@ -45,7 +45,7 @@ from dealthdr.quantize.policy import group_names
 from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train, widen_empty_ranges
 from dealthdr.quantize.quantizers import check_attention_kept
 from dealthdr.quantize.report import write_report
-from dealthdr.quantize.resume import Finished, fingerprint, new_files
+from dealthdr.quantize.resume import Finished, code_digest, fingerprint, new_files
 from dealthdr.quantize.sensitivity import ptq
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
     settings = {"backend": backend, "size": list(cfg.size), "float_groups": float_for,
                 "buckets": {b.name: list(b.budget) for b in buckets},
-                "checkpoint_sha256": ctx.checkpoint_sha256, "train_clips": cfg.train_clips}
+                "checkpoint_sha256": ctx.checkpoint_sha256, "train_clips": cfg.train_clips,
+                "code": code_digest()}
     record = train(graphs, {b.name: b.centre for b in buckets}, ctx.train_windows, qat_cfg,
                    ctx.state / backend, teachers, settings)
     record["empty_ranges_widened"] = widen_empty_ranges(graphs)
