@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -36,6 +36,8 @@ PAIR_METRICS = ("twe", "tof")
 # a method with `gt_flow` also takes the window's ground-truth flows (`window_gt_flows`)
 Reconstruct = Callable[..., np.ndarray]
 GT_FLOW_SUFFIX = " (GT flow)"
+# What the network's FGMA did, summed over its windows (`ForwardStats`' lists, summed over levels)
+USAGE = ("attended", "positions", "tiles", "tiles_total")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class Method:
     frames it needs (the network's `num_frames`); None for a baseline, which takes any odd
     window. `gt_flow`: `run` takes the window's ground-truth flows as a third argument.
     `variant`/`checkpoint`: which network (None for a baseline); rows of several checkpoints
-    are kept apart by them."""
+    are kept apart by them. `usage`: the network's FGMA counts (`USAGE`), which `run` adds to
+    (None for a baseline)."""
     name: str
     s: float | None
     run: Reconstruct
@@ -52,6 +55,7 @@ class Method:
     gt_flow: bool = False
     variant: str | None = None
     checkpoint: str | None = None
+    usage: dict | None = field(default=None, compare=False)
 
 
 def model_method(model: DeAltHDR, s: float, gt_flow: bool = False,
@@ -60,18 +64,23 @@ def model_method(model: DeAltHDR, s: float, gt_flow: bool = False,
     that replaces SpyNet's flow (FGMA, its mask and the merge) with the clip's ground truth,
     to measure how much better alignment could buy the same weights."""
     model.eval()
+    usage = dict.fromkeys(USAGE, 0)
 
     def run(frames: np.ndarray, exposures: np.ndarray,
             flows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         grid_flows = None if flows is None else tuple(
             _on_flow_grid(torch.from_numpy(f), model.cfg.flow_scale) for f in flows)
         with torch.no_grad():
-            out = model(torch.from_numpy(frames)[None], torch.from_numpy(exposures)[None], s=s,
-                        flows=grid_flows)
+            out, stats = model.forward_with_stats(torch.from_numpy(frames)[None],
+                                                  torch.from_numpy(exposures)[None], s=s,
+                                                  flows=grid_flows)
+        for k in USAGE:
+            usage[k] += sum(getattr(stats, k))
         return out[0].numpy()
 
     name = "dealthdr" + (GT_FLOW_SUFFIX if gt_flow else "")
-    return Method(name, s, run, model.cfg.num_frames, gt_flow, model.cfg.name, checkpoint)
+    return Method(name, s, run, model.cfg.num_frames, gt_flow, model.cfg.name, checkpoint,
+                  usage)
 
 
 def _on_flow_grid(flow: torch.Tensor, flow_scale: int) -> torch.Tensor:
@@ -169,6 +178,7 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         counts = {k: 0 for k in acc}
         hard_sse, hard_n, hard_frames = 0.0, 0, 0
         prev = None
+        used = None if method.usage is None else dict(method.usage)
         elapsed = 0.0  # reconstruction only, not the metrics
         for t in centres:
             args = (window_gt_flows(clip, t, window),) if method.gt_flow else ()
@@ -199,7 +209,10 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         out.append({"method": method.name, "variant": method.variant,
                     "checkpoint": method.checkpoint, "s": method.s, "sums": acc, "counts": counts,
                     "frames": len(centres), "pairs": max(len(centres) - 1, 0),
-                    "seconds": elapsed, "hard": {"sse": hard_sse, "values": hard_n,
+                    "seconds": elapsed,
+                    "usage": None if used is None else {k: method.usage[k] - used[k]
+                                                        for k in USAGE},
+                    "hard": {"sse": hard_sse, "values": hard_n,
                                                  "frames": hard_frames,
                                                  "pixels": hard_frames * gt.shape[0]
                                                  * gt.shape[1]}})
@@ -229,6 +242,16 @@ def _hard_metrics(parts: list[dict]) -> dict:
     return {"psnr_mu_hard": psnr, "hard_share": None if pixels == 0 else n / 3 / pixels}
 
 
+def _attention(usages: list[dict | None]) -> dict:
+    """The share of positions FGMA attended (the attention ratio) and of tiles it ran in, over
+    every window of the records; None for a baseline."""
+    if any(u is None for u in usages):
+        return {"attention_ratio": None, "tile_ratio": None}
+    total = {k: sum(u[k] for u in usages) for k in USAGE}
+    return {"attention_ratio": total["attended"] / max(total["positions"], 1),
+            "tile_ratio": total["tiles"] / max(total["tiles_total"], 1)}
+
+
 def _mean(total: float, count: int) -> float | None:
     if count == 0:
         return None
@@ -250,6 +273,7 @@ def summarise(per_clip: list[dict]) -> list[dict]:
             rec[k] = _mean(sum(r["sums"][k] for r in rs), sum(r["counts"][k] for r in rs))
         frames = sum(r["frames"] for r in rs)
         rec.update(_hard_metrics([r["hard"] for r in rs]))
+        rec.update(_attention([r["usage"] for r in rs]))
         rec.update(frames=frames, pairs=sum(r["pairs"] for r in rs), clips=len(rs),
                    ms_per_frame=1000 * sum(r["seconds"] for r in rs) / max(frames, 1))
         records.append(rec)
@@ -262,6 +286,7 @@ def _clip_record(clip_name: str, r: dict) -> dict:
     for k in FRAME_METRICS + PAIR_METRICS:
         rec[k] = _mean(r["sums"][k], r["counts"][k])
     rec.update(_hard_metrics([r["hard"]]))
+    rec.update(_attention([r["usage"]]))
     rec.update(frames=r["frames"], pairs=r["pairs"])
     return rec
 
@@ -341,7 +366,9 @@ CONVENTIONS = (
     "psnr_mu_hard: PSNR-mu over the hard region, positions where the GT flow to any neighbour "
     "of the window fails the forward-backward check, leaves the frame or moves more than "
     f"{metrics.HARD_MOTION_PX:g} px, pooled over all frames (one MSE); hard_share: the "
-    "region's share of the evaluated pixels.")
+    "region's share of the evaluated pixels. attention_ratio: the share of positions FGMA "
+    "attended (M, summed over decoder levels and neighbours); tile_ratio: the share of its "
+    "tiles that held one (what attention costs); null for baselines.")
 
 
 def _s(s: float | None) -> str | None:
@@ -359,8 +386,9 @@ def _fmt(v: float | None, digits: int) -> str:
 
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (higher is better except TWE, tOF, ms)."""
-    head = ("| method | variant | s | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ | FovVideoVDP (JOD) ↑ "
-            "| TWE ↓ | tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips | ms/frame |")
+    head = ("| method | variant | s | R | tiles | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ "
+            "| FovVideoVDP (JOD) ↑ | TWE ↓ | tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips "
+            "| ms/frame |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     # the checkpoint is named only where two rows of one variant would otherwise look alike
     seen: dict[str, set] = {}
@@ -373,10 +401,13 @@ def markdown_table(records: list[dict]) -> str:
         if len(seen.get(r.get("variant"), ())) > 1:
             variant += f" ({r['checkpoint']})"
         lines.append(
-            f"| {r['method']} | {variant} | {s} | {_fmt(r['psnr_mu'], 2)} | "
+            f"| {r['method']} | {variant} | {s} | {_fmt(r.get('attention_ratio'), 3)} | "
+            f"{_fmt(r.get('tile_ratio'), 3)} | {_fmt(r['psnr_mu'], 2)} | "
             f"{_fmt(r['ssim_mu'], 4)} | "
             f"{_fmt(r['psnr_linear'], 2)} | {_fmt(r['fvvdp'], 3)} | {_fmt(r['twe'], 5)} | "
             f"{_fmt(r['tof'], 4)} | {_fmt(r['psnr_mu_hard'], 2)} | "
             f"{_fmt(r['hard_share'], 3)} | {r['frames']} | {r['clips']} | "
             f"{_fmt(r['ms_per_frame'], 1)} |")
+    lines += ["", "R: the share of positions FGMA attended (the attention ratio); tiles: the "
+              "share of its tiles that held one, what attention costs."]
     return "\n".join(lines)

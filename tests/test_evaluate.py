@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dealthdr import baselines, metrics
-from dealthdr.checkpoint import save_checkpoint, shipped_path
+from dealthdr.checkpoint import load_checkpoint, save_checkpoint, shipped_path
 from dealthdr.cli import main
 from dealthdr.data.clip import read_clip
 from dealthdr.data.io import write_exr, write_png16
@@ -105,6 +105,12 @@ def test_cli_end_to_end(setup):
         # motion in these clips)
         assert 0 < r["hard_share"] < 0.3 and math.isfinite(r["psnr_mu_hard"])
     assert len(doc["per_clip"]) == 8 and doc["variant"] == "tiny"
+    # what FGMA attended: nothing at s=0, every position and tile at s=inf, nothing to say
+    # for a baseline
+    for s, ratio in (("0", 0.0), ("inf", 1.0)):
+        assert recs[("dealthdr", s)]["attention_ratio"] == ratio
+        assert recs[("dealthdr", s)]["tile_ratio"] == ratio
+    assert recs[("classical", None)]["attention_ratio"] is None
     # The noisy short centre frames are what merging is for.
     assert recs[("classical", None)]["psnr_mu"] > recs[("reference", None)]["psnr_mu"] + 1
 
@@ -275,3 +281,28 @@ def test_several_checkpoints_in_one_table_keep_their_rows_apart(setup, capsys):
         assert main(["evaluate", "--data", str(data), "--no-progress", "--checkpoint",
                      *args]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_attention_ratio_is_what_fgma_attended_over_the_windows(setup):
+    """The records' attention and tile ratios are the ForwardStats of the network's windows,
+    summed over levels, neighbours, windows and clips: rising with s, the tiles at least as
+    many as the positions need."""
+    _, data, ck = setup
+    model, _ = load_checkpoint(ck, "tiny")
+    methods = [model_method(model, s) for s in (1.0, 15.0, 100.0)]
+    result = evaluate(data, methods, fvvdp=False, progress=False)
+    ratios = [(r["attention_ratio"], r["tile_ratio"]) for r in result["records"]]
+    assert ratios == sorted(ratios) and ratios[-1][0] > ratios[0][0]
+    assert all(0 <= a <= t <= 1 for a, t in ratios)
+    # the same figures from the network's own stats, window by window
+    clip = read_clip(data / "clip_a")
+    frames = torch.from_numpy(np.ascontiguousarray(clip.ldr.transpose(0, 3, 1, 2)))
+    exposures = torch.from_numpy(clip.exposures.astype(np.float32))
+    attended = positions = 0
+    for t in (2, 3):
+        with torch.no_grad():
+            _, st = model.forward_with_stats(frames[None, t - 2:t + 3],
+                                             exposures[None, t - 2:t + 3], s=15.0)
+        attended, positions = attended + sum(st.attended), positions + sum(st.positions)
+    clip_a = next(r for r in result["per_clip"] if r["clip"] == "clip_a" and r["s"] == "15")
+    assert clip_a["attention_ratio"] == pytest.approx(attended / positions)
