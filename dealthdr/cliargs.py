@@ -23,17 +23,22 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return [parse_size(t) for t in text.split(",") if t.strip()]
 
 
-def config_from(cls, namespace: argparse.Namespace, skip: tuple[str, ...] = ()):
+def config_from(cls, namespace: argparse.Namespace, skip: tuple[str, ...] = (),
+                tuples: bool = False):
     """The typed config `cls` (a dataclass, one field per flag) from parsed flags, so that
     library code takes configs, never an argparse.Namespace. The parser's own entries (`skip`)
     aside, the flags and the fields must be the same names: a flag without a field, or a field
-    without a flag, is a TypeError naming them (caught by the tests, not at a user's run)."""
+    without a flag, is a TypeError naming them (caught by the tests, not at a user's run).
+    `tuples`: list values become tuples (for configs that are hashed or compared)."""
     names = {f.name for f in dataclasses.fields(cls)}
     given = set(vars(namespace)) - set(skip)
     if names != given:
         raise TypeError(f"{cls.__name__}: flags without a field {sorted(given - names)}, "
                         f"fields without a flag {sorted(names - given)}")
-    return cls(**{n: getattr(namespace, n) for n in names})
+    values = {n: getattr(namespace, n) for n in names}
+    if tuples:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
 
 
 def apply_threads(threads: int | None) -> None:
@@ -77,7 +82,18 @@ def reuse_freed_memory() -> bool:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    global _kept
+    _kept = _kept or bool(ok)
     return bool(ok)
+
+
+FREED_MEMORY_KEPT = "glibc, freed memory kept (M_MMAP_THRESHOLD 32 MiB, no trim)"
+_kept = False
+
+
+def allocator_note() -> str:
+    """This process's allocator settings, as benchmark records name them."""
+    return FREED_MEMORY_KEPT if _kept else "system defaults"
 
 
 OUR_PACKAGES = ("dealthdr",)

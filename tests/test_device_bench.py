@@ -13,7 +13,7 @@ from torch import nn
 from dealthdr.bench import schema
 from dealthdr.bench.cli import main
 from dealthdr.bench.stats import fit_line, latency_stats, percentile, trimmed
-from dealthdr.bench.worker import ALLOCATOR_KEEPS
+from dealthdr.cliargs import FREED_MEMORY_KEPT
 
 SIZE = (32, 32)
 
@@ -126,7 +126,7 @@ def test_run_writes_valid_records_and_resumes(artifacts, tmp_path, monkeypatch, 
         assert len(r["samples_ms"]) == 4
         # every runtime timed with the allocator settings of `dealthdr reconstruct`
         glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-        assert r["allocator"] == (ALLOCATOR_KEEPS if glibc else "system defaults")
+        assert r["allocator"] == (FREED_MEMORY_KEPT if glibc else "system defaults")
         assert r["latency_ms_median"] == pytest.approx(latency_stats(r["samples_ms"])[
             "latency_ms_median"], abs=1e-3)
     summary = json.loads(out.with_suffix(".summary.json").read_text())

@@ -25,7 +25,7 @@ from pathlib import Path
 from dealthdr.bench.tables import ATTENTION, FGMA_REST, table_g
 from dealthdr.calib.buckets import read_buckets, run_calibration
 from dealthdr.checkpoint import checkpoint_label, load_checkpoint
-from dealthdr.cliargs import parse_sizes
+from dealthdr.cliargs import allocator_note, parse_sizes
 from dealthdr.export.buckets import BucketGraph, example_inputs, make_buckets
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.model import VARIANTS
@@ -172,7 +172,7 @@ def measure_for_jobs(jobs: list, threads: int) -> dict:
 
 def _doc(results: list[dict], checkpoint: str) -> dict:
     return {"format": "dealthdr-breakdown/1", "checkpoint": checkpoint_label(checkpoint),
-            "buckets": results, "machine": machine_record()}
+            "buckets": results, "machine": machine_record(), "allocator": allocator_note()}
 
 
 def write(path: Path, doc: dict) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dealthdr.checkpoint import load_checkpoint
-from dealthdr.cliargs import reuse_freed_memory
+from dealthdr.cliargs import allocator_note, reuse_freed_memory
 from dealthdr.export.buckets import Bucket, BucketGraph
 
 
@@ -229,8 +229,6 @@ def load_onnxruntime(job: dict):
     return load, "onnxruntime", ort.__version__, lambda a: a
 
 
-ALLOCATOR_KEEPS = "glibc, freed memory kept (M_MMAP_THRESHOLD 32 MiB, no trim)"
-
 LOADERS = {"torch": load_eager, "executorch": load_executorch, "onnxruntime": load_onnxruntime}
 
 
@@ -268,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(Path(argv[0]).read_text())
     os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
-    kept = reuse_freed_memory()
+    reuse_freed_memory()
     result = measure(job)
-    result["allocator"] = ALLOCATOR_KEEPS if kept else "system defaults"
+    result["allocator"] = allocator_note()
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

@@ -4,9 +4,11 @@ argparse involved). One dataclass per tool; the shared fields are `ExportConfig`
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from dealthdr.cliargs import config_from
 
 T = TypeVar("T")
 
@@ -72,8 +74,4 @@ class OnnxConfig(ExportConfig):
 def parse_config(parser: argparse.ArgumentParser, cls: type[T], argv: list[str] | None) -> T:
     """Parse `argv` into `cls`. Every flag must be a field and every field a flag: a flag the
     library never sees, or a setting no flag reaches, is a bug caught on the first run."""
-    values = vars(parser.parse_args(argv))
-    names = {f.name for f in fields(cls)}
-    if set(values) != names:
-        raise TypeError(f"{cls.__name__} and the flags differ: {sorted(set(values) ^ names)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return config_from(cls, parser.parse_args(argv), tuples=True)
