@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dealthdr.cliargs import parse_size
+from dealthdr.cliargs import allocator_note, parse_size, reuse_freed_memory
 from dealthdr.export.config import parse_config
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.model import get_config
@@ -161,12 +161,13 @@ def run(args: ScalingConfig) -> dict:
         "fixed_overhead_ms": {k: statistics.median(v) for k, v in over.items()},
         "worst_deviation": worst, "tolerance": args.tolerance,
         "linear_within_tolerance": worst <= args.tolerance,
-        "machine": machine_record(),
+        "machine": machine_record(), "allocator": allocator_note(),
     }
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    reuse_freed_memory()  # eager timed as `dealthdr reconstruct` runs it
     args = parse_config(build_parser(), ScalingConfig, argv)
     try:
         result = run(args)
