@@ -15,8 +15,8 @@ tracemalloc would miss it all: the runtimes allocate in native code.
 Every runtime runs with the allocator settings of `dealthdr reconstruct` and `evaluate`
 (`dealthdr.cliargs.reuse_freed_memory`: on glibc, freed memory is kept for the next inference
 instead of being unmapped and faulted in again), so torch eager is timed as this project runs
-it. With glibc's defaults eager took 10-16 % longer per forward at 256x256 on one thread; the
-record's `allocator` field says which settings applied.
+it (with glibc's defaults, 608-611 ms per eager forward at 256x256, s = 0, one thread, against
+515-552 ms: two alternating runs each). The record's `allocator` says which settings applied.
 """
 from __future__ import annotations
 
