@@ -212,10 +212,8 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
                     "seconds": elapsed,
                     "usage": None if used is None else {k: method.usage[k] - used[k]
                                                         for k in USAGE},
-                    "hard": {"sse": hard_sse, "values": hard_n,
-                                                 "frames": hard_frames,
-                                                 "pixels": hard_frames * gt.shape[0]
-                                                 * gt.shape[1]}})
+                    "hard": {"sse": hard_sse, "values": hard_n, "frames": hard_frames,
+                             "pixels": hard_frames * gt.shape[0] * gt.shape[1]}})
     return out
 
 
