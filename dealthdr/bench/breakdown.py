@@ -25,7 +25,7 @@ from pathlib import Path
 from dealthdr.bench.tables import ATTENTION, FGMA_REST, table_g
 from dealthdr.calib.buckets import read_buckets, run_calibration
 from dealthdr.checkpoint import checkpoint_label, load_checkpoint
-from dealthdr.cliargs import allocator_note, parse_sizes
+from dealthdr.cliargs import allocator_note, parse_sizes, reuse_freed_memory
 from dealthdr.export.buckets import BucketGraph, example_inputs, make_buckets
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.model import VARIANTS
@@ -160,6 +160,7 @@ def measure_for_jobs(jobs: list, threads: int) -> dict:
     eager = [j for j in jobs if j.runtime == "torch" and j.centre == "short"]
     if not eager:
         return {"buckets": [], "note": "no eager jobs: no breakdown"}
+    reuse_freed_memory()  # eager timed as `dealthdr reconstruct` runs it, as in `run`'s workers
     eager = [j for j in eager if j.variant == eager[0].variant]
     size = eager[0].size
     cal = {"buckets": [{"s": j.s, "ratio": j.ratio_budget} for j in eager if j.size == size]}
@@ -198,6 +199,7 @@ def run(cfg: BreakdownConfig) -> int:
 
     if cfg.repeat < 1 or cfg.warmup < 0 or cfg.threads < 1:
         raise ValueError("--repeat and --threads must be >= 1, --warmup >= 0")
+    reuse_freed_memory()  # eager timed as `dealthdr reconstruct` runs it, as in `run`'s workers
     if cfg.buckets is not None:
         calibration = read_buckets(cfg.buckets)
     else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dealthdr.cliargs import config_from, configure_logging, reuse_freed_memory
+from dealthdr.cliargs import config_from, configure_logging
 
 # What the parser adds beside the subcommand's flags.
 _PARSER_ENTRIES = ("quiet", "command", "run", "config")
@@ -57,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(not args.quiet)
-    # What is timed in this process (eager components, FGMA) runs with the allocator settings
-    # of `dealthdr reconstruct`, as the workers of `run` do.
-    reuse_freed_memory()
     cfg = config_from(args.config, args, _PARSER_ENTRIES)
     try:
         return args.run(cfg) or 0
