@@ -259,10 +259,8 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt,
     if not pointer.exists():
         return 0, []
     doc = json.loads(pointer.read_text())
-    saved = doc.get("settings") or {}
-    if settings is not None and "code" in settings and saved.get("code") != settings["code"] \
-            and {k: v for k, v in saved.items() if k != "code"} == \
-            {k: v for k, v in settings.items() if k != "code"}:
+    saved, this = dict(doc.get("settings") or {}), dict(settings or {})
+    if saved.pop("code", None) != this.pop("code", None) and saved == this:
         # Graph node names (and so the observers' ranges) follow the code that traced them:
         # a state of other code can load without an error into the wrong observers.
         log.warning("%s: QAT state saved by other code; training from the start", folder)
