@@ -30,6 +30,7 @@ from dealthdr.export.gate import GateFailed
 from dealthdr.fileio import atomic_write_bytes, jsonable, sha256_file
 from dealthdr.model import VARIANTS
 from dealthdr.model.fgma import bucket_tiles
+from dealthdr.model.fold import fold_affine
 from dealthdr.model.network import level_tiles
 from dealthdr.sensitivity import parse_s_list
 from dealthdr.sysinfo import machine_record
@@ -146,11 +147,15 @@ def prepare(cfg: ExportConfig):
     Returns (model, model_info, calibration, buckets, windows)."""
     path = resolve_checkpoint(cfg.checkpoint, cfg.variant)
     model, meta = load_checkpoint(path, cfg.variant)
+    # Exported graphs carry the norms' affine and the layer scales inside the convolutions
+    # (`dealthdr.model.fold`): fewer map-sized ops per window, the same function.
+    params = sum(p.numel() for p in model.parameters())
+    model = fold_affine(model)
     sha = sha256_file(path)
     info = {"variant": model.cfg.name, "checkpoint": checkpoint_label(path),
             "checkpoint_sha256": sha,
             "exposure_ratio": model.cfg.exposure_ratio,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": params, "folded_affine_steps": model.folded_steps}
     if cfg.buckets is not None:
         calibration = read_buckets(cfg.buckets)
         if calibration.get("checkpoint_sha256") != sha:

@@ -28,7 +28,7 @@ class ReducedAttention(nn.Module):
         self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(F.gelu(self.dwconv(self.expand(x)))) * self.scale
+        return _scaled(self.project(F.gelu(self.dwconv(self.expand(x)))), self.scale)
 
 
 class FeedForward(nn.Module):
@@ -41,7 +41,12 @@ class FeedForward(nn.Module):
         self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(F.gelu(self.expand(x))) * self.scale
+        return _scaled(self.project(F.gelu(self.expand(x))), self.scale)
+
+
+def _scaled(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x times the layer scale, or x where the scale was folded into the projection."""
+    return x if scale is None else x * scale
 
 
 class GatedFeedForward(nn.Module):

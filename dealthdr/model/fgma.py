@@ -270,7 +270,7 @@ class FGMA(nn.Module):
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
         """
         t, c, g, w = self.tile, self.channels, self.halo, self.window
-        q = self.proj_q(queries)                                        # Eq. 7, Proj_q
+        q = _rowwise(self.proj_q, queries)                              # Eq. 7, Proj_q
         qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # W_k folded in
         # The constant-1 channel is derived from M in exported graphs: M stays float under
         # int8 (a mask statistic), while a constant computed from the quantized qk gets a
@@ -297,7 +297,7 @@ class FGMA(nn.Module):
             attn = torch.softmax(scores + band, dim=-1)                 # Eq. 8
             parts.append(torch.bmm(attn, keys).reshape(k, step, t, c + 1))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        return self.proj_v(out[..., :c])                                # W_v folded out
+        return _rowwise(self.proj_v, out[..., :c])                      # W_v folded out
 
     def _attend_masked(self, queries: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
         """The graph layout's tiles: queries (K, t, t, C + 1) features and M -> (K, t, t, C + 1)
@@ -388,6 +388,14 @@ def _per_neighbour(x: torch.Tensor, per: int, rows: int = 1) -> torch.Tensor:
     if x.shape[0] == rows:
         return x if per == 1 else torch.cat([x] * per)
     return x.unflatten(0, (-1, rows)).repeat_interleave(per, 0).flatten(0, 1)
+
+
+def _rowwise(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` on the rows of x as one 2-D matrix. A linear layer on a channel slice of a
+    4-D tile map exports as an expand of its weight to every query row and a batched matmul of
+    tiny matrices (2.1 M copied elements per chunk of level-1 tiles); on 2-D rows it is one
+    fully connected op."""
+    return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.out_features)
 
 
 def _after_last(x: torch.Tensor, done: list[torch.Tensor]) -> torch.Tensor:
