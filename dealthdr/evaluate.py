@@ -38,6 +38,7 @@ Reconstruct = Callable[..., np.ndarray]
 GT_FLOW_SUFFIX = " (GT flow)"
 # What the network's FGMA did, summed over its windows (`ForwardStats`' lists, summed over levels)
 USAGE = ("attended", "positions", "tiles", "tiles_total")
+CENTRES = ("short", "long")
 
 
 @dataclass(frozen=True)
@@ -179,13 +180,21 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         hard_sse, hard_n, hard_frames = 0.0, 0, 0
         prev = None
         used = None if method.usage is None else dict(method.usage)
+        # FGMA's counts split by the centre frame's exposure: one s should select alike for
+        # short- and long-centred windows (D is computed on the frame as captured)
+        by_centre = None if used is None else {c: dict.fromkeys(USAGE, 0) for c in CENTRES}
         elapsed = 0.0  # reconstruction only, not the metrics
         for t in centres:
             args = (window_gt_flows(clip, t, window),) if method.gt_flow else ()
             start = time.perf_counter()
             win = slice(t - window // 2, t + window // 2 + 1)
+            before = None if by_centre is None else dict(method.usage)
             pred = method.run(frames[win], exposures[win], *args).transpose(1, 2, 0)
             elapsed += time.perf_counter() - start
+            if by_centre is not None:
+                centre = by_centre[_centre_kind(exposures[win], window // 2)]
+                for k in USAGE:
+                    centre[k] += method.usage[k] - before[k]
             gt = clip.hdr[t]
             frame_peak = None if white is None else white
             values = {"psnr_mu": metrics.psnr_mu(pred, gt, frame_peak),
@@ -212,6 +221,7 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
                     "seconds": elapsed,
                     "usage": None if used is None else {k: method.usage[k] - used[k]
                                                         for k in USAGE},
+                    "usage_by_centre": by_centre,
                     "hard": {"sse": hard_sse, "values": hard_n, "frames": hard_frames,
                              "pixels": hard_frames * gt.shape[0] * gt.shape[1]}})
     return out
@@ -240,14 +250,30 @@ def _hard_metrics(parts: list[dict]) -> dict:
     return {"psnr_mu_hard": psnr, "hard_share": None if pixels == 0 else n / 3 / pixels}
 
 
-def _attention(usages: list[dict | None]) -> dict:
+def _centre_kind(exposures: np.ndarray, centre: int) -> str:
+    """'short' where the window's centre frame has its shortest exposure, else 'long'."""
+    return "short" if exposures[centre] <= exposures.min() else "long"
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return None if whole == 0 else part / whole
+
+
+def _attention(records: list[dict]) -> dict:
     """The share of positions FGMA attended (the attention ratio) and of tiles it ran in, over
-    every window of the records; None for a baseline."""
-    if any(u is None for u in usages):
-        return {"attention_ratio": None, "tile_ratio": None}
-    total = {k: sum(u[k] for u in usages) for k in USAGE}
-    return {"attention_ratio": total["attended"] / max(total["positions"], 1),
-            "tile_ratio": total["tiles"] / max(total["tiles_total"], 1)}
+    every window of the records, and the ratio over short- and over long-centred windows alone
+    (None where there were none); all None for a baseline."""
+    keys = ("attention_ratio", "tile_ratio", *(f"attention_ratio_{c}" for c in CENTRES))
+    if any(r["usage"] is None for r in records):
+        return dict.fromkeys(keys)
+    total = {k: sum(r["usage"][k] for r in records) for k in USAGE}
+    out = {"attention_ratio": total["attended"] / max(total["positions"], 1),
+           "tile_ratio": total["tiles"] / max(total["tiles_total"], 1)}
+    for c in CENTRES:
+        parts = [r["usage_by_centre"][c] for r in records]
+        out[f"attention_ratio_{c}"] = _ratio(sum(p["attended"] for p in parts),
+                                             sum(p["positions"] for p in parts))
+    return out
 
 
 def _mean(total: float, count: int) -> float | None:
@@ -271,7 +297,7 @@ def summarise(per_clip: list[dict]) -> list[dict]:
             rec[k] = _mean(sum(r["sums"][k] for r in rs), sum(r["counts"][k] for r in rs))
         frames = sum(r["frames"] for r in rs)
         rec.update(_hard_metrics([r["hard"] for r in rs]))
-        rec.update(_attention([r["usage"] for r in rs]))
+        rec.update(_attention(rs))
         rec.update(frames=frames, pairs=sum(r["pairs"] for r in rs), clips=len(rs),
                    ms_per_frame=1000 * sum(r["seconds"] for r in rs) / max(frames, 1))
         records.append(rec)
@@ -284,7 +310,7 @@ def _clip_record(clip_name: str, r: dict) -> dict:
     for k in FRAME_METRICS + PAIR_METRICS:
         rec[k] = _mean(r["sums"][k], r["counts"][k])
     rec.update(_hard_metrics([r["hard"]]))
-    rec.update(_attention([r["usage"]]))
+    rec.update(_attention([r]))
     rec.update(frames=r["frames"], pairs=r["pairs"])
     return rec
 
@@ -366,7 +392,8 @@ CONVENTIONS = (
     f"{metrics.HARD_MOTION_PX:g} px, pooled over all frames (one MSE); hard_share: the "
     "region's share of the evaluated pixels. attention_ratio: the share of positions FGMA "
     "attended (M, summed over decoder levels and neighbours); tile_ratio: the share of its "
-    "tiles that held one (what attention costs); null for baselines.")
+    "tiles that held one (what attention costs); attention_ratio_short / _long: the ratio over "
+    "the short- and the long-centred windows alone; null for baselines.")
 
 
 def _s(s: float | None) -> str | None:
@@ -382,9 +409,13 @@ def _fmt(v: float | None, digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
+def _pair(a: float | None, b: float | None) -> str:
+    return "-" if a is None and b is None else f"{_fmt(a, 3)} / {_fmt(b, 3)}"
+
+
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (higher is better except TWE, tOF, ms)."""
-    head = ("| method | variant | s | R | tiles | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ "
+    head = ("| method | variant | s | R | R short / long | tiles | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ "
             "| FovVideoVDP (JOD) ↑ | TWE ↓ | tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips "
             "| ms/frame |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -400,12 +431,14 @@ def markdown_table(records: list[dict]) -> str:
             variant += f" ({r['checkpoint']})"
         lines.append(
             f"| {r['method']} | {variant} | {s} | {_fmt(r.get('attention_ratio'), 3)} | "
+            f"{_pair(r.get('attention_ratio_short'), r.get('attention_ratio_long'))} | "
             f"{_fmt(r.get('tile_ratio'), 3)} | {_fmt(r['psnr_mu'], 2)} | "
             f"{_fmt(r['ssim_mu'], 4)} | "
             f"{_fmt(r['psnr_linear'], 2)} | {_fmt(r['fvvdp'], 3)} | {_fmt(r['twe'], 5)} | "
             f"{_fmt(r['tof'], 4)} | {_fmt(r['psnr_mu_hard'], 2)} | "
             f"{_fmt(r['hard_share'], 3)} | {r['frames']} | {r['clips']} | "
             f"{_fmt(r['ms_per_frame'], 1)} |")
-    lines += ["", "R: the share of positions FGMA attended (the attention ratio); tiles: the "
-              "share of its tiles that held one, what attention costs."]
+    lines += ["", "R: the share of positions FGMA attended (the attention ratio), over all "
+              "windows and over the short- and the long-centred ones; tiles: the share of its "
+              "tiles that held one, what attention costs."]
     return "\n".join(lines)

@@ -299,10 +299,19 @@ def test_attention_ratio_is_what_fgma_attended_over_the_windows(setup):
     frames = torch.from_numpy(np.ascontiguousarray(clip.ldr.transpose(0, 3, 1, 2)))
     exposures = torch.from_numpy(clip.exposures.astype(np.float32))
     attended = positions = 0
+    by_centre = {}
     for t in (2, 3):
         with torch.no_grad():
             _, st = model.forward_with_stats(frames[None, t - 2:t + 3],
                                              exposures[None, t - 2:t + 3], s=15.0)
         attended, positions = attended + sum(st.attended), positions + sum(st.positions)
+        kind = "short" if exposures[t] == exposures[t - 2:t + 3].min() else "long"
+        by_centre[kind] = sum(st.attended) / sum(st.positions)
     clip_a = next(r for r in result["per_clip"] if r["clip"] == "clip_a" and r["s"] == "15")
     assert clip_a["attention_ratio"] == pytest.approx(attended / positions)
+    # one short- and one long-centred window: each side's ratio is its own window's
+    assert set(by_centre) == {"short", "long"}
+    for kind, ratio in by_centre.items():
+        assert clip_a[f"attention_ratio_{kind}"] == pytest.approx(ratio)
+    pooled = next(r for r in result["records"] if r["s"] == "15")
+    assert pooled["attention_ratio_short"] is not None and pooled["attention_ratio_long"] is not None
