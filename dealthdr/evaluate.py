@@ -415,9 +415,9 @@ def _pair(a: float | None, b: float | None) -> str:
 
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (higher is better except TWE, tOF, ms)."""
-    head = ("| method | variant | s | R | R short / long | tiles | PSNR-μ ↑ | SSIM-μ ↑ | PSNR-L ↑ "
-            "| FovVideoVDP (JOD) ↑ | TWE ↓ | tOF ↓ | PSNR-μ hard ↑ | hard share | frames | clips "
-            "| ms/frame |")
+    head = ("| method | variant | s | R | R short / long | tiles | PSNR-μ ↑ | SSIM-μ ↑ "
+            "| PSNR-L ↑ | FovVideoVDP (JOD) ↑ | TWE ↓ | tOF ↓ | PSNR-μ hard ↑ | hard share "
+            "| frames | clips | ms/frame |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     # the checkpoint is named only where two rows of one variant would otherwise look alike
     seen: dict[str, set] = {}

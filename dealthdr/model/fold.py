@@ -2,8 +2,9 @@
 
 Every channel LayerNorm ends in `y * weight + bias` and every ReducedAttn / FFW mixer in
 `project(..) * scale`: full-map multiplies and adds that a delegate runs as separate ops (84
-in `tiny`'s graphs: 36 norms, 12 scales; the routers' norms run on five frames' maps at once). Each one sits next to a 1x1 convolution, so it folds into that convolution's weights
-exactly, as batch norm folds into a conv:
+in `tiny`'s graphs: 36 norms, 12 scales; the routers' norms run on five frames' maps at once).
+Each one sits next to a 1x1 convolution, so it folds into that convolution's weights exactly,
+as batch norm folds into a conv:
   conv(y * g + b) = (W diag(g)) y + (W b + c)        the norm's affine, into every conv it feeds
   conv(x) * s     = (diag(s) W) x + s c              the layer scale, into the conv before it
 What changes is float rounding only (tests/test_fold.py bounds it against the unfolded model on
