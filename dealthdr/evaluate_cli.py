@@ -11,7 +11,8 @@ import torch
 
 from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
 from .cliargs import reuse_freed_memory
-from .evaluate import SHORT_WHITE, baseline_methods, evaluate, markdown_table, model_method
+from .evaluate import SHORT_WHITE, baseline_methods, evaluate, model_method
+from .evaluate_table import markdown_table
 from .fileio import atomic_write_bytes, jsonable
 from .model import VARIANTS
 from .sensitivity import parse_s_list
