@@ -179,10 +179,10 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
         counts = {k: 0 for k in acc}
         hard_sse, hard_n, hard_frames = 0.0, 0, 0
         prev = None
-        used = None if method.usage is None else dict(method.usage)
-        # FGMA's counts split by the centre frame's exposure: one s should select alike for
-        # short- and long-centred windows (D is computed on the frame as captured)
-        by_centre = None if used is None else {c: dict.fromkeys(USAGE, 0) for c in CENTRES}
+        # FGMA's counts on this clip, split by the centre frame's exposure: one s should select
+        # alike for short- and long-centred windows (D is computed on the frame as captured)
+        by_centre = None if method.usage is None else \
+            {c: dict.fromkeys(USAGE, 0) for c in CENTRES}
         elapsed = 0.0  # reconstruction only, not the metrics
         for t in centres:
             args = (window_gt_flows(clip, t, window),) if method.gt_flow else ()
@@ -219,9 +219,7 @@ def evaluate_clip(clip: Clip, methods: list[Method], fvvdp: bool,
                     "checkpoint": method.checkpoint, "s": method.s, "sums": acc, "counts": counts,
                     "frames": len(centres), "pairs": max(len(centres) - 1, 0),
                     "seconds": elapsed,
-                    "usage": None if used is None else {k: method.usage[k] - used[k]
-                                                        for k in USAGE},
-                    "usage_by_centre": by_centre,
+                    "usage": by_centre,
                     "hard": {"sse": hard_sse, "values": hard_n, "frames": hard_frames,
                              "pixels": hard_frames * gt.shape[0] * gt.shape[1]}})
     return out
@@ -266,11 +264,11 @@ def _attention(records: list[dict]) -> dict:
     keys = ("attention_ratio", "tile_ratio", *(f"attention_ratio_{c}" for c in CENTRES))
     if any(r["usage"] is None for r in records):
         return dict.fromkeys(keys)
-    total = {k: sum(r["usage"][k] for r in records) for k in USAGE}
+    total = {k: sum(r["usage"][c][k] for r in records for c in CENTRES) for k in USAGE}
     out = {"attention_ratio": total["attended"] / max(total["positions"], 1),
            "tile_ratio": total["tiles"] / max(total["tiles_total"], 1)}
     for c in CENTRES:
-        parts = [r["usage_by_centre"][c] for r in records]
+        parts = [r["usage"][c] for r in records]
         out[f"attention_ratio_{c}"] = _ratio(sum(p["attended"] for p in parts),
                                              sum(p["positions"] for p in parts))
     return out
