@@ -56,5 +56,7 @@ class FrameHistoryRouter(nn.Module):
     def _head_major(self, t: torch.Tensor, b: int, frames: int) -> torch.Tensor:
         """(B*F, C, H, W) -> (B, heads*F*C/heads, H, W), each head's rows from every frame."""
         _, c, h, w = t.shape
+        if self.heads == 1:  # already head-major: a transpose of a unit dim still exports as
+            return t.reshape(b, frames * c, h, w)  # a copy of the map (a 6-D XNNPACK transpose)
         t = t.reshape(b, frames, self.heads, c // self.heads, h, w).transpose(1, 2)
         return t.reshape(b, self.heads * frames * (c // self.heads), h, w)
