@@ -141,16 +141,7 @@ class FGMA(nn.Module):
         own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
         step = self.graph_chunk if is_tracing() else self.tile_chunk  # bounded memory
         if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
-            queries = torch.cat((_per_neighbour(own, per, a * b), masks), 3)
-            # The halo table is 2.25x the map it is built from (w=5, t=8): built for a group of
-            # whole neighbours at a time, each group's just before its attention (measured at
-            # s=15, 256x256: all four of level 1's at once were the largest XNNPACK call).
-            group = max(1, step // (a * b))
-            packed = []
-            for tiles, fmap in zip(_chunks(queries, group * a * b), _chunks(warped, group)):
-                for q, k in zip(_chunks(tiles, step), _chunks(self.halo_table(fmap), step)):
-                    packed.append(self._attend_masked(_after_last(q, packed), k))
-            return _untile(_cat(packed), num, a, b, h, w)
+            return self._attend_every_tile(own, masks, mask, warped, step)
         if ids.numel() == 0:
             return _zeros(warped, c), _zeros(warped, 1)
         # Selected tiles gather their halo as the 2x2 block of key tiles starting at the tile
@@ -171,6 +162,35 @@ class FGMA(nn.Module):
             packed.append(self._attend_masked(_after_last(queries, packed),
                                               self._gather_halos(keys, rows, b)))
         return self._place(_cat(packed), ids, num, a, b, h, w)
+
+    def _attend_every_tile(self, own: torch.Tensor, masks: torch.Tensor, mask: torch.Tensor,
+                           warped: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph layout's every-tile branch: own (B a b, t, t, C) query tiles per frame,
+        masks (N a b, t, t, 1) M per neighbour. The query side (Proj_q, W_k) runs once per
+        frame and is read by each of its neighbours' chunks, and M travels beside the values
+        instead of as a channel of them: every tile is taken, so the executed mask is M and
+        the branch moves C channels per map where a concatenated mask channel cost copies of
+        the whole query and value tables (at s=15, 256x256: about 37 M copied elements)."""
+        num, c, h, w = warped.shape
+        a, b = tile_grid(h, w, self.tile)
+        per_item, per = a * b, num // (own.shape[0] // (a * b))
+        qk = self._query_keys(own)
+        # The halo table is 2.25x the map it is built from (w=5, t=8): built for a group of
+        # whole neighbours at a time, each group's just before its attention (measured at
+        # s=15, 256x256: all four of level 1's at once were the largest XNNPACK call).
+        group = max(1, step // per_item)
+        packed = []
+        for first, (valid_group, fmap) in enumerate(zip(_chunks(masks, group * per_item),
+                                                        _chunks(warped, group))):
+            items = range(first * group, first * group + fmap.shape[0])
+            # A full slice would export as `alias`: one frame's table is used as it is.
+            query = _cat([qk if qk.shape[0] == per_item else
+                          qk[(n // per) * per_item:(n // per + 1) * per_item] for n in items])
+            for q, valid, keys in zip(_chunks(query, step), _chunks(valid_group, step),
+                                      _chunks(self.halo_table(fmap), step)):
+                valid = _after_last(valid, packed)
+                packed.append(self._attend_qk(q, keys, valid, self.graph_rows) * valid)
+        return tile_rows.untile(_cat(packed), (num, a, b), h, w), mask
 
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
                      ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,9 +289,17 @@ class FGMA(nn.Module):
         alive.
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
         """
-        t, c, g, w = self.tile, self.channels, self.halo, self.window
+        return self._attend_qk(self._query_keys(queries), halos, mask, step)
+
+    def _query_keys(self, queries: torch.Tensor) -> torch.Tensor:
+        """(K, t, t, C) query features -> Proj_q(q) W_k / sqrt(d), what meets the raw keys."""
         q = _rowwise(self.proj_q, queries)                              # Eq. 7, Proj_q
-        qk = (q @ self.proj_k.weight) * (c ** -0.5)                     # W_k folded in
+        return (q @ self.proj_k.weight) * (self.channels ** -0.5)       # W_k folded in
+
+    def _attend_qk(self, qk: torch.Tensor, halos: torch.Tensor, mask: torch.Tensor | None,
+                   step: int) -> torch.Tensor:
+        """`_attend_tiles` from the query side `_query_keys` on."""
+        t, c, g, w = self.tile, self.channels, self.halo, self.window
         # The constant-1 channel is derived from M in exported graphs: M stays float under
         # int8 (a mask statistic), while a constant computed from the quantized qk gets a
         # degenerate int8 range and the XNNPACK program fails to load.
@@ -381,13 +409,13 @@ def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
     return fmap[:, :-1], fmap[:, -1:]
 
 
-def _per_neighbour(x: torch.Tensor, per: int, rows: int = 1) -> torch.Tensor:
-    """Each item of x (its `rows` leading rows) repeated `per` times, in order. A concat when x
-    holds one item (what export sees): `repeat_interleave` exports as a portable expand copy,
-    outside the delegate."""
-    if x.shape[0] == rows:
+def _per_neighbour(x: torch.Tensor, per: int) -> torch.Tensor:
+    """Each item of x repeated `per` times, in order. A concat when x holds one item (what
+    export sees): `repeat_interleave` exports as a portable expand copy, outside the
+    delegate."""
+    if x.shape[0] == 1:
         return x if per == 1 else torch.cat([x] * per)
-    return x.unflatten(0, (-1, rows)).repeat_interleave(per, 0).flatten(0, 1)
+    return x.repeat_interleave(per, 0)
 
 
 def _rowwise(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
