@@ -193,6 +193,25 @@ def test_exported_full_bucket_is_dense():
     assert not {"aten.index_select.default", "aten.scatter.src", "aten.topk.default"} & ops
 
 
+def test_exported_dense_bucket_projects_each_frames_queries_once():
+    """Every tile taken, one chunk per neighbour: the query side (Proj_q, then W_k) runs once
+    for the frame, not once per neighbour's chunk, and the output is the plain graph's."""
+    branch = _Branch(math.inf, None)
+    branch.fgma.graph_chunk = 12                        # 12x14 in 4x4 tiles: 3 x 4 per map
+    args = _inputs(per=3)
+    with torch.no_grad():
+        ep = torch.export.export(branch.eval(), args)
+        assert torch.allclose(ep.module()(*args)[0], branch(*args)[0], atol=1e-6)
+    weights = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs
+               if spec.target is not None}
+    uses = [weights.get(getattr(a, "name", None)) for n in ep.graph.nodes
+            if n.op == "call_function" for a in n.args]
+    assert uses.count("fgma.proj_q.weight") == 1 and uses.count("fgma.proj_k.weight") == 1
+    assert uses.count("fgma.proj_v.weight") == 3        # one per neighbour's chunk
+    bmms = [n for n in ep.graph.nodes if "bmm" in str(n.target)]
+    assert len(bmms) == 3 * 2 * 2                       # 3 chunks x 2 steps x (scores, values)
+
+
 def test_exported_bucket_pads_only_where_the_map_is_not_whole_tiles():
     """A no-op pad still exports as a pad op, and XNNPACK refuses a quantized one at load time
     (the int8 long-centre programs of attention buckets did): at a size of whole tiles the

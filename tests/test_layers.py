@@ -109,3 +109,21 @@ def test_replicate_pad_equals_f_pad_replicate():
     x = torch.randn(2, 3, 7, 9)
     for r in (0, 1, 5):
         assert torch.equal(replicate_pad(x, r), F.pad(x, (r, r, r, r), mode="replicate"))
+
+
+def test_one_head_router_exports_no_head_major_transpose():
+    """With one head the keys and values are head-major as they stand: the exported router
+    transposes only the keys of its score matmul (a transpose of a unit dim exports as a copy
+    of the map), and routes as the multi-head rearrangement does."""
+    router = FrameHistoryRouter(8, 1, 2.0).eval()
+    g = torch.Generator().manual_seed(4)
+    x, others = torch.randn(1, 8, 6, 6, generator=g), torch.randn(4, 8, 6, 6, generator=g)
+    with torch.no_grad():
+        ep = torch.export.export(router, (x, others))
+        assert torch.allclose(ep.module()(x, others), router(x, others), atol=1e-6)
+        keys = router.to_k(router.norm(torch.cat((x, others))))
+        spread = keys.reshape(1, 5, 1, 8, 6, 6).transpose(1, 2).reshape(1, 40, 6, 6)
+        assert torch.equal(router._head_major(keys, 1, 5), spread)
+    moves = [n for n in ep.graph.nodes if n.op == "call_function"
+             and any(k in str(n.target) for k in ("transpose", "permute"))]
+    assert len(moves) == 1
