@@ -31,6 +31,7 @@ from dealthdr.export.config import ExecuTorchConfig, parse_config
 from dealthdr.export.coverage import coverage
 from dealthdr.export.gate import pending_gate, run_gate
 from dealthdr.export.order import program_order
+from dealthdr.export.provenance import shared_provenance
 from dealthdr.export.rewrites import apply_rewrites
 from dealthdr.export.stream import (export_stream, gate_stream, program_methods, recorded_methods,
                                     signatures, stream_record)
@@ -66,13 +67,14 @@ def lower(programs: dict, backend: str, precision: str = "fp32", rewrite: bool =
 
     if rewrite:
         programs = {k: apply_rewrites(v) for k, v in programs.items()}
-    with program_order():
-        edge = to_edge_transform_and_lower(programs, partitioner=partitioners(backend, precision),
-                                           compile_config=EdgeCompileConfig(
-                                               _check_ir_validity=False))
-    cov = {k: coverage(edge.exported_program(k)) for k in programs}
-    planning = MemoryPlanningPass(alloc_graph_input=not caller_inputs)
-    return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning)), cov
+    with shared_provenance():
+        with program_order():
+            edge = to_edge_transform_and_lower(
+                programs, partitioner=partitioners(backend, precision),
+                compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        cov = {k: coverage(edge.exported_program(k)) for k in programs}
+        planning = MemoryPlanningPass(alloc_graph_input=not caller_inputs)
+        return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning)), cov
 
 
 def pte_runner(path: Path, method: str):
