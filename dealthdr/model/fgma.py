@@ -17,12 +17,11 @@ gathers on a tiled layout (when every tile is taken, a halo table built from sta
 the keys, with no gather at all), and the attention of its t*t queries is dense work: one
 batched matmul gives queries their scores against a contiguous slice of halo rows, a constant
 band bias keeps each query's w x w window, and a softmax and a second matmul give the values.
-Eager calls go row by row (w * g scores per query where w^2 are needed, 2.4x for w=5, t=8);
-exported graphs take half a tile per step ((t/2 + w - 1) * g scores per query, one matmul per
-chunk of tiles: fewer, larger ops run faster in a delegate; `_attend_tiles` has the
-measurements). Either way
-the ops are ones every delegate runs well (matmul, softmax, static slices) instead of per-pixel
-gathers, and the cost is a fixed amount per selected tile, so the branch is linear in the
+Each step takes half a tile's query rows ((t/2 + w - 1) * g scores per query where w^2 are
+needed; `_attend_tiles` has the measurements): exported graphs as two matmuls and a softmax
+per chunk of tiles, ops every delegate runs well, instead of per-pixel gathers;
+eager calls as torch's fused attention kernel, which keeps no score matrix. Either way the
+work is dense, and the cost is a fixed amount per selected tile, so the branch is linear in the
 number of selected tiles.
 
 Key and value projections are folded into the query side, exactly:
@@ -79,37 +78,35 @@ class FGMA(nn.Module):
             tiles of `tiny`'s level 1 at 256x256). Chunks of 1024 tiles: measured on that
             level's exported branch (XNNPACK, one thread, whole tiles per step), peak RSS 285 MB
             instead of 446 MB and 171 ms instead of 188 ms.
-        graph_rows: query rows of a tile per attention step in exported graphs, a divisor of
-            `tile` (default: half the tile, or the tile when it is odd; eager mode always takes
-            1). See `_attend_tiles`.
+        step_rows: query rows of a tile per attention step, a divisor of `tile` (default:
+            half the tile, or the tile when it is odd). See `_attend_tiles`.
 
     Attribute `eager_rows` (default True): eager calls move tiles on the row layout of
     `tile_rows`; False runs the exported graph's layout eagerly (tests compare the two).
     """
 
     def __init__(self, channels: int, window: int, tile: int = 8, tile_chunk: int = 512,
-                 graph_chunk: int = 1024, graph_rows: int | None = None) -> None:
+                 graph_chunk: int = 1024, step_rows: int | None = None) -> None:
         super().__init__()
         if window % 2 == 0 or 2 * (window // 2) > tile:
             raise ValueError(f"window must be odd and 2 * (window // 2) <= tile, got window "
                              f"{window}, tile {tile}")
-        if graph_rows is None:
-            graph_rows = tile // 2 if tile % 2 == 0 else tile
-        if graph_rows < 1 or tile % graph_rows:
-            raise ValueError(f"graph_rows must divide the tile, got {graph_rows} for tile {tile}")
+        if step_rows is None:
+            step_rows = tile // 2 if tile % 2 == 0 else tile
+        if step_rows < 1 or tile % step_rows:
+            raise ValueError(f"step_rows must divide the tile, got {step_rows} for tile {tile}")
         self.channels = channels
         self.window = window
         self.tile = tile
         self.tile_chunk = tile_chunk
         self.graph_chunk = graph_chunk
-        self.graph_rows = graph_rows
+        self.step_rows = step_rows
         self.eager_rows = True
         self.proj_q = nn.Linear(channels, channels)
         self.proj_k = nn.Linear(channels, channels)
         self.proj_v = nn.Linear(channels, channels)
         self.register_buffer("mean_kernel", torch.full((1, 3, 1, 1), 1.0 / 3), persistent=False)
-        self.register_buffer("band", _band_bias(tile, window), persistent=False)
-        self.register_buffer("band_graph", _band_bias(tile, window, graph_rows), persistent=False)
+        self.register_buffer("band", _band_bias(tile, window, step_rows), persistent=False)
 
     @property
     def out_channels(self) -> int:
@@ -190,13 +187,13 @@ class FGMA(nn.Module):
             for q, valid, keys in zip(_chunks(query, step), _chunks(valid_group, step),
                                       _chunks(self.halo_table(fmap), step)):
                 valid = _after_last(valid, packed)
-                packed.append(self._attend_qk(q, keys, valid, self.graph_rows) * valid)
+                packed.append(self._attend_qk(q, keys, valid) * valid)
         return tile_rows.untile(_cat(packed), (num, a, b), h, w), mask
 
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
                      ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`attend` on the eager layouts (`tile_rows`): the same tiles, windows and arithmetic,
-        so the same numbers, row by row, with work proportional to the selected tiles."""
+        so the same numbers, with work proportional to the selected tiles."""
         num, c, h, w = warped.shape
         t, per = self.tile, num // current.shape[0]
         a, b = tile_grid(h, w, t)
@@ -273,32 +270,35 @@ class FGMA(nn.Module):
         return rows.reshape(num * a * b, g * g, c + 1)
 
     def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor,
-                      mask: torch.Tensor | None = None, step: int = 1) -> torch.Tensor:
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of every query of K tiles over its window.
 
         queries: (K, t, t, C) features; halos: (K, g * g, C + 1) keys and bias; mask: the
         tiles' M (K, t, t, 1) where the graph has it. Query rows y .. y + R - 1 of a tile see
         halo rows y .. y + R + w - 2, one contiguous slice of keys: one matmul per step gives
         those R t queries their scores there (the border bias comes in through a constant-1
-        query channel), and a constant band bias keeps each query's w x w window. R = `step`:
-        1 (row by row) scores w g keys per query where w^2 are needed, R = t (the tile at once)
-        g^2: more arithmetic in fewer, larger matmuls. Measured at level-1 shapes (4096 tiles,
-        C=16, w=5, t=8, one thread): torch eager R=1 116 ms, R=t 263 ms, so eager runs row by
-        row; XNNPACK, medians of 12 interleaved runs of the exported branch, R=8 190 ms, R=4
-        168 ms, R=2 166 ms, so exported graphs take half a tile per step (`graph_rows`):
+        query channel), and a constant band bias keeps each query's w x w window. R =
+        `step_rows`: 1 (row by row) scores w g keys per query where w^2 are needed, R = t (the
+        tile at once) g^2: more arithmetic in fewer, larger ops. Measured at level-1 shapes
+        (4096 tiles, C=16, w=5, t=8, one thread): XNNPACK, medians of 12 interleaved runs of
+        the exported branch, R=8 190 ms, R=4 168 ms, R=2 166 ms; so half a tile per step,
         (R + w - 1) g = 96 keys per query instead of 144, two steps, a third of the scores
-        alive.
+        alive. Torch eager runs a step as `scaled_dot_product_attention` (fused: no score
+        matrix in memory, forward or backward), R=4 76 ms against 89-94 ms at R=2 and
+        87-99 ms at R=8, and 92-103 ms for the bmm/softmax/bmm form row by row; the whole
+        FGMA forward + backward of a training batch (4 x 4 neighbours, 64x64, C=16) 110 ms
+        against that form's 148 ms.
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
         """
-        return self._attend_qk(self._query_keys(queries), halos, mask, step)
+        return self._attend_qk(self._query_keys(queries), halos, mask)
 
     def _query_keys(self, queries: torch.Tensor) -> torch.Tensor:
         """(K, t, t, C) query features -> Proj_q(q) W_k / sqrt(d), what meets the raw keys."""
         q = _rowwise(self.proj_q, queries)                              # Eq. 7, Proj_q
         return (q @ self.proj_k.weight) * (self.channels ** -0.5)       # W_k folded in
 
-    def _attend_qk(self, qk: torch.Tensor, halos: torch.Tensor, mask: torch.Tensor | None,
-                   step: int) -> torch.Tensor:
+    def _attend_qk(self, qk: torch.Tensor, halos: torch.Tensor,
+                   mask: torch.Tensor | None) -> torch.Tensor:
         """`_attend_tiles` from the query side `_query_keys` on."""
         t, c, g, w = self.tile, self.channels, self.halo, self.window
         # The constant-1 channel is derived from M in exported graphs: M stays float under
@@ -306,10 +306,7 @@ class FGMA(nn.Module):
         # degenerate int8 range and the XNNPACK program fails to load.
         one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
         qk = torch.cat((qk, one), 3)                                    # picks up the bias
-        k = qk.shape[0]
-        band = self.band if step == 1 else self.band_graph
-        if band.shape[0] != step * t:
-            raise ValueError(f"no band bias for {step} rows per step")
+        k, step, band, fused = qk.shape[0], self.step_rows, self.band, not is_tracing()
         parts = []
         # Only one step's scores are alive at a time: in eager mode by the loop, in exported
         # graphs by tying each step (and each chunk, in `attend`) to the one before. A delegate
@@ -322,9 +319,15 @@ class FGMA(nn.Module):
             # full slice would export as `alias`, which Core ML refuses.
             keys = halos if step == t else halos[:, y * g:(y + step + w - 1) * g]
             rows = _after_last(qk if step == t else qk[:, y:y + step], parts)
-            scores = torch.bmm(rows.reshape(k, step * t, c + 1), keys.transpose(1, 2))
-            attn = torch.softmax(scores + band, dim=-1)                 # Eq. 8
-            parts.append(torch.bmm(attn, keys).reshape(k, step, t, c + 1))
+            rows = rows.reshape(k, step * t, c + 1)
+            if fused:  # Eq. 8 as one kernel that keeps no score matrix (eager: torch's SDPA)
+                keys = keys.unsqueeze(1)
+                out = F.scaled_dot_product_attention(rows.unsqueeze(1), keys, keys,
+                                                     attn_mask=band, scale=1.0)
+            else:
+                attn = torch.softmax(torch.bmm(rows, keys.transpose(1, 2)) + band, dim=-1)
+                out = torch.bmm(attn, keys)                             # Eq. 8
+            parts.append(out.reshape(k, step, t, c + 1))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         return _rowwise(self.proj_v, out[..., :c])                      # W_v folded out
 
@@ -333,7 +336,7 @@ class FGMA(nn.Module):
         F_att * M and M, what `_place` and `_untile` move."""
         c = self.channels
         valid = queries[..., c:]
-        values = self._attend_tiles(queries[..., :c], halos, valid, self.graph_rows)
+        values = self._attend_tiles(queries[..., :c], halos, valid)
         return torch.cat((values * valid, valid), 3)
 
     def _place(self, packed: torch.Tensor, ids: torch.Tensor, num: int, a: int, b: int,
