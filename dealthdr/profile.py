@@ -4,6 +4,7 @@ torch's FlopCounterMode counts convolutions and matmuls only. FGMA's cost also l
 counts as 0, so they are added here with stated conventions (FLOPs; a MAC is 2 FLOPs):
   grid_sample / bilinear upsample: 8 per output value (4 taps, weight and accumulate)
   softmax: 5 per element (max, subtract, exp, sum, divide)
+  fused attention (torch's CPU kernel): its two matmuls, mask add and softmax, as above
   topk: n * ceil(log2 k) comparisons per row
   gather / index / index_put / scatter: 1 per value moved (address arithmetic)
   pointwise arithmetic and comparisons: 1 per output element (GELU 8: erf)
@@ -58,6 +59,14 @@ def _index_put(x_shape, indices, values_shape, *args, out_shape=None, **kwargs) 
     return _numel(values_shape)
 
 
+def _fused_attention(q_shape, k_shape, v_shape, *args, attn_mask=None, out_shape=None,
+                     **kwargs) -> int:
+    """torch's CPU attention kernel, counted as what it fuses: q k^T and a v (2 per MAC), the
+    mask add (1 per score) and the softmax (5 per score), the counts of the unfused form."""
+    scores = _numel(q_shape[:-1]) * k_shape[-2]
+    return scores * (2 * q_shape[-1] + 2 * v_shape[-1] + 5 + (attn_mask is not None))
+
+
 _POINTWISE = ["add", "sub", "mul", "div", "relu", "rsqrt", "abs", "clamp", "clamp_min",
               "pow", "where", "gt", "lt", "ge", "le", "eq", "bitwise_and", "remainder",
               "floor_divide", "exp", "neg", "sqrt", "sigmoid"]
@@ -70,6 +79,7 @@ EXTRA_FLOP_FORMULAS = {
     aten.gather: _per_output(1),
     aten.index: _per_output(1),
     aten.index_select: _per_output(1),
+    aten._scaled_dot_product_flash_attention_for_cpu: _fused_attention,
     aten.index_put: _index_put,
     aten.index_put_: _index_put,
     aten._index_put_impl_: _index_put,

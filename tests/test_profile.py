@@ -24,6 +24,23 @@ def test_ops_torch_counts_as_zero_are_counted():
     assert extra.get_total_flops() >= 8 * x.numel()
 
 
+def test_fused_attention_counts_as_its_unfused_form():
+    """Eager FGMA runs torch's fused CPU attention kernel; counted as the matmuls, mask add
+    and softmax it replaces, whichever form ran."""
+    from torch.utils.flop_counter import FlopCounterMode
+    q, k, mask = torch.rand(6, 1, 32, 17), torch.rand(6, 1, 96, 17), torch.rand(32, 96)
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    fused = flops(lambda: torch.nn.functional.scaled_dot_product_attention(
+        q, k, k, attn_mask=mask, scale=1.0))
+    unfused = flops(lambda: torch.softmax(q @ k.transpose(-1, -2) + mask, -1) @ k)
+    assert fused == unfused > 0
+
+
 def test_flops_grow_linearly_with_the_tile_ratio():
     model = create_model("tiny").eval()
     frames, exposures, _ = make_clip(64, 64)
