@@ -38,9 +38,10 @@ Two mask policies select the tiles, sharing everything else:
     do, the least inconsistent tiles fall back to flow. K = all tiles (s=inf) selects nothing:
     exported graphs then take every tile by static slices, with no gather or scatter at all.
 
-Eager calls move the same tiles on `tile_rows`' layouts (per-tile gathers for selected tiles,
-halo rows of the channels-last key map when every tile is taken) instead of the graph's halo
-table: identical arithmetic, less data movement, forward and backward.
+Exported graphs move tiles as rows of tiled tables (`fgma_graph.py`: the halo table, row
+gathers and a slot-map scatter). Eager calls move the same tiles on `tile_rows`' layouts
+(per-tile gathers for selected tiles, halo rows of the channels-last key map when every tile is
+taken): identical arithmetic, less data movement, forward and backward.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tile_rows
+from .fgma_graph import GraphLayout, after_last, cat, chunks, zeros
 from .fgma_mask import (DENSE_FROM, attention_mask, bucket_tiles, consistency_difference,
                         select_bucket, select_dynamic, tile_grid, tile_max)
 from .inputs import after, is_tracing
@@ -63,7 +65,7 @@ __all__ = ["FGMA", "DENSE_FROM", "attention_mask", "bucket_tiles", "consistency_
 _NEG = -1e4  # "minus infinity" that stays finite in fp16
 
 
-class FGMA(nn.Module):
+class FGMA(GraphLayout, nn.Module):
     """Flow-guided masked attention for one decoder level, all neighbours in one batch.
 
     Args:
@@ -130,66 +132,7 @@ class FGMA(nn.Module):
         """
         if self.eager_rows and not is_tracing():
             return self._attend_rows(current, warped, mask, ids)
-        num, c, h, w = warped.shape
-        t, per = self.tile, num // current.shape[0]
-        a, b = tile_grid(h, w, t)
-        # Query features tiled once per frame, not once per neighbour: a copy per neighbour
-        # is a map-sized table (and a portable expand) for what the tile ids can address.
-        own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
-        step = self.graph_chunk if is_tracing() else self.tile_chunk  # bounded memory
-        if ids is None:  # every tile, in order: the halo table is the keys, no gather, no scatter
-            return self._attend_every_tile(own, masks, mask, warped, step)
-        if ids.numel() == 0:
-            return _zeros(warped, c), _zeros(warped, 1)
-        # Selected tiles gather their halo as the 2x2 block of key tiles starting at the tile
-        # (t + 2r <= 2t): four row gathers from a table the size of the map, where a halo table
-        # would be 2.25x the map (for w=5, t=8) whatever the number of selected tiles.
-        keys = tile_rows.tiles_last(self.key_map(warped), t)            # (N (a+1) (b+1), ...)
-        keys = keys.reshape(keys.shape[0], -1)
-        # Its key-grid row, computed in int64 and cast to int32: coremltools computes // and %
-        # in fp32 and refuses float gather indices; a cast between two int types survives
-        # export (int32 -> int32 would be dropped as a no-op).
-        flat = ids.long()
-        block = (flat + (flat // (a * b)) * (a + b + 1) + (flat % (a * b)) // b).to(torch.int32)
-        frame = tile_rows.frame_tiles(flat, a * b, per).to(torch.int32)
-        packed = []
-        for part, rows, mine in zip(_chunks(ids, step), _chunks(block, step),
-                                    _chunks(frame, step)):
-            queries = torch.cat((own.index_select(0, mine), masks.index_select(0, part)), 3)
-            packed.append(self._attend_masked(_after_last(queries, packed),
-                                              self._gather_halos(keys, rows, b)))
-        return self._place(_cat(packed), ids, num, a, b, h, w)
-
-    def _attend_every_tile(self, own: torch.Tensor, masks: torch.Tensor, mask: torch.Tensor,
-                           warped: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The graph layout's every-tile branch: own (B a b, t, t, C) query tiles per frame,
-        masks (N a b, t, t, 1) M per neighbour. The query side (Proj_q, W_k) runs once per
-        frame and is read by each of its neighbours' chunks, and M travels beside the values
-        instead of as a channel of them: every tile is taken, so the executed mask is M and
-        the branch moves C channels per map where a concatenated mask channel cost copies of
-        the whole query and value tables (counted in the lowered s=15 graph at 256x256: 32 M
-        fewer elements through the delegate's slices, concatenations and transposes)."""
-        num, c, h, w = warped.shape
-        a, b = tile_grid(h, w, self.tile)
-        per_item, per = a * b, num // (own.shape[0] // (a * b))
-        qk = self._query_keys(own)
-        # The halo table is 2.25x the map it is built from (w=5, t=8): built for a group of
-        # whole neighbours at a time, each group's just before its attention (measured at
-        # s=15, 256x256: all four of level 1's at once were the largest XNNPACK call).
-        group = max(1, step // per_item)
-        packed = []
-        for first, (valid_group, fmap) in enumerate(zip(_chunks(masks, group * per_item),
-                                                        _chunks(warped, group))):
-            items = range(first * group, first * group + fmap.shape[0])
-            # A full slice would export as `alias`: one frame's table is used as it is.
-            query = _cat([qk if qk.shape[0] == per_item else
-                          qk[(n // per) * per_item:(n // per + 1) * per_item] for n in items])
-            for q, valid, keys in zip(_chunks(query, step), _chunks(valid_group, step),
-                                      _chunks(self.halo_table(fmap), step)):
-                valid = _after_last(valid, packed)
-                packed.append(self._attend_qk(q, keys, valid) * valid)
-        return tile_rows.untile(_cat(packed), (num, a, b), h, w), mask
-
+        return self._attend_graph(current, warped, mask, ids)
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
                      ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`attend` on the eager layouts (`tile_rows`): the same tiles, windows and arithmetic,
@@ -199,7 +142,7 @@ class FGMA(nn.Module):
         a, b = tile_grid(h, w, t)
         grid = (num, a, b)
         if ids is not None and ids.numel() == 0:
-            return _zeros(warped, c), _zeros(warped, 1)
+            return zeros(warped, c), zeros(warped, 1)
         count, r = num * a * b, self.window // 2
         parts = []
         if ids is None:  # every tile: channels-last tables, one index_select per halo
@@ -207,14 +150,14 @@ class FGMA(nn.Module):
             keys = self.key_map(warped)
             size = keys.shape[1:3]
             keys = keys.reshape(-1, c + 1)
-            for part in _chunks(torch.arange(count, device=warped.device), self.tile_chunk):
+            for part in chunks(torch.arange(count, device=warped.device), self.tile_chunk):
                 queries = own.index_select(0, tile_rows.frame_tiles(part, a * b, per))
                 halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
                 values = self._attend_tiles(queries, halos.view(part.shape[0], -1, c + 1))
                 parts.append(values * masks.index_select(0, part))
-            attended = tile_rows.untile(_cat(parts), grid, h, w)
+            attended = tile_rows.untile(cat(parts), grid, h, w)
         else:  # selected tiles: gathered where they lie, no table of the whole map
-            for part in _chunks(ids, self.tile_chunk):
+            for part in chunks(ids, self.tile_chunk):
                 at = tile_rows.tile_coords(part, grid, t, 0, t)
                 item, rows, cols = at
                 halos = tile_rows.gather_halo(
@@ -240,34 +183,8 @@ class FGMA(nn.Module):
         a, b = tile_grid(h, w, t)
         pad = (0, 0, r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
         feats = F.pad(warped.permute(0, 2, 3, 1), pad)
-        border = F.pad(_zeros(warped, 1).permute(0, 2, 3, 1), pad, value=_NEG)
+        border = F.pad(zeros(warped, 1).permute(0, 2, 3, 1), pad, value=_NEG)
         return torch.cat((feats, border), 3)
-
-    def _gather_halos(self, keys: torch.Tensor, rows: torch.Tensor, b: int) -> torch.Tensor:
-        """(K, g * g, C + 1) halos of the tiles whose key blocks start at `rows` of the tiled key
-        table (one row per tile of the (a + 1) x (b + 1) key grid)."""
-        t, g, c1 = self.tile, self.halo, self.channels + 1
-        quad = [keys.index_select(0, rows + o).reshape(-1, t, t, c1) for o in (0, 1, b + 1, b + 2)]
-        block = torch.cat((torch.cat(quad[:2], 2), torch.cat(quad[2:], 2)), 1)  # (K, 2t, 2t, ..)
-        if g < 2 * t:  # a no-op slice would export as `alias` (Core ML refuses)
-            block = block[:, :g, :g]
-        return block.reshape(-1, g * g, c1)
-
-    def halo_table(self, warped: torch.Tensor) -> torch.Tensor:
-        """(N * a * b, g * g, C + 1): per tile, every key its queries can see (the tile grown by
-        r on each side, g = t + 2r), channels last, with an additive bias channel that is 0
-        inside the image and minus infinity outside. Built from static slices of the key map
-        (rows of tile i and the first 2r rows of tile i + 1, then the same for columns); used
-        when every tile is taken, where it is exactly the keys."""
-        num, c, h, w = warped.shape
-        t, r, g = self.tile, self.window // 2, self.halo
-        a, b = tile_grid(h, w, t)
-        fmap = self.key_map(warped).reshape(num, (a + 1) * t, b + 1, t, c + 1)
-        cols = torch.cat((fmap[:, :, :b], fmap[:, :, 1:, :2 * r]), 3)   # (N, H', b, g, C+1)
-        rows = cols.reshape(num, a + 1, t, b * g * (c + 1))
-        rows = torch.cat((rows[:, :a], rows[:, 1:, :2 * r]), 2)          # (N, a, g, b g (C+1))
-        rows = rows.reshape(num * a, g, b, g * (c + 1)).permute(0, 2, 1, 3)  # 5-D at most
-        return rows.reshape(num * a * b, g * g, c + 1)
 
     def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -318,7 +235,7 @@ class FGMA(nn.Module):
             # export as select/expand/unsqueeze copies, which XNNPACK does not delegate. A
             # full slice would export as `alias`, which Core ML refuses.
             keys = halos if step == t else halos[:, y * g:(y + step + w - 1) * g]
-            rows = _after_last(qk if step == t else qk[:, y:y + step], parts)
+            rows = after_last(qk if step == t else qk[:, y:y + step], parts)
             rows = rows.reshape(k, step * t, c + 1)
             if fused:  # Eq. 8 as one kernel that keeps no score matrix (eager: torch's SDPA)
                 keys = keys.unsqueeze(1)
@@ -330,33 +247,6 @@ class FGMA(nn.Module):
             parts.append(out.reshape(k, step, t, c + 1))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         return _rowwise(self.proj_v, out[..., :c])                      # W_v folded out
-
-    def _attend_masked(self, queries: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
-        """The graph layout's tiles: queries (K, t, t, C + 1) features and M -> (K, t, t, C + 1)
-        F_att * M and M, what `_place` and `_untile` move."""
-        c = self.channels
-        valid = queries[..., c:]
-        values = self._attend_tiles(queries[..., :c], halos, valid)
-        return torch.cat((values * valid, valid), 3)
-
-    def _place(self, packed: torch.Tensor, ids: torch.Tensor, num: int, a: int, b: int,
-               h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scatter K tiles of (t, t, C + 1) into a zero tile map, as a gather.
-
-        A slot map holds, per tile, 1 + the index of the selected tile placed there, or 0;
-        the map is then one `index_select` from [zero row; rows]. That is one int32 scatter of
-        K entries instead of a scatter of K tiles of floats, and it is out of place: an in-place
-        write into a view is invisible to graph passes that copy the target (pt2e put a
-        quantize/dequantize pair after a zero map, the write landed in the dropped original,
-        and int8 graphs lost their attention branch). Tile ids are unique in both policies."""
-        rows = packed.reshape(packed.shape[0], -1)
-        # Everything derived from tensors, nothing from `zeros`/`arange` of static shape: an
-        # exporter folds those into stored constants (see `_zeros`). Int64 scatter indices:
-        # torch and ONNX ScatterElements take no other type.
-        empty = (rows[:1, :1] * 0).to(torch.int32).expand(num * a * b, 1).reshape(-1)
-        slot = empty.scatter(0, ids.long(), torch.cumsum(ids * 0 + 1, 0, dtype=torch.int32))
-        tiles = torch.cat((rows[:1] * 0.0, rows)).index_select(0, slot)
-        return _untile(tiles.reshape(-1, *packed.shape[1:]), num, a, b, h, w)
 
     def forward(self, current: torch.Tensor, neighbours: torch.Tensor,
                 flow_t_to_n: torch.Tensor, flow_n_to_t: torch.Tensor, image_t: torch.Tensor,
@@ -381,10 +271,10 @@ class FGMA(nn.Module):
             flow_t_to_n = after(flow_t_to_n, d)
         warped = flow_warp(neighbours, flow_t_to_n)                 # Eq. 8, F_flow
         if s == 0 or budget == 0:
-            mask = _zeros(warped, 1)
-            return torch.cat((warped, mask, _zeros(warped, self.channels)), dim=1), mask
+            mask = zeros(warped, 1)
+            return torch.cat((warped, mask, zeros(warped, self.channels)), dim=1), mask
         if d is None:  # s = inf: M is everywhere, no D needed, every tile is taken
-            mask, ids = _zeros(warped, 1) + 1.0, None
+            mask, ids = zeros(warped, 1) + 1.0, None
         else:
             mask = attention_mask(d, s)
             ids = select_dynamic(mask, self.tile) if budget is None else \
@@ -406,13 +296,6 @@ def _band_bias(tile: int, window: int, rows: int = 1) -> torch.Tensor:
     return torch.where(inside, 0.0, _NEG)
 
 
-def _untile(tiles: torch.Tensor, num: int, a: int, b: int, h: int, w: int,
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N a b, t, t, C + 1) -> F_att (N, C, h, w) and the executed mask (N, 1, h, w)."""
-    fmap = tile_rows.untile(tiles, (num, a, b), h, w)
-    return fmap[:, :-1], fmap[:, -1:]
-
-
 def _per_neighbour(x: torch.Tensor, per: int) -> torch.Tensor:
     """Each item of x repeated `per` times, in order. A concat when x holds one item (what
     export sees): `repeat_interleave` exports as a portable expand copy, outside the
@@ -428,28 +311,3 @@ def _rowwise(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     tiny matrices (2.1 M copied elements per chunk of level-1 tiles); on 2-D rows it is one
     fully connected op."""
     return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.out_features)
-
-
-def _after_last(x: torch.Tensor, done: list[torch.Tensor]) -> torch.Tensor:
-    """x computed after the last of `done` in exported graphs (see `_attend_tiles`)."""
-    return after(x, done[-1]) if done else x
-
-
-def _chunks(x: torch.Tensor, step: int) -> list[torch.Tensor]:
-    """`x` split along dim 0 into pieces of `step` rows; whole when it fits (a full slice would
-    export as `alias`). Slices, not `split`: XNNPACK takes slices, while `split` exports as a
-    portable copy of every piece."""
-    n = x.shape[0]
-    return [x] if step >= n else [x[i:i + step] for i in range(0, n, step)]
-
-
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _zeros(like: torch.Tensor, channels: int) -> torch.Tensor:
-    """Zeros shaped like the first `channels` channels of `like`, computed from it: an exporter
-    folds a `zeros_like` of static shape into a stored constant (14.6 MB of zeros per Core ML
-    function at 256x256 for the tiny variant), while `x * 0` costs one pass and no storage."""
-    part = like if channels == like.shape[1] else like[:, :channels]  # a full slice exports
-    return part * 0.0                                                  # as `alias` (rejected)
