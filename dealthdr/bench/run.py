@@ -33,7 +33,7 @@ from dealthdr.bench.stats import latency_stats, percentile
 from dealthdr.cliargs import parse_sizes
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.sensitivity import parse_s_texts
-from dealthdr.sysinfo import cpu_model
+from dealthdr.sysinfo import cpu_model, source_commit
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def add_parser(sub) -> None:
 
 
 def host_fields(device: str) -> dict:
-    return {"device": device, "cpu": cpu_model(), "os": f"{platform.system()} {platform.release()}"}
+    return {"device": device, "cpu": cpu_model(), "os": f"{platform.system()} {platform.release()}",
+            "commit": source_commit()}
 
 
 def streamed_flops(window: dict, frames: int) -> tuple[float | None, dict]:

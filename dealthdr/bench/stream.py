@@ -137,13 +137,6 @@ def _record(cfg: StreamConfig, runs: dict, max_abs: float) -> dict:
             "speedup": summary["windows"]["seconds_median"] / summary["stream"]["seconds_median"],
             "peak_rss_ratio": summary["stream"]["peak_rss_mb_max"]
             / summary["windows"]["peak_rss_mb_max"],
-            "max_abs_stream_vs_windows": max_abs, "commit": _commit(), "machine": machine}
+            "max_abs_stream_vs_windows": max_abs, "commit": machine["commit"],
+            "machine": machine}
 
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
