@@ -504,14 +504,28 @@ def test_tiled_runs_a_program_over_a_larger_frame_and_records_memory_and_seams(a
 
 
 @pytest.mark.e2e   # exporter CLI + ExecuTorch runs
-def test_tiled_export_writes_a_shared_flows_program_that_the_tiled_bench_runs(tmp_path):
+def test_tiled_export_writes_programs_that_reproduce_the_tiled_eager_network(tmp_path):
     """`--tiled-frame`: one frame flows program for every s beside the tile program, named in
-    the tile records; `device_bench tiled` runs the pair and records both."""
-    from dealthdr.export.to_executorch import main as export
+    the tile records. Its guide tiles assemble the frame's guide, its pair_flows method gives
+    the window's flows one neighbour at a time, the tile program's partial sums feed the next
+    pass, the pair matches the tiled eager network, and `device_bench tiled` runs it. One
+    export serves every check: lowering is most of what this costs."""
+    from executorch.runtime import Runtime
 
+    from dealthdr.calib.buckets import FORMAT
+    from dealthdr.calib.windows import make_windows
+    from dealthdr.checkpoint import load_checkpoint, shipped_path
+    from dealthdr.export.tiles import run_program_tiled
+    from dealthdr.export.to_executorch import main as export
+    from dealthdr.model.framestats import pack
+
+    # Buckets that leave every level sparse: the selected-tile branch, gathers and scatter.
+    buckets = tmp_path / "buckets.json"
+    buckets.write_text(json.dumps({"format": FORMAT, "buckets": [
+        {"s": "15", "ratio": [0.5, 0.25, 0.1]}]}))
     out = tmp_path / "et"
-    assert export(["--s-buckets", "0", "--size", "64x64", "--centre", "short",
-                   "--calib-clips", "1", "--tiled-frame", "64x128", "--out", str(out)]) == 0
+    assert export(["--s-buckets", "15", "--size", "64x64", "--centre", "short", "--buckets",
+                   str(buckets), "--tiled-frame", "64x128", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     by_method = {a["method"]: a for a in manifest["artifacts"]}
     tile, flows = by_method["tile_short"], by_method["pair_flows"]
@@ -519,16 +533,49 @@ def test_tiled_export_writes_a_shared_flows_program_that_the_tiled_bench_runs(tm
     assert flows["file"] == "dealthdr_tiny_xnnpack_flows64x128.pte"
     assert flows["s"] == flows["centre"] == "any" and "bucket_k" not in flows
     assert flows["parity"]["passed"] and tile["parity"]["passed"]
+    assert tile["parity"]["max_abs"] < 1e-4
     assert len({a["file"] for a in manifest["artifacts"]}) == 3
+    # The channel attentions' partial sums feed only the last output; tied to where they are
+    # computed, they do not keep q and k alive to the end (untied: 1.35x the window's arena).
+    window = by_method["forward_short"]
+    assert tile["planned_activation_bytes"] < 1.1 * window["planned_activation_bytes"]
+
+    model = load_checkpoint(shipped_path())[0].eval()
+    path, flows_path = out / tile["file"], out / flows["file"]
+    n = tile["tiled"]["sums_length"]
+    win = next(w for w in make_windows("heldout", 64, 128, clips=1, seed=1) if w.centre == "short")
+    program = Runtime.get().load_program(str(flows_path))
+    with torch.no_grad():
+        guide = model.flow_guide(win.frames, win.exposures)
+        ref = model.window_flows(win.frames, win.exposures)
+    left = program.load_method("guide").execute([win.frames[..., :64].contiguous(),
+                                                 win.exposures])[0]
+    assert torch.allclose(left, guide[..., :16], atol=1e-6)     # per position: a crop
+    pair = program.load_method("pair_flows")
+    for row, j in enumerate((0, 1, 3, 4)):       # neighbours in time order around the centre 2
+        got = pair.execute([guide[:, 2].contiguous(), guide[:, j].contiguous()])
+        assert all(torch.allclose(a[0], r[row], atol=1e-4) for a, r in zip(got, ref))
+    del program
+    two = run_program_tiled(path, flows_path, "short", win.frames, win.exposures, 64, n, 4,
+                            passes=2)
+    assert two.tiles == 3 and pack(two.frame_sums).numel() == n
+    one = run_program_tiled(path, flows_path, "short", win.frames, win.exposures, 64, n, 4,
+                            passes=1)
+    assert np.abs(one.hdr - two.hdr).max() > 1e-5   # pass 2 attends with the frame's sums
+    # the two programs swapped, or a centre the tile program lacks, are named
+    with pytest.raises(ValueError, match="not a frame flows program"):
+        run_program_tiled(path, path, "short", win.frames, win.exposures, 64, n, 4)
+    with pytest.raises(ValueError, match="no method tile_long"):
+        run_program_tiled(path, flows_path, "long", win.frames, win.exposures, 64, n, 4)
+
     rec_path = tmp_path / "tiled.json"
-    assert main(["-q", "tiled", str(out / tile["file"]), "--size", "64x128", "--overlap", "8",
+    assert main(["-q", "tiled", str(path), "--size", "64x128", "--overlap", "8",
                  "--out", str(rec_path)]) == 0
     rec = json.loads(rec_path.read_text())
     assert rec["flows_artifact"] == flows["file"] and rec["flows_sha256"] == flows["sha256"]
     assert rec["tiles"] == 3 and rec["psnr_mu_vs_untiled_eager"] > 30
-    (out / flows["file"]).unlink()
-    assert main(["-q", "tiled", str(out / tile["file"]), "--size", "64x128",
-                 "--out", str(rec_path)]) == 2
+    flows_path.unlink()
+    assert main(["-q", "tiled", str(path), "--size", "64x128", "--out", str(rec_path)]) == 2
 
 
 def test_tiled_finds_the_frame_flows_program_its_record_names(tmp_path):
@@ -611,3 +658,20 @@ def test_summary_keeps_variants_apart():
     assert "R per s-bucket, s: s0=0.0000, s15=0.2064" in out
     assert any(ln.startswith("s        torch/eager-cpu") and "s15:450" in ln
                for ln in out.splitlines())
+
+
+def test_records_name_the_commit_they_were_measured_on():
+    import subprocess
+
+    import dealthdr
+    from dealthdr.bench.run import host_fields
+    from dealthdr.sysinfo import machine_record
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(dealthdr.__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = None
+    for rec in (host_fields("host"), machine_record()):
+        assert (rec["commit"] is None if head is None
+                else rec["commit"] in (head, f"{head}-dirty")), rec
