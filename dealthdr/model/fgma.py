@@ -226,7 +226,7 @@ class FGMA(GraphLayout, nn.Module):
         k, step, band, fused = qk.shape[0], self.step_rows, self.band, not is_tracing()
         parts = []
         # Only one step's scores are alive at a time: in eager mode by the loop, in exported
-        # graphs by tying each step (and each chunk, in `attend`) to the one before. A delegate
+        # graphs by tying each step (and each chunk, in `fgma_graph`) to the one before. A delegate
         # partitioner re-sorts the nodes it fuses breadth-first, so untied steps run as "every
         # step's scores, then every softmax": measured at s=15, 8 score matrices of 12.6 MB
         # alive in one XNNPACK call, whose workspace became the program's largest (190 MB).
