@@ -5,8 +5,8 @@ records), and each time a pass re-creates a node, the new record deep-copies the
 whole chain (`torch.fx.traceback.NodeSource.__init__`). Every ExecuTorch edge pass and every
 XNNPACK pass re-creates every node it visits, once per delegate partition, so the chains grow
 by one record per pass and the copies grow with the square of the number of passes. Measured
-on `tiny`'s 64x64 s=15 program (2.7 k nodes, 40 XNNPACK partitions, one thread): 146 s per
-lowering, 119 s with the chains shared, the same .pte bytes.
+on `tiny`'s 64x64 s=15 program (2.7 k nodes, 40 XNNPACK partitions, one thread): 131-146 s
+per lowering, 110-119 s with the chains shared, the same .pte bytes.
 
 The records are never modified once made (passes replace a node's list, they do not edit a
 record's), so a new record may point at the same older records instead of copies of them:
