@@ -137,6 +137,5 @@ def _record(cfg: StreamConfig, runs: dict, max_abs: float) -> dict:
             "speedup": summary["windows"]["seconds_median"] / summary["stream"]["seconds_median"],
             "peak_rss_ratio": summary["stream"]["peak_rss_mb_max"]
             / summary["windows"]["peak_rss_mb_max"],
-            "max_abs_stream_vs_windows": max_abs, "commit": machine["commit"],
-            "machine": machine}
+            "max_abs_stream_vs_windows": max_abs, "machine": machine}
 

@@ -283,7 +283,7 @@ class FGMA(GraphLayout, nn.Module):
         return torch.cat((warped, executed, attended), dim=1), executed
 
 
-def _band_bias(tile: int, window: int, rows: int = 1) -> torch.Tensor:
+def _band_bias(tile: int, window: int, rows: int) -> torch.Tensor:
     """(rows * t, (rows + w - 1) * g) additive bias: 0 where halo position (ky, kx) of a step's
     key slice is in the window of query (qy, qx) of its rows (qy <= ky < qy + w,
     qx <= kx < qx + w), minus infinity elsewhere."""
