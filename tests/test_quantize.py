@@ -406,22 +406,36 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8", "int8.qat-state"]
 
 
-@pytest.mark.slow   # ~2-4 min of coremltools conversion; CI (.ci/run) deselects slow tests
+@pytest.mark.slow   # ~4-6 min of coremltools conversion; CI (.ci/run) deselects slow tests
 def test_qat_cli_coreml_package_is_w8a8_with_fp32_warp(tmp_path):
-    """The Core ML leg (flow-only bucket, the smallest graph): quantize/dequantize ops in the
-    package (W8A8, not fp16), resample kept fp32, numeric parity recorded as pending."""
+    """The Core ML leg, a flow-only bucket and a sparse attention bucket (selected tiles:
+    gathers and the slot-map scatter): quantize/dequantize ops in the package (W8A8, not
+    fp16), resample kept fp32, no map-sized folded constant in any function (an earlier
+    graph's attention buckets stored one each and made the W8A8 package 2.6x the fp16 one),
+    numeric parity recorded as pending."""
+    from dealthdr.calib.buckets import FORMAT
     from dealthdr.quantize.qat import main
 
+    size = 32
+    cal = tmp_path / "buckets.json"
+    cal.write_text(json.dumps({"format": FORMAT, "buckets": [
+        {"s": "0", "ratio": [0, 0, 0]}, {"s": "1", "ratio": [0.5, 0.25, 0.1]}]}))
     out = tmp_path / "ml"
-    assert main(["--size", "32x32", "--s-buckets", "0", "--centre", "short", "--steps", "1",
-                 "--backend", "coreml", "--calib-clips", "1", "--train-clips", "1",
-                 "--parity-clips", "1", "--no-sensitivity", "--out", str(out)]) == 0
+    assert main(["--size", f"{size}x{size}", "--s-buckets", "0,1", "--centre", "short",
+                 "--buckets", str(cal), "--steps", "2", "--backend", "coreml",
+                 "--calib-clips", "1", "--train-clips", "1", "--parity-clips", "1",
+                 "--no-sensitivity", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    (ml,) = [a for a in manifest["artifacts"] if a["backend"] == "coreml"]
-    hist = ml["structure"]["op_histogram"]
-    assert hist.get("quantize", 0) > 0 and hist.get("dequantize", 0) > 0
-    assert ml["structure"]["resample_fp32"] and ml["parity"]["pending"]
-    assert ml["precision"] == "int8" and (out / ml["file"]).is_dir()
+    rows = {a["s"]: a for a in manifest["artifacts"] if a["backend"] == "coreml"}
+    assert sorted(rows) == ["0", "1"]
+    assert rows["1"]["structure"]["op_histogram"].get("topk", 0) > 0  # tiles are selected
+    for ml in rows.values():
+        hist = ml["structure"]["op_histogram"]
+        assert hist.get("quantize", 0) > 0 and hist.get("dequantize", 0) > 0
+        assert ml["structure"]["resample_fp32"] and ml["parity"]["pending"]
+        # smaller than one map of the 4 neighbours (FGMA's band bias, 32 x 96, is the largest)
+        assert ml["structure"]["largest_folded_constant"] < 4 * size * size
+        assert ml["precision"] == "int8" and (out / ml["file"]).is_dir()
 
 
 def test_qat_cli_refuses_bad_input(tmp_path, capsys):
@@ -433,6 +447,9 @@ def test_qat_cli_refuses_bad_input(tmp_path, capsys):
         assert exc.value.code == 2
     assert main(["--steps", "0", "--out", str(tmp_path / "y")]) == 2
     assert "--steps" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    # fewer steps than graphs (4 s-buckets x 2 centres): refused before any calibration
+    assert main(["--steps", "7", "--out", str(tmp_path / "z")]) == 2
+    assert "7 steps for 8 graphs" in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 def _weight_scales(gm) -> dict:

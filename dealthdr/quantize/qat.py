@@ -193,6 +193,12 @@ def quantize(cfg: QuantizeConfig) -> int:
 
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
+    graphs = len(cfg.s_buckets) * len(cfg.centres)
+    if cfg.steps < graphs and set(cfg.backend) & {"xnnpack", "coreml"}:
+        # checked here, not minutes later when QAT starts after calibration and export
+        raise ValueError(f"--steps must give QAT at least one step per graph: {cfg.steps} "
+                         f"steps for {graphs} graphs ({len(cfg.s_buckets)} s-buckets x "
+                         f"{len(cfg.centres)} centres)")
     if cfg.onnx_max_drop is not None and cfg.onnx_max_drop <= 0:
         raise ValueError(f"--onnx-max-drop must be > 0 dB, got {cfg.onnx_max_drop}")
     if not 0 <= cfg.distill <= 1:
