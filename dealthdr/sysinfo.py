@@ -19,9 +19,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def source_commit() -> str | None:
-    """The git commit of the source tree this package runs from, with "-dirty" when tracked
-    files differ from it; None outside a git checkout (an installed wheel)."""
+def _git_commit() -> str | None:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
                               cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
@@ -31,6 +29,18 @@ def source_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}-dirty" if dirty else head
+
+
+# Read when a command starts (every command that writes a record imports this module at its
+# top), not when it writes: a run of 45 minutes records the code it ran, also when a commit
+# lands while it runs (a QAT record once named the commit made during its run).
+_COMMIT = _git_commit()
+
+
+def source_commit() -> str | None:
+    """The git commit of the source tree this process started from, with "-dirty" when tracked
+    files differed from it then; None outside a git checkout (an installed wheel)."""
+    return _COMMIT
 
 
 def machine_record() -> dict:

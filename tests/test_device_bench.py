@@ -675,3 +675,17 @@ def test_records_name_the_commit_they_were_measured_on():
     for rec in (host_fields("host"), machine_record()):
         assert (rec["commit"] is None if head is None
                 else rec["commit"] in (head, f"{head}-dirty")), rec
+
+
+def test_the_commit_is_the_one_the_process_started_from(monkeypatch):
+    """Read once, when the command starts: a record written after a long run names the code
+    that ran, even if HEAD moved meanwhile (git is not asked again)."""
+    from dealthdr import sysinfo
+
+    started = sysinfo.source_commit()
+
+    def git_again(*args, **kwargs):
+        raise AssertionError("git asked again at write time")
+    monkeypatch.setattr(sysinfo.subprocess, "run", git_again)
+    assert sysinfo.source_commit() == started
+    assert sysinfo.machine_record()["commit"] == started
