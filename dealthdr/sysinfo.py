@@ -33,7 +33,7 @@ def _git_commit() -> str | None:
 
 # Read when a command starts (every command that writes a record imports this module at its
 # top), not when it writes: a run of 45 minutes records the code it ran, also when a commit
-# lands while it runs (a QAT record once named the commit made during its run).
+# lands while it runs.
 _COMMIT = _git_commit()
 
 

@@ -410,9 +410,9 @@ def test_qat_cli_writes_int8_pte_that_runs_and_a_report(tmp_path, monkeypatch):
 def test_qat_cli_coreml_package_is_w8a8_with_fp32_warp(tmp_path):
     """The Core ML leg, a flow-only bucket and a sparse attention bucket (selected tiles:
     gathers and the slot-map scatter): quantize/dequantize ops in the package (W8A8, not
-    fp16), resample kept fp32, no map-sized folded constant in any function (an earlier
-    graph's attention buckets stored one each and made the W8A8 package 2.6x the fp16 one),
-    numeric parity recorded as pending."""
+    fp16), resample kept fp32, no map-sized folded constant in any function (each would be
+    stored per function, and the package's bytes would grow with the buckets), numeric parity
+    recorded as pending."""
     from dealthdr.calib.buckets import FORMAT
     from dealthdr.quantize.qat import main
 
