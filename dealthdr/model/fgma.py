@@ -146,14 +146,17 @@ class FGMA(GraphLayout, nn.Module):
         count, r = num * a * b, self.window // 2
         parts = []
         if ids is None:  # every tile: channels-last tables, one index_select per halo
-            own, masks = tile_rows.tiles(current, t), tile_rows.tiles(mask, t)
+            # The query side once per frame, read by each of its neighbours' chunks (a frame's
+            # tiles are every neighbour's queries).
+            qk = self._with_one(self._query_keys(tile_rows.tiles(current, t)), None)
+            masks = tile_rows.tiles(mask, t)
             keys = self.key_map(warped)
             size = keys.shape[1:3]
             keys = keys.reshape(-1, c + 1)
             for part in chunks(torch.arange(count, device=warped.device), self.tile_chunk):
-                queries = own.index_select(0, tile_rows.frame_tiles(part, a * b, per))
+                rows = qk.index_select(0, tile_rows.frame_tiles(part, a * b, per))
                 halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
-                values = self._attend_tiles(queries, halos.view(part.shape[0], -1, c + 1))
+                values = self._attend_qk1(rows, halos.view(part.shape[0], -1, c + 1))
                 parts.append(values * masks.index_select(0, part))
             attended = tile_rows.untile(cat(parts), grid, h, w)
         else:  # selected tiles: gathered where they lie, no table of the whole map
@@ -217,12 +220,20 @@ class FGMA(GraphLayout, nn.Module):
     def _attend_qk(self, qk: torch.Tensor, halos: torch.Tensor,
                    mask: torch.Tensor | None) -> torch.Tensor:
         """`_attend_tiles` from the query side `_query_keys` on."""
-        t, c, g, w = self.tile, self.channels, self.halo, self.window
-        # The constant-1 channel is derived from M in exported graphs: M stays float under
-        # int8 (a mask statistic), while a constant computed from the quantized qk gets a
-        # degenerate int8 range and the XNNPACK program fails to load.
+        return self._attend_qk1(self._with_one(qk, mask), halos)
+
+    @staticmethod
+    def _with_one(qk: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(K, t, t, C) -> (K, t, t, C + 1): a constant-1 channel that picks up the keys' border
+        bias. Derived from M in exported graphs: M stays float under int8 (a mask statistic),
+        while a constant computed from the quantized qk gets a degenerate int8 range and the
+        XNNPACK program fails to load."""
         one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
-        qk = torch.cat((qk, one), 3)                                    # picks up the bias
+        return torch.cat((qk, one), 3)
+
+    def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
+        """`_attend_tiles` from `_with_one`'s (K, t, t, C + 1) query side on."""
+        t, c, g, w = self.tile, self.channels, self.halo, self.window
         k, step, band, fused = qk.shape[0], self.step_rows, self.band, not is_tracing()
         parts = []
         # Only one step's scores are alive at a time: in eager mode by the loop, in exported
