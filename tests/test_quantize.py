@@ -210,6 +210,57 @@ def test_an_activation_zero_on_every_window_still_gives_a_loadable_int8_program(
     assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item() + 1e-6)
 
 
+def test_a_layer_called_on_inputs_of_different_ranges_runs_as_its_converted_graph():
+    """One linear called on four inputs of different ranges (FGMA's value projection runs once
+    per group of neighbours). XNNPACK's lowering quantizes the layer's bias once, at the
+    first call's input scale; with the calls' inputs sharing that scale (the project's
+    quantizer) every call matches the converted graph to a step or two of its output grid.
+    Each call with its own input scale (upstream's annotation alone), the later calls add
+    a wrongly scaled bias: 22-80 output steps off in this graph."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from executorch.runtime import Runtime
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from dealthdr.export.to_executorch import lower
+    from dealthdr.quantize.policy import FloatPolicy
+    from dealthdr.quantize.quantizers import xnnpack_quantizer
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 16)
+
+        def forward(self, *parts):
+            return torch.cat([self.proj(p) for p in parts])
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.proj.bias.uniform_(-2.0, 2.0)     # a bias that matters at the output's scale
+    inputs = tuple(torch.randn(64, 16) * r for r in (1.0, 4.0, 0.25, 2.0))
+
+    def steps_off(quantizer) -> list[float]:
+        gm = torch.export.export(net, inputs, strict=False).module()
+        gm = prepare_pt2e(gm, quantizer(gm))
+        gm(*inputs)
+        converted = convert_pt2e(gm)
+        program, _ = lower({"forward": torch.export.export(converted, inputs, strict=False)},
+                           "xnnpack")
+        out = Runtime.get().load_program(program.buffer).load_method("forward").execute(
+            list(inputs))[0]
+        with torch.no_grad():
+            ref = converted(*inputs)
+        step = float(ref.unique().diff().min())          # the output's quantization step
+        return [float((o - r).abs().max()) / step for o, r in zip(out.chunk(4), ref.chunk(4))]
+
+    ours = steps_off(lambda gm: xnnpack_quantizer(FloatPolicy(gm), qat=False, observer="minmax"))
+    upstream = steps_off(lambda gm: XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)))
+    assert max(ours) <= 2.0, ours
+    assert max(upstream[1:]) > 4.0, upstream      # the hazard is still there upstream
+
+
 def test_resume_refuses_a_state_of_other_graphs_with_a_clear_error(tmp_path):
     """Same settings, other graphs (the network or its export changed between runs): the
     resume names the state folder and what to do, instead of torch's size-mismatch dump."""
