@@ -16,7 +16,7 @@ import torch
 from torch import fx
 
 from dealthdr.export.order import ancestors
-from dealthdr.quantize.policy import FloatPolicy
+from dealthdr.quantize.policy import WEIGHTED, FloatPolicy
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,6 @@ def check_attention_kept(model: fx.GraphModule) -> None:
                            "longer feed it (an in-place write into a copied tensor?)")
 
 
-_WEIGHTED = {torch.ops.aten.linear.default, torch.ops.aten.conv2d.default,
-             torch.ops.aten.convolution.default}
-
-
 def share_reused_layer_inputs(model: fx.GraphModule) -> int:
     """Give every later call of a weighted layer the input quantization of its first call.
 
@@ -103,7 +99,7 @@ def share_reused_layer_inputs(model: fx.GraphModule) -> int:
     first: dict[str, tuple[fx.Node, fx.Node]] = {}
     shared = 0
     for node in model.graph.nodes:
-        if node.op != "call_function" or node.target not in _WEIGHTED or len(node.args) < 2:
+        if node.op != "call_function" or node.target not in WEIGHTED or len(node.args) < 2:
             continue
         weight, x = node.args[1], node.args[0]
         annotation = node.meta.get("quantization_annotation")
