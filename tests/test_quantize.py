@@ -86,7 +86,8 @@ def test_prepared_graph_quantizes_the_weights_of_int8_blocks_only(program):
             w.op == "call_module" and w.args[0].op == "get_attr" and w.args[0].target in params)
         if learned:
             observed.setdefault(groups[n.name], []).append(w.op == "call_module")
-    for g in ("encoder_short", "encoder_long", "spynet", "middle", "decoder", "head"):
+    for g in ("encoder_short", "encoder_long", "spynet", "middle", "middle_router",
+              "decoder_l3", "upsample", "decoder", "head"):
         assert observed[g] and all(observed[g]), g                  # int8 weights
     for g in ("router", "decoder_l1"):
         assert observed[g] and not any(observed[g]), g              # kept float

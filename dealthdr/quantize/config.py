@@ -22,10 +22,10 @@ class QuantizeConfig(ExportConfig):
     steps: int = 100
     lr: float = 1e-5
     distill: float = 1.0
-    tie: str = "centre"
+    tie: str = "all"
     train_clips: int = 4
-    float_groups: tuple[str, ...] = ("merge", "io")
-    float_groups_short: tuple[str, ...] = ("head", "router", "decoder", "decoder_l1")
+    float_groups: tuple[str, ...] = ("merge", "io", "head", "router", "decoder", "decoder_l1")
+    float_groups_short: tuple[str, ...] = ()
     float_groups_long: tuple[str, ...] = ()
     ptq_observer: str = "minmax"
     onnx_max_drop: float | None = None

@@ -29,14 +29,20 @@ GROUPS = {
     "encoder_short": ("model.encoder_short",),
     "encoder_long": ("model.encoder_long",),
     "spynet": ("model.spynet",),
-    "router": ("model.middle_router", "model.routers"),
+    # The lowest-resolution router and the decoder's up-sampling convs hold most of the
+    # decoder side's weights at a fraction of its pixels: their own groups let them be int8
+    # where the rest of the decoder stays float. First match wins, so they precede their parents.
+    "middle_router": ("model.middle_router",),
+    "decoder_l3": ("model.routers.0", "model.decoder.0", "model.skips.0"),
+    "router": ("model.routers",),
     "middle": ("model.middle",),
     "fgma": ("model.fgma", "model.align_proj"),
     # The full-resolution decoder level (paper's level 1; decoder modules are listed coarse to
     # fine) before the rest of the decoder: first match wins, and it is the one block whose
     # int8 costs the long-centre graphs most (the report's per-group sensitivity table).
     "decoder_l1": ("model.decoder.2",),
-    "decoder": ("model.decoder", "model.ups", "model.skips"),
+    "upsample": ("model.ups",),
+    "decoder": ("model.decoder", "model.skips"),
     "head": ("model.head",),
     "merge": ("model.merge",),
 }

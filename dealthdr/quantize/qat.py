@@ -2,8 +2,8 @@
 
 For every backend: export each (s, centre) bucket at the deployment shape, prepare it with the
 backend's pt2e quantizer (`prepare_qat_pt2e`), fine-tune all graphs together with the paper's
-mu-law L1 on synthetic windows (one set of weights per centre exposure, shared by that centre's
-s-buckets, round-robin over the buckets; `--tie all`: one set for every graph), then
+mu-law L1 on synthetic windows (one set of weights shared by every graph, round-robin over the
+buckets, so each artifact stores one int8 set; `--tie centre`: one set per centre), then
 `convert_pt2e` and lower through `export/` (one path to artifacts):
 
   xnnpack  int8 .pte per s (methods forward_short / forward_long), run and gated here in the
@@ -17,8 +17,8 @@ A PTQ baseline (same calibration windows, same float islands) and the fp32 model
 held-out windows beside QAT; QAT's activation ranges start from the PTQ baseline's (min/max over
 the same windows). Float islands: sampling coordinates, indices and the attention mask's
 statistics always; whole blocks via --float-groups (default: the weight-free exposure merge,
-whose int8 output is NaN, and the linear-HDR input/output arithmetic) and per centre exposure
-(--float-groups-short, default head, routers and decoder; see quantize/README.md). Writes
+whose int8 output is NaN, the linear-HDR input/output arithmetic, and the decoder's two finer
+levels with their routers and the head: 0.14 M parameters; see quantize/README.md). Writes
 quantize_report.json, quantize_report.md and manifest.json into --out. A killed run resumes:
 QAT from its last checkpoint, and the sweep and every finished backend from <state>/finished.
 
@@ -77,28 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of the ground truth: 0 = ground truth only, 1 = "
                         "distillation only (default 1: at 128x128, s15_short it kept QAT "
                         "0.2 dB closer to fp32 than ground truth did)")
-    p.add_argument("--tie", choices=("centre", "all"), default="centre",
-                   help="centre: short- and long-centre graphs fine-tune separate weights (each "
-                        "centre is its own method in the artifacts); all: one set for every "
-                        "graph (default centre: tied across centres, the long graphs' int8 "
-                        "decoder training cost the float-decoder short graphs 0.7-0.9 dB)")
+    p.add_argument("--tie", choices=("centre", "all"), default="all",
+                   help="all: one set of weights for every graph, so each artifact stores "
+                        "one int8 set (needs the same float groups for both centres); "
+                        "centre: short- and long-centre graphs fine-tune separate sets, for "
+                        "islands that differ by centre (default all)")
     p.add_argument("--train-clips", type=int, default=4,
                    help="synthetic training clips (2 windows each) for QAT and for PTQ "
                         "calibration (default 4)")
     groups = lambda t: parse_list(t, group_names())  # noqa: E731
-    p.add_argument("--float-groups", type=groups, default=["merge", "io"],
+    p.add_argument("--float-groups", type=groups,
+                   default=["merge", "io", "head", "router", "decoder", "decoder_l1"],
                    help=f"block groups kept float in every graph, comma-separated, from "
                         f"{list(group_names())}; io = input linearisation and output "
-                        "composition (default merge,io: int8 gives NaN / 15 dB)")
-    p.add_argument("--float-groups-short", type=groups,
-                   default=["head", "router", "decoder", "decoder_l1"],
-                   help="more groups kept float in the short-centre graphs, whose output "
-                        "leans on the decoder's residual over a noisy short frame (default "
-                        "head,router,decoder,decoder_l1; the report's sensitivity table "
-                        "measures each group)")
+                        "composition (default merge,io,head,router,decoder,decoder_l1: merge "
+                        "and io in int8 give NaN / 15 dB; the decoder's levels 1-2, their "
+                        "routers and the head correct a noisy short base frame and hold "
+                        "0.14 M parameters; quantize/README.md has the measurements)")
+    p.add_argument("--float-groups-short", type=groups, default=[],
+                   help="more groups kept float in the short-centre graphs only (default "
+                        "none; with --tie all a group float in one centre and int8 in the "
+                        "other is stored twice)")
     p.add_argument("--float-groups-long", type=groups, default=[],
-                   help="more groups kept float in the long-centre graphs (default none: "
-                        "fully int8 they are within 0.1 dB of fp32)")
+                   help="more groups kept float in the long-centre graphs only (default none)")
     p.add_argument("--ptq-observer", choices=("minmax", "histogram"), default="minmax",
                    help="PTQ activation observer: minmax, the range QAT's fake quantizers "
                         "start from (so the gap measures what training buys), or histogram "
@@ -149,6 +150,9 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
 
     model, buckets, programs = ctx.model, ctx.buckets, ctx.programs
     float_for = cfg.float_groups_by_centre()
+    if cfg.tie == "all" and set(float_for["short"]) != set(float_for["long"]):
+        log.warning("--tie all with float groups that differ by centre: the groups int8 in "
+                    "one centre and float in the other are stored twice in every artifact")
     graphs, policies = prepare_graphs(model, buckets, cfg.size, backend, float_for)
     qat_cfg = QATConfig(steps=cfg.steps, lr=cfg.lr, distill=cfg.distill, tie=cfg.tie)
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}

@@ -1,11 +1,11 @@
 """Quantization-aware fine-tuning on the exported bucket graphs themselves.
 
 Each (s, centre) bucket is exported at the deployment shape and prepared with
-`prepare_qat_pt2e`; the graphs of one centre exposure then share one set of parameters (tied
-after preparation; `tie="all"`: one set for every graph), so a step on any of them trains the
-same weights while each graph keeps its own fake quantizers. Centres get separate sets because
-each is its own method in the artifacts and their float islands differ: tied across centres,
-the long graphs' int8 decoder training cost the float-decoder short graphs 0.7-0.9 dB.
+`prepare_qat_pt2e`; every graph then shares one set of parameters (tied after preparation;
+`tie="centre"`: one set per centre exposure), so a step on any of them trains the same weights
+while each graph keeps its own fake quantizers, and an artifact's methods store one int8 set.
+Per-centre sets are for float islands that differ by centre: tied across centres, a long graph
+training an int8 decoder cost the float-decoder short graphs 0.7-0.9 dB.
 Steps go round-robin over the graphs: the flow-only, mixed and attention-only buckets are
 trained together, as the paper mixes alignment modes in training, and every graph that will
 be converted has seen its own activation ranges.
@@ -48,11 +48,12 @@ class QATConfig:
     # share of the loss (the same mu-law L1) taken against the fp32 model's output instead of
     # the ground truth (self-distillation); quantize/README.md says how to measure it
     distill: float = 1.0
-    # "centre": short- and long-centre graphs train separate weights (each centre is its own
-    # method / function in the artifacts); "all": one set. Tied across centres, 100 steps
-    # moved the short graphs 0.7-0.9 dB below their PTQ baseline at 256x256 (the long graphs
-    # train the decoder in int8, which the short graphs keep float), measured.
-    tie: str = "centre"
+    # "all": one set for every graph, so an artifact stores one int8 weight set; it needs the
+    # same float islands in every graph. "centre": short- and long-centre graphs train
+    # separate weights (for islands that differ by centre: tied across centres with an int8
+    # decoder in the long graphs only, 100 steps moved the float-decoder short graphs
+    # 0.7-0.9 dB below their PTQ baseline at 256x256, measured).
+    tie: str = "all"
 
 
 def prepare_graphs(model, buckets, size, backend: str,
