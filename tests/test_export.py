@@ -168,6 +168,16 @@ def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
     with pytest.raises(ValueError, match="parity gate cannot run"):
         to_executorch.check_runnable("forward_short", to_executorch.available_bytes())
 
+    # The byte split adds up, and the two methods store one copy of the weights.
+    from dealthdr.export.coverage import pte_bytes
+    split = pte_bytes(exec_prog.buffer)
+    assert split["total"] == len(exec_prog.buffer) == sum(
+        split[k] for k in ("stored_tensors", "delegate_payloads", "program", "padding"))
+    assert 0 <= split["padding"] < 0.05 * split["total"] and split["weight_scales"] == 0
+    weight_bytes = 4 * sum(p.numel() for p in tiny.parameters())
+    assert 0.5 * weight_bytes < split["stored_tensors"] < 1.1 * weight_bytes
+    assert split["delegate_calls"] == sum(c["delegate_calls"] for c in cov.values())
+
 
 def test_caller_inputs_are_read_in_place_not_copied_into_the_arena(tmp_path):
     """A streaming fuse reads its features where the frame loop holds them. The inputs get no

@@ -68,3 +68,29 @@ def coverage(edge_program) -> dict:
             "flops_delegated": delegated_flops, "flops_total": total_flops,
             "flop_share": delegated_flops / total_flops if total_flops else 1.0,
             "not_delegated": dict(hist.most_common())}
+
+
+def pte_bytes(data: bytes) -> dict:
+    """Where a `.pte`'s bytes go, as stored (identical entries are written once):
+    `stored_tensors`, ExecuTorch's named data (weights, biases, and XNNPACK's per-channel
+    quantization scales, counted again in `weight_scales`), shared by the methods wherever the
+    bytes are equal; `delegate_payloads`, the backends' graph descriptions, one per delegate
+    call of each method unless two are identical; `program`, the flatbuffer of execution plans,
+    the ops left to portable kernels and their constants; `padding`, segment alignment. What is
+    not weights is the floor an int8 program cannot go under by shrinking weights alone."""
+    from executorch.exir._serialize._program import _get_extended_header, deserialize_pte_binary
+
+    pte = deserialize_pte_binary(data)
+    named = pte.named_data
+    sizes = ({key: len(named.buffers[e.buffer_index]) for key, e in named.pte_data.items()}
+             if named is not None else {})
+    stored = sum(len(b) for b in named.buffers) if named is not None else 0
+    payloads = {bytes(d.data) for d in pte.program.backend_delegate_data}
+    header = _get_extended_header(data)
+    program = header.program_size if header is not None else len(data)
+    payload_bytes = sum(map(len, payloads))
+    return {"total": len(data), "stored_tensors": stored, "stored_entries": len(sizes),
+            "weight_scales": sum(n for k, n in sizes.items() if k.startswith("scale_")),
+            "delegate_payloads": payload_bytes, "delegate_payloads_unique": len(payloads),
+            "delegate_calls": sum(len(plan.delegates) for plan in pte.program.execution_plan),
+            "program": program, "padding": len(data) - stored - payload_bytes - program}

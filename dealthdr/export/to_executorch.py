@@ -28,7 +28,7 @@ from dealthdr.export.artifacts import (add_common_flags, artifact_record, main_w
                                        staging_dir, write_manifest)
 from dealthdr.export.buckets import BucketGraph, export_program, group_by_s
 from dealthdr.export.config import ExecuTorchConfig, parse_config
-from dealthdr.export.coverage import coverage
+from dealthdr.export.coverage import coverage, pte_bytes
 from dealthdr.export.gate import pending_gate, run_gate
 from dealthdr.export.order import program_order
 from dealthdr.export.provenance import shared_provenance
@@ -286,7 +286,7 @@ def export_executorch(cfg: ExecuTorchConfig) -> int:
             path = stage / f"dealthdr_{info['variant']}_{group[0].s_stem}" \
                            f"_{cfg.backend}.pte"
             path.write_bytes(exec_prog.buffer)
-            arena = planned_bytes(exec_prog)
+            arena, split = planned_bytes(exec_prog), pte_bytes(exec_prog.buffer)
             if cfg.bundle:
                 path.with_suffix(".bpte").write_bytes(
                     bundle(exec_prog, {m: (model, b) for m, b in methods.items()}, windows))
@@ -301,8 +301,8 @@ def export_executorch(cfg: ExecuTorchConfig) -> int:
                 records.append(artifact_record(
                     path, stage, f"executorch-{cfg.backend}", cfg.precision, b, cfg.size,
                     parity, frames=model.cfg.num_frames, method=method,
-                    rewrites=not cfg.no_rewrites,
-                    delegation=cov[method], planned_activation_bytes=arena[method]))
+                    rewrites=not cfg.no_rewrites, delegation=cov[method],
+                    planned_activation_bytes=arena[method], bytes_split=split))
             log.info("s=%s: %s", s_key, {m: f"{c['flop_share']:.1%} FLOPs, "
                                          f"{c['op_share']:.1%} ops delegated"
                                          for m, c in cov.items()})

@@ -15,6 +15,7 @@ import torch
 
 from dealthdr.export.artifacts import artifact_record
 from dealthdr.export.buckets import BucketGraph, example_inputs, export_program
+from dealthdr.export.coverage import pte_bytes
 from dealthdr.export.coreml import convert_program, describe, package
 from dealthdr.export.gate import pending_gate, run_gate
 from dealthdr.export.to_executorch import lower, planned_bytes, pte_runner
@@ -55,7 +56,7 @@ def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: 
         path = stage / f"dealthdr_{info['variant']}_s{group[0].name.split('_')[0][1:]}" \
                        "_xnnpack_int8.pte"
         path.write_bytes(prog.buffer)
-        arena = planned_bytes(prog)
+        arena, split = planned_bytes(prog), pte_bytes(prog.buffer)
         for method, b in methods.items():
             run = pte_runner(path, method)
             parity = run_gate(run, ctx.model, b, ctx.windows, "int8",
@@ -66,7 +67,7 @@ def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: 
             records.append(artifact_record(
                 path, stage, "executorch-xnnpack", "int8", b, cfg.size, parity,
                 frames=frames, method=method, delegation=cov[method],
-                planned_activation_bytes=arena[method],
+                planned_activation_bytes=arena[method], bytes_split=split,
                 quantization="pt2e QAT, XNNPACKQuantizer symmetric per-channel"))
         if latency is None and group[0].s > 0 and not cfg.no_latency:
             latency = _latency(group[0], path, ctx, cfg, lower, export_program, pte_runner,
