@@ -311,7 +311,7 @@ def test_resume_starts_afresh_from_a_state_of_other_code(tmp_path, caplog):
 def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     from dealthdr.quantize.qat_train import QATConfig, prepare_graphs, train
 
-    buckets = [bucket(0.0), bucket(15.0)]
+    buckets = [bucket(0.0), bucket(15.0, "long")]   # the default ties across centres too
 
     def graphs():
         return prepare_graphs(tiny, buckets, SIZE, "xnnpack", ("merge", "io"))[0]
@@ -323,11 +323,11 @@ def test_qat_graphs_share_weights_and_resume(tiny, windows, tmp_path):
     ref = train(full, centres, windows, QATConfig(steps=3, lr=1e-4, ckpt_every=1),
                 tmp_path / "a", teachers)
     w0 = dict(full["s0_short"].named_parameters())
-    w15 = dict(full["s15_short"].named_parameters())
+    w15 = dict(full["s15_long"].named_parameters())
     shared = set(w0) & set(w15)
     assert shared and all(w0[k] is w15[k] for k in shared)        # one set of weights
     # tied weights leave with one int8 range in every graph: identical bytes, stored once
-    r0, r15 = _weight_scales(full["s0_short"]), _weight_scales(full["s15_short"])
+    r0, r15 = _weight_scales(full["s0_short"]), _weight_scales(full["s15_long"])
     assert set(r0) & set(r15) and all(torch.equal(r0[k], r15[k]) for k in set(r0) & set(r15))
     trained = {k.removeprefix("model."): p for k, p in w15.items()}
     assert any(not torch.equal(before[k], p) for k, p in trained.items())   # QAT moved them
