@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of the ground truth: 0 = ground truth only, 1 = "
                         "distillation only (default 1: at 128x128, s15_short it kept QAT "
                         "0.2 dB closer to fp32 than ground truth did)")
-    p.add_argument("--tie", choices=("centre", "all"), default="all",
+    p.add_argument("--tie", choices=("centre", "all"), default=QuantizeConfig.tie,
                    help="all: one set of weights for every graph, so each artifact stores "
                         "one int8 set (needs the same float groups for both centres); "
                         "centre: short- and long-centre graphs fine-tune separate sets, for "
@@ -86,19 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic training clips (2 windows each) for QAT and for PTQ "
                         "calibration (default 4)")
     groups = lambda t: parse_list(t, group_names())  # noqa: E731
-    p.add_argument("--float-groups", type=groups,
-                   default=["merge", "io", "head", "router", "decoder", "decoder_l1"],
+    p.add_argument("--float-groups", type=groups, default=list(QuantizeConfig.float_groups),
                    help=f"block groups kept float in every graph, comma-separated, from "
                         f"{list(group_names())}; io = input linearisation and output "
                         "composition (default merge,io,head,router,decoder,decoder_l1: merge "
                         "and io in int8 give NaN / 15 dB; the decoder's levels 1-2, their "
                         "routers and the head correct a noisy short base frame and hold "
                         "0.14 M parameters; quantize/README.md has the measurements)")
-    p.add_argument("--float-groups-short", type=groups, default=[],
+    p.add_argument("--float-groups-short", type=groups,
+                   default=list(QuantizeConfig.float_groups_short),
                    help="more groups kept float in the short-centre graphs only (default "
                         "none; with --tie all a group float in one centre and int8 in the "
                         "other is stored twice)")
-    p.add_argument("--float-groups-long", type=groups, default=[],
+    p.add_argument("--float-groups-long", type=groups,
+                   default=list(QuantizeConfig.float_groups_long),
                    help="more groups kept float in the long-centre graphs only (default none)")
     p.add_argument("--ptq-observer", choices=("minmax", "histogram"), default="minmax",
                    help="PTQ activation observer: minmax, the range QAT's fake quantizers "
@@ -150,9 +151,6 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
 
     model, buckets, programs = ctx.model, ctx.buckets, ctx.programs
     float_for = cfg.float_groups_by_centre()
-    if cfg.tie == "all" and set(float_for["short"]) != set(float_for["long"]):
-        log.warning("--tie all with float groups that differ by centre: the groups int8 in "
-                    "one centre and float in the other are stored twice in every artifact")
     graphs, policies = prepare_graphs(model, buckets, cfg.size, backend, float_for)
     qat_cfg = QATConfig(steps=cfg.steps, lr=cfg.lr, distill=cfg.distill, tie=cfg.tie)
     teachers = {b.name: BucketGraph(model, b).eval() for b in buckets}
@@ -207,6 +205,10 @@ def quantize(cfg: QuantizeConfig) -> int:
         raise ValueError(f"--onnx-max-drop must be > 0 dB, got {cfg.onnx_max_drop}")
     if not 0 <= cfg.distill <= 1:
         raise ValueError(f"--distill must be in [0, 1], got {cfg.distill}")
+    float_for = cfg.float_groups_by_centre()
+    if cfg.tie == "all" and set(float_for["short"]) != set(float_for["long"]):
+        log.warning("--tie all with float groups that differ by centre: the groups int8 in "
+                    "one centre and float in the other are stored twice in every artifact")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.time()
