@@ -253,6 +253,66 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
         validate_package(merged, ["s0_short"], SIZE, tiny.cfg.num_frames, "fp16")
 
 
+def _dataflow(mlmodel) -> tuple[list, list]:
+    """The computation of a converted model with every name abstracted away: per non-const op
+    in order, its type and each input as a function input's name, a constant's dtype, shape
+    and value, or (producing op, output) by position."""
+    fn = mlmodel._mil_program.functions["main"]
+    where = {}
+
+    def ref(v):
+        if isinstance(v, (list, tuple)):
+            return tuple(ref(x) for x in v)
+        if v.op is None:
+            return ("input", v.name)
+        if v.op.op_type == "const":
+            val = v.val
+            if isinstance(val, (str, bool)):
+                return ("const", val)
+            val = np.asarray(val)
+            return ("const", val.dtype.str, val.shape, val.tobytes())
+        return where[v]
+
+    ops = []
+    for op in fn.operations:
+        if op.op_type == "const":
+            continue
+        ops.append((op.op_type, tuple(sorted((k, ref(v)) for k, v in op.inputs.items()))))
+        for i, out in enumerate(op.outputs):
+            where[out] = (len(ops) - 1, i)
+    return ops, [ref(v) for v in fn.outputs]
+
+
+@pytest.mark.e2e   # Core ML conversion, twice
+def test_coreml_compact_text_computes_the_same_in_less_text(tiny, tmp_path):
+    pytest.importorskip("coremltools")
+    from dealthdr.export.coreml import convert
+
+    b = make_buckets(CAL, [15.0], SIZE, ("short",), 8)[0]
+    readable = convert(tiny, b, SIZE, "fp16", "iOS18", "all", readable_names=True)
+    compact = convert(tiny, b, SIZE, "fp16", "iOS18", "all")
+    assert _dataflow(compact) == _dataflow(readable)
+    texts = [m.get_spec().ByteSize() for m in (readable, compact)]
+    assert texts[1] < 0.75 * texts[0], texts      # names alone: 528 -> 343 KB here
+
+    def consts(m):
+        return [op for op in m._mil_program.functions["main"].operations
+                if op.op_type == "const"]
+    small = [op.outputs[0].val for op in consts(compact)
+             if isinstance(op.outputs[0].val, (str, bool))]
+    assert small and len(small) == len(set(small))   # every flag and mode string stored once
+    numbers = [np.asarray(op.outputs[0].val) for op in consts(compact)
+               if not isinstance(op.outputs[0].val, (str, bool))]
+    values = [(v.dtype.str, v.shape, v.tobytes()) for v in numbers]
+    assert len(values) == len(set(values))        # and every number (strides, pads, axes)
+    names = [v.name for op in compact._mil_program.functions["main"].operations
+             for v in op.outputs]
+    assert len(names) == len(set(names))          # the text refers to variables by name
+    assert max(map(len, names)) <= 12 and "hdr" in names
+    # parameters keep the prefix the package validation tells them from folded constants by
+    assert any(op.outputs[0].name.startswith("p_") for op in consts(compact))
+
+
 def test_exporter_cli_refuses_bad_input(tmp_path, capsys):
     from dealthdr.export.to_onnx import main
 

@@ -57,12 +57,14 @@ class ExecuTorchConfig(ExportConfig):
 class CoreMLConfig(ExportConfig):
     """`to_coreml`: precision 'fp16' or 'fp32'; deployment_target 'iOS18' (one multifunction
     package) or 'iOS17' (one package per graph); compute_units a key of COMPUTE_UNITS; stream
-    adds a streaming multifunction package per s."""
+    adds a streaming multifunction package per s; readable_names keeps the exporter's variable
+    names in the program text (bigger packages, for debugging)."""
     out: Path = Path("exports/coreml")
     precision: str = "fp16"
     deployment_target: str = "iOS18"
     compute_units: str = "all"
     stream: bool = False
+    readable_names: bool = False
 
 
 @dataclass(frozen=True)

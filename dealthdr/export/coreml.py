@@ -41,27 +41,33 @@ def keep_in_fp16(op) -> bool:
     return op.op_type != "resample" and not _feeds_coordinates(op)
 
 
-def convert(model, bucket, size, precision: str, target: str, units: str):
+def convert(model, bucket, size, precision: str, target: str, units: str,
+            readable_names: bool = False):
     return convert_program(export_program(model, bucket, size), size, model.cfg.num_frames,
-                           precision, target, units)
+                           precision, target, units, readable_names)
 
 
-def convert_program(program, size, frames: int, precision: str, target: str, units: str):
+def convert_program(program, size, frames: int, precision: str, target: str, units: str,
+                    readable_names: bool = False):
     """An exported bucket program -> mlprogram. `program` may hold pt2e quantize/dequantize
     pairs (quantize/qat.py): coremltools turns them into int8 weights and activations, and
     `precision` is then that of the float ops left between them. `frames`: the window length
     the program was exported for (the model's `num_frames`)."""
     h, w = size
     return convert_named(program, {"frames": (1, frames, 3, h, w), "exposures": (1, frames)},
-                         ["hdr"], precision, target, units)
+                         ["hdr"], precision, target, units, readable_names)
 
 
 def convert_named(program, inputs: dict, outputs: list[str], precision: str, target: str,
-                  units: str):
+                  units: str, readable_names: bool = False):
     """An ExportedProgram -> mlprogram whose inputs ({name: shape}, in the program's order) and
-    outputs carry these names; the warp and its coordinates stay fp32 under fp16."""
+    outputs carry these names; the warp and its coordinates stay fp32 under fp16. The program
+    text is compacted (`coreml_compact`): constants deduplicated and, unless
+    `readable_names`, short variable names."""
     import coremltools as ct
     import torch
+
+    from dealthdr.export.coreml_compact import pipeline
 
     with torch.no_grad():
         return ct.convert(
@@ -71,7 +77,8 @@ def convert_named(program, inputs: dict, outputs: list[str], precision: str, tar
                                if precision == "fp16" else ct.precision.FLOAT32),
             compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[units]),
             inputs=[ct.TensorType(name=n, shape=tuple(s)) for n, s in inputs.items()],
-            outputs=[ct.TensorType(name=n) for n in outputs], skip_model_load=True)
+            outputs=[ct.TensorType(name=n) for n in outputs], skip_model_load=True,
+            pass_pipeline=pipeline(readable_names))
 
 
 def describe(mlmodel, info: dict, bucket, precision: str, frames: int) -> None:

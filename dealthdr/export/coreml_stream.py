@@ -32,14 +32,15 @@ NAMES = {
 }
 
 
-def convert_method(program, method: str, shapes: dict, precision: str, target: str, units: str):
+def convert_method(program, method: str, shapes: dict, precision: str, target: str, units: str,
+                   readable_names: bool = False):
     """One streaming method's ExportedProgram -> mlprogram with named inputs and outputs."""
     ins, outs = NAMES[method_kind(method)]
     if len(ins) != len(shapes["inputs"]) or len(outs) != len(shapes["outputs"]):
         raise ValueError(f"{method}: {len(shapes['inputs'])} inputs / {len(shapes['outputs'])} "
                          f"outputs, expected {ins} -> {outs}")
     return convert_named(program, dict(zip(ins, shapes["inputs"])), outs, precision, target,
-                         units)
+                         units, readable_names)
 
 
 def validate_stream_package(path: Path, sig: dict) -> None:
@@ -79,7 +80,8 @@ def coreml_methods(path: Path, names: list[str]) -> dict:
 
 
 def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *,
-                    precision: str, target: str, units: str) -> list[dict]:
+                    precision: str, target: str, units: str,
+                    readable_names: bool = False) -> list[dict]:
     """One multifunction package per s; its records (one per function, as the XNNPACK
     streaming program's)."""
     if target != "iOS18":
@@ -96,7 +98,8 @@ def stream_packages(stage: Path, model, info: dict, by_s: dict, size, windows, *
             parts, single = [], {}
             for method, program in programs.items():
                 part = Path(tmp) / f"{method}.mlpackage"
-                mlmodel = convert_method(program, method, sig[method], precision, target, units)
+                mlmodel = convert_method(program, method, sig[method], precision, target, units,
+                                         readable_names)
                 mlmodel.short_description = (f"DeAltHDR {info['variant']} streaming "
                                              f"{method} (s={group[0].s_key})")
                 mlmodel.save(str(part))

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "a phone's frame loop (encode_short, encode_long, flow: once per input "
                         "frame; fuse_<centre>: once per output frame) in one multifunction "
                         "package (iOS18), gated as a frame loop on macOS")
+    p.add_argument("--readable-names", action="store_true",
+                   help="keep the exporter's variable and op names (module paths) in the "
+                        "program text, e.g. to read Xcode's performance report by layer; by "
+                        "default they are shortened, which makes each function's text about "
+                        "2.5x smaller")
     return p
 
 
@@ -71,7 +76,7 @@ def export_coreml(cfg: CoreMLConfig) -> int:
         def converted():
             for b in tqdm(buckets, desc="coreml"):
                 mlmodel = convert(model, b, cfg.size, cfg.precision, cfg.deployment_target,
-                                  cfg.compute_units)
+                                  cfg.compute_units, cfg.readable_names)
                 describe(mlmodel, info, b, cfg.precision, frames)
                 yield b, mlmodel
         packaged = package(converted(), stage, f"dealthdr_{info['variant']}",
@@ -93,7 +98,8 @@ def export_coreml(cfg: CoreMLConfig) -> int:
             records.extend(stream_packages(
                 stage, model, info, group_by_s(buckets), cfg.size, windows,
                 precision=cfg.precision,
-                target=cfg.deployment_target, units=cfg.compute_units))
+                target=cfg.deployment_target, units=cfg.compute_units,
+                readable_names=cfg.readable_names))
         notes = [] if on_mac else ["numeric parity pending: Core ML prediction needs macOS; "
                                    "run this exporter on a Mac to gate"]
         write_manifest(stage, "export/to_coreml.py", cfg, info, calibration, records,
