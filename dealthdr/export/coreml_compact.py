@@ -21,7 +21,6 @@ shows the short names); `readable_names` keeps them for debugging.
 from __future__ import annotations
 
 
-
 def dedupe_small_consts(block) -> int:
     """Replace every string or boolean `const` that repeats an earlier one of the same value
     by that one (also in nested blocks). Returns how many were removed."""
