@@ -249,6 +249,11 @@ def test_coreml_package_structure_keeps_warp_fp32(tiny, tmp_path):
     assert report["s15_short"]["op_histogram"].get("topk", 0) > 0
     single = max(digest(p)[0] for _, p in parts)
     assert digest(merged)[0] < 1.5 * single  # weights are shared, not stored per function
+    texts = sum(r["program_text_bytes"] for r in report.values())
+    weights = {r["package_weight_bytes"] for r in report.values()}
+    assert len(weights) == 1 and min(weights) > 0 and all(r["program_text_bytes"] > 0
+                                                          for r in report.values())
+    assert 0.9 * digest(merged)[0] < texts + min(weights) <= digest(merged)[0]
     with pytest.raises(ValueError, match="functions"):
         validate_package(merged, ["s0_short"], SIZE, tiny.cfg.num_frames, "fp16")
 

@@ -121,6 +121,10 @@ def validate_package(path: Path, functions: list[str], size, frames: int,
             raise ValueError(f"{path.name}: inputs {shapes}")
         if [o.name for o in d.output] != ["hdr"]:
             raise ValueError(f"{path.name}: outputs {[o.name for o in d.output]}")
+    # What a package's bytes are: one weight file shared by every function, and each
+    # function's own program text (its ops, in the model spec).
+    weights = sum(f.stat().st_size for f in path.rglob("*")
+                  if f.is_file() and f.parent.name == "weights")
     report = {}
     for fname, fn in spec.mlProgram.functions.items():
         block = fn.block_specializations[fn.opset]
@@ -145,7 +149,8 @@ def validate_package(path: Path, functions: list[str], size, frames: int,
         report[fname] = {"ops": sum(hist.values()), "op_histogram": dict(sorted(hist.items())),
                          "resample_ops": hist.get("resample", 0),
                          "resample_fp32": not (resample_types - {fp32}),
-                         "largest_folded_constant": folded}
+                         "largest_folded_constant": folded,
+                         "program_text_bytes": fn.ByteSize(), "package_weight_bytes": weights}
     return report
 
 
