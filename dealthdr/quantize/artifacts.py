@@ -108,7 +108,8 @@ def _coreml(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: P
     def models():
         for b in ctx.buckets:
             ml = convert_program(_program(converted[b.name], b, cfg.size, frames), cfg.size,
-                                 frames, "fp16", cfg.deployment_target, "all")
+                                 frames, "fp16", cfg.deployment_target, "all",
+                                 cfg.readable_names)
             describe(ml, info, b, "int8", frames)
             yield b, ml
     packaged = package(models(), stage, f"dealthdr_{info['variant']}_int8",

@@ -32,6 +32,7 @@ class QuantizeConfig(ExportConfig):
     no_latency: bool = False
     no_sensitivity: bool = field(default=False, metadata=NEUTRAL)
     deployment_target: str = "iOS18"
+    readable_names: bool = False
     state: Path | None = field(default=None, metadata=NEUTRAL)
     threads: int = field(default=0, metadata=NEUTRAL)
 

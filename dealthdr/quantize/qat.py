@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the per-block sensitivity sweep (9 PTQ runs at one bucket)")
     p.add_argument("--deployment-target", choices=("iOS17", "iOS18"), default="iOS18",
                    help="Core ML: iOS18 multifunction package or iOS17 one per bucket")
+    p.add_argument("--readable-names", action="store_true",
+                   help="Core ML: keep the exporter's variable and op names (module paths) in "
+                        "the program text, for debugging; by default they are shortened")
     p.add_argument("--state", type=Path, default=None,
                    help="resume folder: QAT checkpoints per backend and, under finished/, "
                         "every finished stage (sweep, backends) a rerun with the same settings "
