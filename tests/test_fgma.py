@@ -288,3 +288,21 @@ def test_exported_attention_steps_run_one_after_another(budget):
     assert len(bmms) >= 8                               # scores and values of 2+ chunks x 2 steps
     for before, later in zip(bmms, bmms[1:]):
         assert before in ancestors(later), (before.name, later.name)
+
+
+@pytest.mark.parametrize("s,budget,size", [(0.0, None, (12, 14)), (2.0, None, (16, 16)),
+                                           (2.0, 5, (12, 14)), (math.inf, None, (16, 16)),
+                                           (math.inf, None, (10, 13))])
+def test_inference_output_buffer_equals_concatenation(s, budget, size):
+    """Without autograd the output Concat(F_flow, M, F_att) is written part by part into one
+    buffer (F_att transposed from channels last); with it, `torch.cat`. Same numbers."""
+    fgma = FGMA(8, 5, tile=4, tile_chunk=3).eval()
+    args = _inputs(h=size[0], w=size[1])
+    with torch.no_grad():
+        fast, m_fast = fgma(*args, s=s, budget=budget)
+    with torch.enable_grad():
+        ref, m_ref = fgma(*args, s=s, budget=budget)
+    assert fast.is_contiguous() and fast.shape == ref.shape
+    assert torch.equal(fast, ref.detach()) and torch.equal(m_fast, m_ref)
+    if s != 0:
+        assert fast[:, 9:].abs().sum() > 0                  # F_att was written, not left zero
