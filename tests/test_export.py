@@ -353,3 +353,27 @@ def test_onnx_exporter_end_to_end_writes_gated_artifacts_and_manifest(tmp_path):
     assert art["bucket_k"] == [0, 0, 0] and art["input_shape"]["frames"] == [1, 5, 3, 64, 64]
     assert manifest["model"]["checkpoint_sha256"] and manifest["calibration"]["buckets"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no staging left over
+
+
+def test_coreml_short_names_keep_inputs_outputs_and_stay_unique():
+    pytest.importorskip("coremltools")
+    from coremltools.converters.mil import Builder as mb
+
+    from dealthdr.export.coreml_compact import dedupe_small_consts, shorten_names
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 4, 4))])
+    def prog(v0):  # an input named like a generated name
+        a = mb.conv(x=v0, weight=np.ones((2, 2, 1, 1), np.float32), pad_type="valid")
+        b = mb.conv(x=a, weight=np.ones((2, 2, 1, 1), np.float32), pad_type="valid")
+        return mb.add(x=a, y=b, name="hdr")
+
+    fn = prog.functions["main"]
+    flags = [op for op in fn.operations
+             if op.op_type == "const" and isinstance(op.outputs[0].val, str)]
+    assert len(flags) == 2 and dedupe_small_consts(fn) == 1
+    shorten_names(fn)
+    names = [v.name for op in fn.operations for v in op.outputs]
+    assert len(names) == len(set(names)) and "v0" not in names   # the input keeps v0 alone
+    assert list(fn.inputs) == ["v0"] and fn.outputs[0].name == "hdr"
+    conv = [op for op in fn.operations if op.op_type == "conv"]
+    assert conv[0].x.name == "v0" and conv[1].pad_type is conv[0].pad_type  # one shared flag

@@ -60,6 +60,8 @@ def shorten_names(function) -> int:
             param = op.op_type == "const" and op.outputs[0].name.startswith("p_")
             stem = f"{'p_' if param else 'v'}{count:x}"
             count += 1
+            while stem in keep or any(f"{stem}_{i}" in keep for i in range(len(op.outputs))):
+                stem += "_"                    # never the name of an input or output
             op.name = stem
             for i, var in enumerate(op.outputs):
                 if var.name not in keep:

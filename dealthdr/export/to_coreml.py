@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the exporter's variable and op names (module paths) in the "
                         "program text, e.g. to read Xcode's performance report by layer; by "
                         "default they are shortened, which makes each function's text about "
-                        "2.5x smaller")
+                        "1.8x smaller at 256x256 (constants are deduplicated either way)")
     return p
 
 
