@@ -297,6 +297,9 @@ def test_coreml_compact_text_computes_the_same_in_less_text(tiny, tmp_path):
     readable = convert(tiny, b, SIZE, "fp16", "iOS18", "all", readable_names=True)
     compact = convert(tiny, b, SIZE, "fp16", "iOS18", "all")
     assert _dataflow(compact) == _dataflow(readable)
+    from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import (
+        const_deduplication)
+    assert const_deduplication().const_threshold == 100   # coremltools' default left alone
     texts = [m.get_spec().ByteSize() for m in (readable, compact)]
     assert texts[1] < 0.75 * texts[0], texts      # names alone: 528 -> 343 KB here
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from dealthdr import __version__
 from dealthdr.export.artifacts import LICENSE, digest
 from dealthdr.export.buckets import export_program
+from dealthdr.export.coreml_compact import pipeline
 
 log = logging.getLogger(__name__)
 COORDINATE_OPS = {"add", "sub", "mul", "real_div", "concat", "stack", "expand_dims", "reshape",
@@ -66,8 +67,6 @@ def convert_named(program, inputs: dict, outputs: list[str], precision: str, tar
     `readable_names`, short variable names."""
     import coremltools as ct
     import torch
-
-    from dealthdr.export.coreml_compact import pipeline
 
     with torch.no_grad():
         return ct.convert(

@@ -7,8 +7,8 @@ of weights, and a package holds one function per s-bucket and centre. Two things
 - Constants. coremltools writes every operator parameter (strides, pads, groups, axes,
   flags, quantization zero points) as its own `const` op and deduplicates only constants of
   100 or more elements, so 300 convolutions carry 1500 identical small constants. Here every
-  numeric constant is deduplicated (the converter's own pass, threshold 1) and so are strings
-  and booleans (`dedupe_small_consts`), which that pass leaves alone.
+  numeric constant is deduplicated (the converter's own pass, run once more at threshold 1)
+  and so are strings and booleans (`dedupe_small_consts`), which that pass leaves alone.
 - Names. Every variable is referenced by its name wherever it is read, and the exporter's
   names spell out module paths ("p_model_encoder_short_blocks_0_0_norm1_weight_to_fp16").
   `shorten_names` renames every internal variable and op to a short unique name; the
@@ -75,6 +75,8 @@ def shorten_names(function) -> int:
 
 def _register() -> tuple[str, str]:
     """Register the two passes with coremltools (once); their pipeline names."""
+    from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import (
+        const_deduplication)
     from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass
 
@@ -84,6 +86,16 @@ def _register() -> tuple[str, str]:
 
     class dedupe(AbstractGraphPass):
         def apply(self, prog) -> None:
+            # coremltools' own pass with its size threshold at 1 for this call only (the
+            # threshold is a class attribute: set through pipeline options it would stay
+            # changed for every later conversion in the process)
+            numbers = const_deduplication()
+            before = numbers.const_threshold
+            try:
+                numbers.const_threshold = 1
+                numbers.apply(prog)
+            finally:
+                numbers.const_threshold = before
             for function in prog.functions.values():
                 dedupe_small_consts(function)
 
@@ -100,13 +112,11 @@ def _register() -> tuple[str, str]:
 
 def pipeline(readable_names: bool = False):
     """coremltools' default pass pipeline, compacting: every constant deduplicated, and short
-    names unless `readable_names`. (The threshold is a class attribute in coremltools: it stays
-    1 for later conversions in the same process, which only deduplicates more.)"""
+    names unless `readable_names`."""
     import coremltools as ct
 
     dedupe, shorten = _register()
     pipe = ct.PassPipeline.DEFAULT
-    pipe.set_options("common::const_deduplication", {"const_threshold": 1})
     pipe.append_pass(dedupe)
     if not readable_names:
         pipe.append_pass(shorten)
