@@ -203,8 +203,8 @@ class FGMA(GraphLayout, nn.Module):
         (4096 tiles, C=16, w=5, t=8, one thread): XNNPACK, medians of 12 interleaved runs of
         the exported branch, R=8 190 ms, R=4 168 ms, R=2 166 ms; so half a tile per step,
         (R + w - 1) g = 96 keys per query instead of 144, two steps, a third of the scores
-        alive. Torch eager runs a step as `scaled_dot_product_attention` (fused: no score
-        matrix in memory, forward or backward), R=4 76 ms against 89-94 ms at R=2 and
+        alive. Torch eager runs the steps as the heads of one `scaled_dot_product_attention`
+        call (fused: no score matrix in memory, forward or backward), R=4 76 ms against 89-94 ms at R=2 and
         87-99 ms at R=8, and 92-103 ms for the bmm/softmax/bmm form row by row; the whole
         FGMA forward + backward of a training batch (4 x 4 neighbours, 64x64, C=16) 110 ms
         against that form's 148 ms.
@@ -234,10 +234,20 @@ class FGMA(GraphLayout, nn.Module):
     def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
         """`_attend_tiles` from `_with_one`'s (K, t, t, C + 1) query side on."""
         t, c, g, w = self.tile, self.channels, self.halo, self.window
-        k, step, band, fused = qk.shape[0], self.step_rows, self.band, not is_tracing()
+        k, step, band = qk.shape[0], self.step_rows, self.band
+        if not is_tracing():
+            # Eq. 8 as one call of torch's fused kernel, which keeps no score matrix: the steps
+            # are its heads, each step's keys an overlapping window of the halo rows (a view,
+            # no copy), and the heads' outputs are the tile's rows in order, so no
+            # concatenation. Level-1 shapes of `tiny` (512 tiles, one thread): 5.2 ms against
+            # 5.8 ms for one call per step and the concatenation.
+            keys = halos.unfold(1, (step + w - 1) * g, step * g).transpose(2, 3)
+            rows = qk.reshape(k, t // step, step * t, c + 1)
+            out = F.scaled_dot_product_attention(rows, keys, keys, attn_mask=band, scale=1.0)
+            return _rowwise(self.proj_v, out.reshape(k, t, t, c + 1)[..., :c])  # W_v folded
         parts = []
-        # Only one step's scores are alive at a time: in eager mode by the loop, in exported
-        # graphs by tying each step (and each chunk, in `fgma_graph`) to the one before. A delegate
+        # Exported graphs: only one step's scores are alive at a time, by tying each step (and
+        # each chunk, in `fgma_graph`) to the one before. A delegate
         # partitioner re-sorts the nodes it fuses breadth-first, so untied steps run as "every
         # step's scores, then every softmax": measured at s=15, 8 score matrices of 12.6 MB
         # alive in one XNNPACK call, whose workspace became the program's largest (190 MB).
@@ -248,13 +258,8 @@ class FGMA(GraphLayout, nn.Module):
             keys = halos if step == t else halos[:, y * g:(y + step + w - 1) * g]
             rows = after_last(qk if step == t else qk[:, y:y + step], parts)
             rows = rows.reshape(k, step * t, c + 1)
-            if fused:  # Eq. 8 as one kernel that keeps no score matrix (eager: torch's SDPA)
-                keys = keys.unsqueeze(1)
-                out = F.scaled_dot_product_attention(rows.unsqueeze(1), keys, keys,
-                                                     attn_mask=band, scale=1.0)
-            else:
-                attn = torch.softmax(torch.bmm(rows, keys.transpose(1, 2)) + band, dim=-1)
-                out = torch.bmm(attn, keys)                             # Eq. 8
+            attn = torch.softmax(torch.bmm(rows, keys.transpose(1, 2)) + band, dim=-1)
+            out = torch.bmm(attn, keys)                                 # Eq. 8
             parts.append(out.reshape(k, step, t, c + 1))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         return _rowwise(self.proj_v, out[..., :c])                      # W_v folded out
