@@ -344,9 +344,10 @@ def _concat(warped: torch.Tensor, mask: torch.Tensor,
             attended: torch.Tensor | None) -> torch.Tensor:
     """Concat(F_flow, M, F_att) along channels; F_att None means zeros (no attention).
 
-    Inference writes the parts into one buffer: F_att arrives as a channels-last map viewed as
-    (N, C, H, W), which `torch.cat` copies element by element at the plane stride, and the
-    zeros need no map of their own. At `tiny`'s level 1 at 256x256 (4 neighbours, one thread)
+    Inference writes the parts into one buffer: F_att of selected tiles arrives as a
+    channels-last map viewed as (N, C, H, W), which `torch.cat` copies element by element at
+    the plane stride (every-tile F_att arrives planar), and the zeros need no map of their
+    own. At `tiny`'s level 1 at 256x256 (4 neighbours, one thread)
     the concatenation took 24.7 ms, 18.8 ms this way (half of either is the page faults of the
     35 MB result). Exported graphs and training keep `torch.cat`."""
     if is_tracing() or torch.is_grad_enabled():
