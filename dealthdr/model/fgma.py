@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tile_rows
+from .align import Aligned
 from .fgma_graph import GraphLayout, after_last, cat, chunks, zeros
 from .fgma_mask import (DENSE_FROM, attention_mask, bucket_tiles, consistency_difference,
                         select_bucket, select_dynamic, tile_grid, tile_max)
@@ -294,7 +295,8 @@ class FGMA(GraphLayout, nn.Module):
 
     def forward(self, current: torch.Tensor, neighbours: torch.Tensor,
                 flow_t_to_n: torch.Tensor, flow_n_to_t: torch.Tensor, image_t: torch.Tensor,
-                s: float, budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                s: float, budget: int | None = None, parts: bool = False,
+                ) -> tuple[torch.Tensor | Aligned, torch.Tensor]:
         """Align T' neighbours to the current frame.
 
         current: (B, C, H, W) decoder feature F_t^in. neighbours: (B*T', C, H, W) encoder
@@ -302,7 +304,9 @@ class FGMA(GraphLayout, nn.Module):
         image_t: (B, 3, H, W) L_t, frame t as captured (gamma domain, its own exposure), at
         this level. budget: None for the dynamic policy, K tiles per neighbour for the bucket
         policy. Returns
-        Concat(F_flow, M, F_att) as (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W).
+        Concat(F_flow, M, F_att) as (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W);
+        with `parts`, the concatenation as its `Aligned` parts instead (for `AlignProjection`,
+        which never needs it built).
         """
         per = neighbours.shape[0] // current.shape[0]
         # This level's warps run once its decoder feature exists, and D's corner reads are done
@@ -316,7 +320,7 @@ class FGMA(GraphLayout, nn.Module):
         warped = flow_warp(neighbours, flow_t_to_n)                 # Eq. 8, F_flow
         if s == 0 or budget == 0:
             mask = zeros(warped, 1)
-            return _concat(warped, mask, None), mask
+            return (Aligned(warped, mask, None) if parts else _concat(warped, mask, None)), mask
         if d is None:  # s = inf: M is everywhere, no D needed, every tile is taken
             mask, ids = zeros(warped, 1) + 1.0, None
         else:
@@ -324,6 +328,8 @@ class FGMA(GraphLayout, nn.Module):
             ids = select_dynamic(mask, self.tile) if budget is None else \
                 select_bucket(d, budget, self.tile)
         attended, executed = self.attend(current, warped, mask, ids)
+        if parts:
+            return Aligned(warped, executed, attended), executed
         return _concat(warped, executed, attended), executed
 
 

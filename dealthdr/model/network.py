@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .align import AlignProjection
 from .blocks import make_level
 from .config import DeAltHDRConfig
 from .encoder import Encoder
@@ -97,8 +98,7 @@ class DeAltHDR(nn.Module):
         self.skips = nn.ModuleList([nn.Conv2d(2 * dims[lv - 1], dims[lv - 1], 1) for lv in levels])
         self.fgma = nn.ModuleList([FGMA(dims[lv - 1], cfg.attn_window, cfg.attn_tile)
                                    for lv in levels])
-        self.align_proj = nn.ModuleList([nn.Conv2d(2 * dims[lv - 1] + 1, dims[lv - 1], 1)
-                                         for lv in levels])
+        self.align_proj = nn.ModuleList([AlignProjection(dims[lv - 1]) for lv in levels])
         self.routers = nn.ModuleList([FrameHistoryRouter(dims[lv - 1], cfg.heads[lv - 1],
                                                          cfg.ffn_expansion) for lv in levels])
         self.decoder = nn.ModuleList([
@@ -249,6 +249,9 @@ class DeAltHDR(nn.Module):
         # darker, its D as much smaller, and one s would select far fewer positions for it.
         own = rel[:, centre].view(-1, 1, 1, 1) ** (1.0 / self.cfg.gamma)
         frame_t = (x[:, centre, 3:].clamp(0, 1) * own).clamp(0, 1)
+        # Inference hands FGMA's output to its projection as parts (`dealthdr.model.align`);
+        # exported graphs and training keep one concatenation and one convolution.
+        parts = not (is_tracing() or torch.is_grad_enabled())
         for i, level in enumerate((3, 2, 1)):
             skip, near = feats[level - 1]  # the centre's encoder features and its neighbours'
             cur = self.skips[i](torch.cat((self.ups[i](cur), skip), 1))
@@ -258,7 +261,7 @@ class DeAltHDR(nn.Module):
             aligned, executed = self.fgma[i](
                 cur, near, resize_flow(flow_t_n, size),
                 resize_flow(flow_n_t, size), frame_l, s,
-                None if budget is None else budget[level - 1])
+                None if budget is None else budget[level - 1], parts=parts)
             cur = self.routers[i](cur, self.align_proj[i](aligned))
             cur = self.decoder[i](cur)
             if not is_tracing():
