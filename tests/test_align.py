@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dealthdr.model.align import Aligned, AlignProjection
 from dealthdr.model.fgma import FGMA
@@ -29,6 +30,15 @@ def test_projection_of_parts_equals_projection_of_the_concatenation(s, budget):
         assert torch.allclose(proj(parts), proj(whole), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(proj(parts._replace(mask=1 - parts.mask)), proj(whole),
                                   atol=1e-3)
+        # FLOPs are counted for both paths (Table G): the parts' products are the convolution's
+        # but for the mask channel, which is an element-wise multiply-add.
+        counts = []
+        for x in (parts, whole):
+            with FlopCounterMode(display=False) as counter:
+                proj(x)
+            counts.append(counter.get_total_flops())
+        channels = 8 if parts.attended is None else 16
+        assert counts[0] == counts[1] * channels // 17
 
 
 def test_network_inference_matches_its_autograd_path():

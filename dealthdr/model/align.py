@@ -36,10 +36,12 @@ class AlignProjection(nn.Conv2d):
         flow, mask, attended = x
         n, c, h, w = flow.shape
         weight = self.weight.view(self.out_channels, -1)
-        # (N, C_out, HW) accumulated in place: bias + W_flow F_flow + W_att F_att + w_M M
+        # (N, C_out, HW) accumulated in place: bias + W_flow F_flow + W_att F_att + w_M M.
+        # `out=` rather than `baddbmm_`: torch's FLOP counter (Table G) sees only the former.
         out = torch.baddbmm(self.bias.view(1, -1, 1), weight[:, :c].expand(n, -1, -1),
                             flow.reshape(n, c, h * w))
         if attended is not None:
-            out.baddbmm_(weight[:, c + 1:].expand(n, -1, -1), attended.reshape(n, c, h * w))
+            torch.baddbmm(out, weight[:, c + 1:].expand(n, -1, -1),
+                          attended.reshape(n, c, h * w), out=out)
         out.addcmul_(weight[:, c].view(1, -1, 1), mask.reshape(n, 1, h * w))
         return out.view(n, -1, h, w)
