@@ -233,8 +233,9 @@ class FGMA(GraphLayout, nn.Module):
         the exported branch, R=8 190 ms, R=4 168 ms, R=2 166 ms; so half a tile per step,
         (R + w - 1) g = 96 keys per query instead of 144, two steps, a third of the scores
         alive. Torch eager runs the steps as the heads of one `scaled_dot_product_attention`
-        call (fused: no score matrix in memory, forward or backward), R=4 76 ms against 89-94 ms at R=2 and
-        87-99 ms at R=8, and 92-103 ms for the bmm/softmax/bmm form row by row; the whole
+        call (fused: no score matrix in memory, forward or backward), R=4 76 ms against
+        89-94 ms at R=2 and 87-99 ms at R=8, and 92-103 ms for the bmm/softmax/bmm form row
+        by row (one call per step then); the whole
         FGMA forward + backward of a training batch (4 x 4 neighbours, 64x64, C=16) 110 ms
         against that form's 148 ms.
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
