@@ -675,6 +675,26 @@ def test_records_name_the_commit_they_were_measured_on():
     for rec in (host_fields("host"), machine_record()):
         assert (rec["commit"] is None if head is None
                 else rec["commit"] in (head, f"{head}-dirty")), rec
+        assert bool(rec["dirty_paths"]) == str(rec["commit"]).endswith("-dirty"), rec
+
+
+def test_a_dirty_record_names_the_paths_that_differed(monkeypatch):
+    """`-dirty` alone does not say whether code or only an earlier record differed: the
+    record lists the modified tracked paths (git status porcelain, renames as 'old -> new')."""
+    import subprocess
+
+    from dealthdr import sysinfo
+
+    outputs = {"rev-parse": "abc123\n",
+               "status": " M README.md\nM  dealthdr/model/fgma.py\nR  a.py -> b.py\n"}
+
+    def fake_git(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 0, stdout=outputs[cmd[1]], stderr="")
+    monkeypatch.setattr(sysinfo.subprocess, "run", fake_git)
+    assert sysinfo._git_state() == ("abc123-dirty",
+                                    ("README.md", "a.py -> b.py", "dealthdr/model/fgma.py"))
+    outputs["status"] = ""
+    assert sysinfo._git_state() == ("abc123", ())
 
 
 def test_the_commit_is_the_one_the_process_started_from(monkeypatch):

@@ -33,7 +33,7 @@ from dealthdr.bench.stats import latency_stats, percentile
 from dealthdr.cliargs import parse_sizes
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.sensitivity import parse_s_texts
-from dealthdr.sysinfo import cpu_model, source_commit
+from dealthdr.sysinfo import cpu_model, dirty_paths, source_commit
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
 
 def host_fields(device: str) -> dict:
     return {"device": device, "cpu": cpu_model(), "os": f"{platform.system()} {platform.release()}",
-            "commit": source_commit()}
+            "commit": source_commit(), "dirty_paths": dirty_paths()}
 
 
 def streamed_flops(window: dict, frames: int) -> tuple[float | None, dict]:
