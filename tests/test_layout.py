@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("dealthdr.export", "dealthdr.quantize", "dealthdr.calib", "dealthdr.bench")
 SCRIPTS = ["export/to_executorch.py", "export/to_coreml.py", "export/to_onnx.py",
            "quantize/qat.py", "calib/buckets.py", "calib/noise.py", "calib/darktable.py",
-           "device_bench/fgma_scaling.py"]
+           "device_bench/fgma_scaling.py", "device_bench/fgma_exported.py"]
 FRONT_DOOR = [["export", "executorch"], ["export", "coreml"], ["export", "onnx"], ["quantize"],
               ["bench"], ["bench", "run"], ["calib", "buckets"], ["calib", "noise"],
               ["calib", "darktable"]]

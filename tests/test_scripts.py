@@ -30,3 +30,28 @@ def test_fgma_scaling_rejects_ratios_without_endpoints(tmp_path):
                          text=True, timeout=120)
     assert res.returncode != 0 and "include 0 and 1" in res.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_fgma_exported_script_times_each_bucket_it_lowers(tmp_path):
+    """One level's FGMA lowered to XNNPACK per bucket size and run in the ExecuTorch runtime:
+    a record row per R, with the policy the exporter would pick (flow only, gather, dense)."""
+    out = tmp_path / "exported.json"
+    res = subprocess.run([sys.executable, "device_bench/fgma_exported.py", "--level", "3",
+                          "--size", "64x64", "--ratios", "0,0.5,1", "--repeats", "1",
+                          "--warmup", "0", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(out.read_text())
+    assert rec["level_size"] == "16x16" and rec["channels"] == 64       # tiny: 16 x 2^2
+    assert [(r["k"], r["dense"]) for r in rec["rows"]] == [(0, False), (2, False), (4, True)]
+    assert all(r["pte_ms_median"] > 0 and r["eager_ms_median"] > 0 for r in rec["rows"])
+    # the gathering graph holds the selection's ops, so it differs from the flow-only one
+    assert len({r["pte_bytes"] for r in rec["rows"]}) == 3
+
+
+def test_fgma_exported_rejects_ratios_outside_0_1(tmp_path):
+    res = subprocess.run([sys.executable, "device_bench/fgma_exported.py", "--ratios", "0,1.5",
+                          "--out", str(tmp_path / "x.json")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2 and "[0, 1]" in res.stderr
+    assert not (tmp_path / "x.json").exists()
