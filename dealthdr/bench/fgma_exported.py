@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from dealthdr.cliargs import parse_size, reuse_freed_memory
+from dealthdr.bench.fgma_scaling import add_level_flags, level_shape
+from dealthdr.cliargs import reuse_freed_memory
 from dealthdr.export.config import parse_config
 from dealthdr.fileio import atomic_write_bytes
-from dealthdr.model import get_config
 from dealthdr.model.fgma import FGMA, bucket_tiles, tile_grid
 from dealthdr.sysinfo import machine_record
 
@@ -54,16 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = ExportedScalingConfig()                      # the defaults live in the config only
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default=d.variant,
-                   help=f"variant whose level to time (default: {d.variant})")
-    p.add_argument("--level", type=int, choices=(1, 2, 3), default=d.level,
-                   help=f"decoder level: 1 = full resolution, 2 = 1/2, 3 = 1/4 (default: "
-                        f"{d.level})")
-    p.add_argument("--size", type=parse_size, default=d.size,
-                   help="network input size HxW; the level works at size / 2^(level-1) "
-                        f"(default: {d.size[0]}x{d.size[1]})")
-    p.add_argument("--neighbours", type=int, default=d.neighbours,
-                   help=f"neighbours aligned (paper: 4; default: {d.neighbours})")
+    add_level_flags(p, d)
     p.add_argument("--ratios", default=d.ratios,
                    help="bucket sizes as shares R of the level's tiles, comma-separated; "
                         "K = round(R x tiles) per neighbour, 0 is the flow-only graph "
@@ -123,9 +114,7 @@ def run(cfg: ExportedScalingConfig) -> dict:
         raise ValueError("--repeats, --threads and --neighbours must be >= 1, --warmup >= 0")
     torch.set_num_threads(cfg.threads)
     _unsafe_reset_threadpool(cfg.threads)
-    model_cfg = get_config(cfg.variant)
-    c = model_cfg.dim * 2 ** (cfg.level - 1)
-    h, w = cfg.size[0] >> (cfg.level - 1), cfg.size[1] >> (cfg.level - 1)
+    model_cfg, c, h, w = level_shape(cfg.variant, cfg.level, cfg.size)
     a, b = tile_grid(h, w, model_cfg.attn_tile)
     torch.manual_seed(0)
     fgma = FGMA(c, model_cfg.attn_window, model_cfg.attn_tile).eval()

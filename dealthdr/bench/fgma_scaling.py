@@ -56,10 +56,9 @@ class ScalingConfig:
     out: Path = Path("runs/fgma_scaling.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = ScalingConfig()                              # the defaults live in the config only
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_level_flags(p: argparse.ArgumentParser, d) -> None:
+    """--variant, --level, --size, --neighbours: which decoder level of which variant FGMA's
+    benchmarks time (this script and `fgma_exported`); `d` holds the defaults."""
     p.add_argument("--variant", default=d.variant,
                    help=f"variant whose level to time (default: {d.variant})")
     p.add_argument("--level", type=int, choices=(1, 2, 3), default=d.level,
@@ -70,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d.size[0]}x{d.size[1]})")
     p.add_argument("--neighbours", type=int, default=d.neighbours,
                    help=f"neighbours aligned (paper: 4; default: {d.neighbours})")
+
+
+def level_shape(variant: str, level: int, size: tuple[int, int]):
+    """(variant config, channels, height, width) of decoder level `level` for input `size`."""
+    cfg = get_config(variant)
+    return (cfg, cfg.dim * 2 ** (level - 1), size[0] >> (level - 1), size[1] >> (level - 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ScalingConfig()                              # the defaults live in the config only
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_level_flags(p, d)
     p.add_argument("--ratios", default=d.ratios,
                    help=f"tile ratios R to time, comma-separated (default: {d.ratios})")
     p.add_argument("--repeats", type=int, default=d.repeats,
@@ -97,9 +109,7 @@ def run(args: ScalingConfig) -> dict:
     ratios = [float(r) for r in args.ratios.split(",")]
     if any(not 0 <= r <= 1 for r in ratios) or 0.0 not in ratios or 1.0 not in ratios:
         raise ValueError("--ratios must lie in [0, 1] and include 0 and 1")
-    cfg = get_config(args.variant)
-    c = cfg.dim * 2 ** (args.level - 1)
-    h, w = args.size[0] >> (args.level - 1), args.size[1] >> (args.level - 1)
+    cfg, c, h, w = level_shape(args.variant, args.level, args.size)
     num = args.neighbours
     torch.manual_seed(0)
     tile = cfg.attn_tile
