@@ -326,8 +326,8 @@ def test_exported_attention_steps_run_one_after_another(budget):
                                            (2.0, 5, (12, 14)), (math.inf, None, (16, 16)),
                                            (math.inf, None, (10, 13))])
 def test_inference_output_buffer_equals_concatenation(s, budget, size):
-    """Without autograd the output Concat(F_flow, M, F_att) is written part by part into one
-    buffer (F_att transposed from channels last); with it, `torch.cat`. Same numbers."""
+    """Without autograd every-tile results go straight into the output map; with it, through a
+    tile table and `torch.cat`. Same Concat(F_flow, M, F_att), bit for bit."""
     fgma = FGMA(8, 5, tile=4, tile_chunk=3).eval()
     args = _inputs(h=size[0], w=size[1])
     with torch.no_grad():

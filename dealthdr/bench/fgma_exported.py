@@ -18,13 +18,12 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dealthdr.bench.fgma_scaling import add_level_flags, level_shape
+from dealthdr.bench.fgma_scaling import add_level_flags, level_shape, timed
 from dealthdr.cliargs import reuse_freed_memory
 from dealthdr.export.config import parse_config
 from dealthdr.fileio import atomic_write_bytes
@@ -98,12 +97,6 @@ def _lowered_method(branch: torch.nn.Module, inputs: tuple, folder: Path, name: 
     return Runtime.get().load_program(str(path)).load_method("forward"), path.stat().st_size
 
 
-def _timed_ms(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
 def run(cfg: ExportedScalingConfig) -> dict:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
@@ -133,12 +126,10 @@ def run(cfg: ExportedScalingConfig) -> dict:
         eager_ms = {k: [] for k in programs}
         with torch.no_grad():
             for i in range(cfg.warmup + cfg.repeats):
+                sink = i >= cfg.warmup
                 for k, (method, _) in programs.items():
-                    t_pte = _timed_ms(lambda: method.execute(list(inputs)))
-                    t_eager = _timed_ms(lambda: eager[k](*inputs))
-                    if i >= cfg.warmup:
-                        pte_ms[k].append(t_pte)
-                        eager_ms[k].append(t_eager)
+                    timed(lambda: method.execute(list(inputs)), pte_ms[k] if sink else [])
+                    timed(lambda: eager[k](*inputs), eager_ms[k] if sink else [])
     rows = [{"R": r, "k": k, "tiles_per_neighbour": a * b,
              "dense": k > 0 and bucket_tiles(k, a * b) == a * b,
              "pte_ms_median": statistics.median(pte_ms[k]),

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _timed(fn, rounds: list[float]) -> None:
+def timed(fn, rounds: list[float]) -> None:
     start = time.perf_counter()
     fn()
     rounds.append((time.perf_counter() - start) * 1e3)
@@ -140,14 +140,15 @@ def run(args: ScalingConfig) -> dict:
             sink = i >= args.warmup
             for r in ratios:
                 rounds = times[r] if sink else []
-                _timed(lambda: branch(r), rounds)
-                _timed(lambda: select_bucket(d, max(1, round(r * a * b)), tile),
-                       topk[r] if sink else [])
-            _timed(lambda: attention_mask(consistency_difference(image, flow, -flow), 15.0),
-                   over["mask (Eq. 4-6)"] if sink else [])
-            _timed(lambda: select_dynamic(masks[1.0], tile),
-                   over["select dynamic (nonzero)"] if sink else [])
-            _timed(lambda: fgma.halo_table(warped), over["halo table (exported graphs)"] if sink else [])
+                timed(lambda: branch(r), rounds)
+                timed(lambda: select_bucket(d, max(1, round(r * a * b)), tile),
+                      topk[r] if sink else [])
+            timed(lambda: attention_mask(consistency_difference(image, flow, -flow), 15.0),
+                  over["mask (Eq. 4-6)"] if sink else [])
+            timed(lambda: select_dynamic(masks[1.0], tile),
+                  over["select dynamic (nonzero)"] if sink else [])
+            timed(lambda: fgma.halo_table(warped),
+                  over["halo table (exported graphs)"] if sink else [])
     med = {r: statistics.median(v) for r, v in times.items()}
     span = med[1.0] - med[0.0]
     rows = []

@@ -349,31 +349,11 @@ def _band_bias(tile: int, window: int, rows: int) -> torch.Tensor:
 
 def _concat(warped: torch.Tensor, mask: torch.Tensor,
             attended: torch.Tensor | None) -> torch.Tensor:
-    """Concat(F_flow, M, F_att) along channels; F_att None means zeros (no attention).
-
-    Inference writes the parts into one buffer: F_att of selected tiles arrives as a
-    channels-last map viewed as (N, C, H, W), which `torch.cat` copies element by element at
-    the plane stride (every-tile F_att arrives planar), and the zeros need no map of their
-    own. At `tiny`'s level 1 at 256x256 (4 neighbours, one thread)
-    the concatenation took 24.7 ms, 18.8 ms this way (half of either is the page faults of the
-    35 MB result). Exported graphs and training keep `torch.cat`."""
-    if is_tracing() or torch.is_grad_enabled():
-        parts = (warped, mask, zeros(warped, warped.shape[1]) if attended is None else attended)
-        return torch.cat(parts, dim=1)
-    num, c, h, w = warped.shape
-    out = warped.new_empty(num, 2 * c + 1, h, w)
-    out[:, :c].copy_(warped)
-    out[:, c:c + 1].copy_(mask)
-    if attended is None:
-        out[:, c + 1:].zero_()
-    elif attended.permute(0, 2, 3, 1).is_contiguous():
-        # one 2-D transpose per item: torch's blocked transpose copy takes only 2-D tensors
-        rows = attended.permute(0, 2, 3, 1).reshape(num, h * w, c)
-        for n in range(num):
-            out[n, c + 1:].view(c, h * w).copy_(rows[n].t())
-    else:
-        out[:, c + 1:].copy_(attended)
-    return out
+    """Concat(F_flow, M, F_att) along channels; F_att None means zeros (no attention). The
+    network's inference never builds it (`dealthdr.model.align`); exported graphs, training
+    and direct callers of FGMA do."""
+    return torch.cat((warped, mask, zeros(warped, warped.shape[1]) if attended is None
+                      else attended), dim=1)
 
 
 def _per_neighbour(x: torch.Tensor, per: int) -> torch.Tensor:
