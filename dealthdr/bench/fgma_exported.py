@@ -98,13 +98,16 @@ def _lowered_method(branch: torch.nn.Module, inputs: tuple, folder: Path, name: 
 
 
 def run(cfg: ExportedScalingConfig) -> dict:
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-    ratios = [float(r) for r in cfg.ratios.split(",")]
+    try:
+        ratios = [float(r) for r in cfg.ratios.split(",")]
+    except ValueError:
+        raise ValueError(f"--ratios must be comma-separated numbers, got {cfg.ratios!r}") from None
     if not ratios or any(not 0 <= r <= 1 for r in ratios):
         raise ValueError("--ratios must lie in [0, 1]")
     if cfg.repeats < 1 or cfg.warmup < 0 or cfg.threads < 1 or cfg.neighbours < 1:
         raise ValueError("--repeats, --threads and --neighbours must be >= 1, --warmup >= 0")
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
     torch.set_num_threads(cfg.threads)
     _unsafe_reset_threadpool(cfg.threads)
     model_cfg, c, h, w = level_shape(cfg.variant, cfg.level, cfg.size)
