@@ -25,20 +25,24 @@ def test_projection_of_parts_equals_projection_of_the_concatenation(s, budget):
         whole, mask = fgma(*args, s=s, budget=budget)
         parts, mask_parts = fgma(*args, s=s, budget=budget, parts=True)
         assert isinstance(parts, Aligned) and (parts.attended is None) == (s == 0)
+        # where attention ran, F_att comes before W_v, which the projection folds in
+        assert (parts.value is fgma.proj_v) == (s != 0)
         assert torch.equal(mask, mask_parts)
         assert torch.equal(torch.cat([parts.flow, parts.mask, whole[:, 9:]], 1), whole)
         assert torch.allclose(proj(parts), proj(whole), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(proj(parts._replace(mask=1 - parts.mask)), proj(whole),
                                   atol=1e-3)
         # FLOPs are counted for both paths (Table G): the parts' products are the convolution's
-        # but for the mask channel, which is an element-wise multiply-add.
+        # but for the mask channel, which is an element-wise multiply-add, plus folding W_v
+        # into the F_att weights (a C x C product).
         counts = []
         for x in (parts, whole):
             with FlopCounterMode(display=False) as counter:
                 proj(x)
             counts.append(counter.get_total_flops())
         channels = 8 if parts.attended is None else 16
-        assert counts[0] == counts[1] * channels // 17
+        fold = 0 if parts.value is None else 2 * 8 ** 3
+        assert counts[0] == counts[1] * channels // 17 + fold
 
 
 def test_network_inference_matches_its_autograd_path():

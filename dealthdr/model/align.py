@@ -6,6 +6,11 @@ inference never builds the concatenation: at `tiny`'s level 1 at 256x256 (4 neig
 thread) it is a 35 MB map, and concatenating then convolving took 22.9 ms against 5.8 ms for the
 parts. Exported graphs and training keep the concatenation and one convolution (one op for a
 delegate and for the quantizer; autograd through `torch.cat` and `conv2d`).
+
+F_att arrives before FGMA's value projection (`Aligned.value`): W_v and b_v are linear and M is
+a per-position scalar, so they fold into this projection's F_att and M weights as C x C
+products, and the map never passes through W_v (at 256x256, one thread: the FGMA forward of
+`tiny` at s=15 163 -> 151 ms, Table G's breakdown).
 """
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ from torch import nn
 
 class Aligned(NamedTuple):
     """Concat(F_flow, M, F_att) as its parts: F_flow (N, C, H, W), M (N, 1, H, W) and F_att
-    (N, C, H, W), or None where no attention ran (zeros)."""
+    (N, C, H, W), or None where no attention ran (zeros). With `value`, `attended` is F_att
+    before FGMA's value projection, M * sum_j a_j f_j, and F_att = W_v attended + b_v M: the
+    projection below folds W_v into its own weights, so the map never goes through it."""
     flow: torch.Tensor
     mask: torch.Tensor
     attended: torch.Tensor | None
+    value: nn.Linear | None = None
 
 
 class AlignProjection(nn.Conv2d):
@@ -33,15 +41,19 @@ class AlignProjection(nn.Conv2d):
     def forward(self, x: torch.Tensor | Aligned) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             return super().forward(x)
-        flow, mask, attended = x
+        flow, mask, attended, value = x
         n, c, h, w = flow.shape
         weight = self.weight.view(self.out_channels, -1)
+        w_att, w_mask = weight[:, c + 1:], weight[:, c]
+        if value is not None:
+            # W_att (W_v a + b_v M) = (W_att W_v) a + (W_att b_v) M: C x C products instead of
+            # a pass of W_v over the map (at every position, masked or not).
+            w_att, w_mask = w_att @ value.weight, w_mask + w_att @ value.bias
         # (N, C_out, HW) accumulated in place: bias + W_flow F_flow + W_att F_att + w_M M.
         # `out=` rather than `baddbmm_`: torch's FLOP counter (Table G) sees only the former.
         out = torch.baddbmm(self.bias.view(1, -1, 1), weight[:, :c].expand(n, -1, -1),
                             flow.reshape(n, c, h * w))
         if attended is not None:
-            torch.baddbmm(out, weight[:, c + 1:].expand(n, -1, -1),
-                          attended.reshape(n, c, h * w), out=out)
-        out.addcmul_(weight[:, c].view(1, -1, 1), mask.reshape(n, 1, h * w))
+            torch.baddbmm(out, w_att.expand(n, -1, -1), attended.reshape(n, c, h * w), out=out)
+        out.addcmul_(w_mask.view(1, -1, 1), mask.reshape(n, 1, h * w))
         return out.view(n, -1, h, w)

@@ -120,7 +120,8 @@ class FGMA(GraphLayout, nn.Module):
         return self.tile + 2 * (self.window // 2)
 
     def attend(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
-               ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+               ids: torch.Tensor | None, project: bool = True,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Windowed cross-attention in the selected tiles, and the executed mask.
 
         current: (B, C, H, W) query features, one map per group of N / B neighbours (no copy per
@@ -129,13 +130,18 @@ class FGMA(GraphLayout, nn.Module):
         `select_dynamic` / `select_bucket`, or None for every tile. Returns F_att (N, C, H, W),
         zero outside M and outside the selected tiles, and the executed mask (N, 1, H, W): M in
         the selected tiles. The two tables are the branch's O(H*W) steps, paid once per call
-        whatever the number of tiles; everything else is O(selected tiles).
+        whatever the number of tiles; everything else is O(selected tiles). `project` False
+        (eager layouts only) leaves out the value projection: F_att is then M * sum_j a_j f_j,
+        for a caller that folds W_v into what it applies next (`Aligned.value`).
         """
         if self.eager_rows and not is_tracing():
-            return self._attend_rows(current, warped, mask, ids)
+            return self._attend_rows(current, warped, mask, ids, project)
+        if not project:
+            raise ValueError("the graph layout always applies the value projection")
         return self._attend_graph(current, warped, mask, ids)
     def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
-                     ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     ids: torch.Tensor | None, project: bool = True,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`attend` on the eager layouts (`tile_rows`): the same tiles, windows and arithmetic,
         so the same numbers, with work proportional to the selected tiles."""
         num, c, h, w = warped.shape
@@ -146,7 +152,7 @@ class FGMA(GraphLayout, nn.Module):
             return zeros(warped, c), zeros(warped, 1)
         r, parts = self.window // 2, []
         if ids is None:  # every tile: channels-last tables, one index_select per halo
-            attended = self._every_tile_rows(current, warped, mask)
+            attended = self._every_tile_rows(current, warped, mask, project)
         else:  # selected tiles: gathered where they lie, no table of the whole map
             for part in chunks(ids, self.tile_chunk):
                 at = tile_rows.tile_coords(part, grid, t, 0, t)
@@ -154,14 +160,15 @@ class FGMA(GraphLayout, nn.Module):
                 halos = tile_rows.gather_halo(
                     warped, tile_rows.tile_coords(part, grid, t, r, self.halo), _NEG)
                 values = self._attend_tiles(
-                    tile_rows.gather_block(current, (item // per, rows, cols)), halos)
+                    tile_rows.gather_block(current, (item // per, rows, cols)), halos,
+                    project=project)
                 parts.append((values * tile_rows.gather_block(mask, at), at))
             attended = tile_rows.place_tiles(warped, parts, grid, t)
         executed = mask if ids is None else mask * tile_rows.selected_area(mask, ids, grid, t)
         return attended, executed
 
     def _every_tile_rows(self, current: torch.Tensor, warped: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
+                         mask: torch.Tensor, project: bool = True) -> torch.Tensor:
         """F_att of every tile on the eager layouts. The query side runs once per frame and is
         read by each of its neighbours (a frame's tiles are every neighbour's queries); chunks
         are whole tile rows of one neighbour (`tile_chunk` tiles rounded down to whole rows, at
@@ -190,13 +197,15 @@ class FGMA(GraphLayout, nn.Module):
                 part = torch.arange(first, last, device=warped.device)
                 halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
                 values = self._attend_qk1(qk[frame + i * b:frame + j * b],
-                                          halos.view(last - first, -1, c + 1))
-                values = values * masks[first:last]
+                                          halos.view(last - first, -1, c + 1), project)
                 if not direct:
-                    parts.append(values)
+                    parts.append(values * masks[first:last])
                     continue
-                for y, row in enumerate(values.view(j - i, b, t, t, c), i):
-                    fmap[n, :, y * t:(y + 1) * t].view(c, t, b, t).copy_(row.permute(3, 1, 0, 2))
+                # M applied on the way into the map: one pass per tile row, not two
+                rows_m = masks[first:last].view(j - i, b, t, t, 1)
+                for y, (row, m) in enumerate(zip(values.view(j - i, b, t, t, c), rows_m), i):
+                    torch.mul(row.permute(3, 1, 0, 2), m.permute(3, 1, 0, 2),
+                              out=fmap[n, :, y * t:(y + 1) * t].view(c, t, b, t))
         if not direct:
             return tile_rows.untile(cat(parts), grid, h, w)
         return fmap if (a * t, b * t) == (h, w) else fmap[:, :, :h, :w]
@@ -213,13 +222,15 @@ class FGMA(GraphLayout, nn.Module):
         num, c, h, w = warped.shape
         t, r = self.tile, self.window // 2
         a, b = tile_grid(h, w, t)
+        if not is_tracing():
+            return _key_buffer(warped, r, (a + 1) * t, (b + 1) * t)
         pad = (0, 0, r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
         feats = F.pad(warped.permute(0, 2, 3, 1), pad)
         border = F.pad(zeros(warped, 1).permute(0, 2, 3, 1), pad, value=_NEG)
         return torch.cat((feats, border), 3)
 
     def _attend_tiles(self, queries: torch.Tensor, halos: torch.Tensor,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+                      mask: torch.Tensor | None = None, project: bool = True) -> torch.Tensor:
         """Attention of every query of K tiles over its window.
 
         queries: (K, t, t, C) features; halos: (K, g * g, C + 1) keys and bias; mask: the
@@ -238,9 +249,10 @@ class FGMA(GraphLayout, nn.Module):
         by row (one call per step then); the whole
         FGMA forward + backward of a training batch (4 x 4 neighbours, 64x64, C=16) 110 ms
         against that form's 148 ms.
-        Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M).
+        Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M); without
+        `project`, before the value projection (eager calls only).
         """
-        return self._attend_qk(self._query_keys(queries), halos, mask)
+        return self._attend_qk1(self._with_one(self._query_keys(queries), mask), halos, project)
 
     def _query_keys(self, queries: torch.Tensor) -> torch.Tensor:
         """(K, t, t, C) query features -> Proj_q(q) W_k / sqrt(d), what meets the raw keys."""
@@ -261,8 +273,10 @@ class FGMA(GraphLayout, nn.Module):
         one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
         return torch.cat((qk, one), 3)
 
-    def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor) -> torch.Tensor:
-        """`_attend_tiles` from `_with_one`'s (K, t, t, C + 1) query side on."""
+    def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor,
+                    project: bool = True) -> torch.Tensor:
+        """`_attend_tiles` from `_with_one`'s (K, t, t, C + 1) query side on; `project` False
+        returns the weighted sums before W_v and b_v (eager calls only)."""
         t, c, g, w = self.tile, self.channels, self.halo, self.window
         k, step, band = qk.shape[0], self.step_rows, self.band
         if not is_tracing():
@@ -274,7 +288,8 @@ class FGMA(GraphLayout, nn.Module):
             keys = halos.unfold(1, (step + w - 1) * g, step * g).transpose(2, 3)
             rows = qk.reshape(k, t // step, step * t, c + 1)
             out = F.scaled_dot_product_attention(rows, keys, keys, attn_mask=band, scale=1.0)
-            return _rowwise(self.proj_v, out.reshape(k, t, t, c + 1)[..., :c])  # W_v folded
+            out = out.reshape(k, t, t, c + 1)[..., :c]
+            return _rowwise(self.proj_v, out) if project else out  # W_v folded out
         parts = []
         # Exported graphs: only one step's scores are alive at a time, by tying each step (and
         # each chunk, in `fgma_graph`) to the one before. A delegate
@@ -328,9 +343,11 @@ class FGMA(GraphLayout, nn.Module):
             mask = attention_mask(d, s)
             ids = select_dynamic(mask, self.tile) if budget is None else \
                 select_bucket(d, budget, self.tile)
-        attended, executed = self.attend(current, warped, mask, ids)
+        # Parts on the eager layouts leave W_v to the projection that reads them (`Aligned`).
+        raw = parts and self.eager_rows and not is_tracing()
+        attended, executed = self.attend(current, warped, mask, ids, project=not raw)
         if parts:
-            return Aligned(warped, executed, attended), executed
+            return Aligned(warped, executed, attended, self.proj_v if raw else None), executed
         return _concat(warped, executed, attended), executed
 
 
@@ -345,6 +362,21 @@ def _band_bias(tile: int, window: int, rows: int) -> torch.Tensor:
     kx = torch.arange(g).repeat(rows + window - 1).view(1, -1)
     inside = (ky >= qy) & (ky < qy + window) & (kx >= qx) & (kx < qx + window)
     return torch.where(inside, 0.0, _NEG)
+
+
+def _key_buffer(warped: torch.Tensor, r: int, rows: int, cols: int) -> torch.Tensor:
+    """`FGMA.key_map` in eager calls: one buffer, the features written once into its interior
+    and only the margins filled, instead of two pads and a concatenation, each a pass over the
+    whole map (level 1 of `tiny` at 256x256, 4 neighbours, one thread: 11-12 ms of the FGMA
+    forward were those passes)."""
+    num, c, h, w = warped.shape
+    out = warped.new_empty(num, rows, cols, c + 1)
+    for margin in (out[:, :r], out[:, r + h:], out[:, r:r + h, :r], out[:, r:r + h, r + w:]):
+        margin[..., :c] = 0.0
+        margin[..., c] = _NEG
+    out[:, r:r + h, r:r + w, :c] = warped.permute(0, 2, 3, 1)
+    out[:, r:r + h, r:r + w, c] = 0.0
+    return out
 
 
 def _concat(warped: torch.Tensor, mask: torch.Tensor,
