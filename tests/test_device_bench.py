@@ -709,3 +709,38 @@ def test_the_commit_is_the_one_the_process_started_from(monkeypatch):
     monkeypatch.setattr(sysinfo.subprocess, "run", git_again)
     assert sysinfo.source_commit() == started
     assert sysinfo.machine_record()["commit"] == started
+
+
+# ---------------------------------------------------------------- layout
+
+class ConvsThenReshape(nn.Module):
+    """Two convolutions with a ReLU between (one layout throughout: channels last), then a
+    reshape, which XNNPACK runs only on an NCHW map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(4, 8, 3, padding=1)
+        self.second = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x))).reshape(1, 8, -1).softmax(-1)
+
+
+def test_layout_lists_the_conversions_xnnpack_inserts_by_module(capsys):
+    from dealthdr.bench.layout import conversions
+
+    x = torch.rand(1, 4, 12, 10)
+    found = conversions(torch.export.export(ConvsThenReshape().eval(), (x,)))
+    assert found["partitions"] == 1 and found["permutes"] == []
+    rows = {(r["direction"], r["producer_module"], r["consumer_op"], r["consumer_module"]): r
+            for r in found["conversions"]}
+    back = rows[("to NCHW", "second", "view_copy", "")]          # the reshape reads NCHW
+    assert back["producer_op"] == "convolution" and back["count"] == 1
+    assert back["elements"] == 8 * 12 * 10
+    assert rows[("to NHWC", "", "convolution", "first")]["elements"] == 4 * 12 * 10
+    assert not any(r["producer_module"] == "first" for r in found["conversions"])
+    assert len(rows) == 2
+
+    for argv, msg in ((["--s", "0,15"], "--s takes one bucket"), (["--top", "0"], "--top")):
+        assert main(["-q", "layout", *argv]) == 2
+        assert msg in capsys.readouterr().err

@@ -8,6 +8,7 @@
     python -m device_bench breakdown --size 256x256          # Table G: eager per component
     python -m device_bench apple --artifacts exports/coreml   # macOS: Core ML + compute plan
     python -m device_bench profile-pte PROGRAM.pte --method forward_short   # per-op ETDump
+    python -m device_bench layout --s 15       # XNNPACK's NCHW/NHWC conversions, by module
     python -m device_bench tiled PROGRAM.pte --size 1080x1920    # large frames as tiles
     python -m device_bench stream --frames 32         # reconstruct: streaming vs every window
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         apple,
         breakdown,
         ingest,
+        layout,
         pick,
         plot,
         profile_pte,
@@ -45,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="log warnings only (default: progress at INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, summary, plot, pick, ingest, breakdown, apple, profile_pte, tiled,
-                   stream):
+    for module in (run, summary, plot, pick, ingest, breakdown, apple, profile_pte, layout,
+                   tiled, stream):
         module.add_parser(sub)
     return parser
 
