@@ -732,12 +732,12 @@ def test_layout_lists_the_conversions_xnnpack_inserts_by_module(capsys):
     x = torch.rand(1, 4, 12, 10)
     found = conversions(torch.export.export(ConvsThenReshape().eval(), (x,)))
     assert found["partitions"] == 1 and found["permutes"] == []
-    rows = {(r["direction"], r["producer_module"], r["consumer_op"], r["consumer_module"]): r
-            for r in found["conversions"]}
-    back = rows[("to NCHW", "second", "view_copy", "")]          # the reshape reads NCHW
+    rows = {(r["direction"], r["producer_module"],
+             tuple((x["op"], x["module"]) for x in r["readers"])): r for r in found["conversions"]}
+    back = rows[("to NCHW", "second", (("view_copy", ""),))]     # the reshape reads NCHW
     assert back["producer_op"] == "convolution" and back["count"] == 1
     assert back["elements"] == 8 * 12 * 10
-    assert rows[("to NHWC", "", "convolution", "first")]["elements"] == 4 * 12 * 10
+    assert rows[("to NHWC", "", (("convolution", "first"),))]["elements"] == 4 * 12 * 10
     assert not any(r["producer_module"] == "first" for r in found["conversions"])
     assert len(rows) == 2
 

@@ -13,10 +13,10 @@ output, which leaves in NCHW for the portable kernel or the next delegate call t
 not where they are, because a .pte keeps no module names. This command builds the bucket
 program exactly as `export/to_executorch.py` does (export, graph rewrites, the XNNPACK
 partitioner), runs XNNPACK's preprocessing passes on each partition, and lists every inserted
-conversion with the op and model module producing the map and the op and module reading it,
-grouped and ranked by elements moved; the graph's own permutes are listed by module beside
-them. It times nothing, so it needs no quiet machine; it uses XNNPACK's preprocessing pass
-manager, a private API of the pinned executorch.
+conversion with the op and model module producing the map and the ops and modules reading the
+converted map, grouped and ranked by elements moved; the graph's own permutes are listed by
+module beside them. It times nothing, so it needs no quiet machine; it uses XNNPACK's
+preprocessing pass manager, a private API of the pinned executorch.
 """
 from __future__ import annotations
 
@@ -116,19 +116,20 @@ def conversions(program) -> dict:
             fmt = node.kwargs.get("memory_format") if node.op == "call_function" else None
             if fmt is None or "_to_copy" not in str(node.target):
                 continue
+            # one conversion serves every reader of the converted map
             src = node.args[0]
-            for user in node.users:
-                key = ("to NHWC" if fmt == torch.channels_last else "to NCHW", _op(src),
-                       _module(src), _op(user), _module(user))
-                groups[key][0] += 1
-                groups[key][1] += _elements(node)
+            readers = tuple(sorted({(_op(u), _module(u)) for u in node.users}))
+            key = ("to NHWC" if fmt == torch.channels_last else "to NCHW", _op(src),
+                   _module(src), readers)
+            groups[key][0] += 1
+            groups[key][1] += _elements(node)
     permutes = defaultdict(lambda: [0, 0])
     for node in program.graph.nodes:
         if node.op == "call_function" and "permute" in str(node.target):
             permutes[_module(node)][0] += 1
             permutes[_module(node)][1] += _elements(node)
     convs = [{"direction": k[0], "producer_op": k[1], "producer_module": k[2],
-              "consumer_op": k[3], "consumer_module": k[4], "count": c, "elements": e}
+              "readers": [{"op": op, "module": m} for op, m in k[3]], "count": c, "elements": e}
              for k, (c, e) in groups.items()]
     perms = [{"module": m, "count": c, "elements": e} for m, (c, e) in permutes.items()]
     return {"partitions": partitions,
@@ -171,8 +172,8 @@ def run(cfg: LayoutConfig) -> int:
              "graph moving %.1f M", rec["partitions"], rec["inserted_conversions"], total / 1e6,
              rec["explicit_permutes"], rec["explicit_permute_elements"] / 1e6)
     for r in found["conversions"][:cfg.top]:
-        log.info("  %7.2f M %3d x %-7s %s (%s) -> %s (%s)", r["elements"] / 1e6, r["count"],
-                 r["direction"], r["producer_op"], r["producer_module"] or "input",
-                 r["consumer_op"], r["consumer_module"] or "output")
+        readers = ", ".join(f"{x['op']} ({x['module'] or 'output'})" for x in r["readers"])
+        log.info("  %7.2f M %3d x %-7s %s (%s) -> %s", r["elements"] / 1e6, r["count"],
+                 r["direction"], r["producer_op"], r["producer_module"] or "input", readers)
     log.info("wrote %s", out)
     return 0
