@@ -338,3 +338,23 @@ def test_inference_output_buffer_equals_concatenation(s, budget, size):
     assert torch.equal(fast, ref.detach()) and torch.equal(m_fast, m_ref)
     if s != 0:
         assert fast[:, 9:].abs().sum() > 0                  # F_att was written, not left zero
+
+
+@pytest.mark.parametrize("h,w", [(16, 24), (13, 21)])
+def test_eager_key_buffer_equals_the_padded_key_map(h, w):
+    """Eager calls build the key map in one buffer (`tile_rows.key_buffer`); exported graphs pad
+    and concatenate. Same values (zero features and the minus-infinity bias outside the image),
+    same gradients."""
+    from dealthdr.model import tile_rows
+    from dealthdr.model.fgma import _NEG
+
+    x = torch.randn(3, 5, h, w, requires_grad=True)
+    t, r = 8, 2
+    rows, cols = (-(-h // t) + 1) * t, (-(-w // t) + 1) * t
+    pad = (0, 0, r, cols - w - r, r, rows - h - r)
+    ref = torch.cat((F.pad(x.permute(0, 2, 3, 1), pad),
+                     F.pad(torch.zeros(3, h, w, 1), pad, value=_NEG)), 3)
+    got = tile_rows.key_buffer(x, r, rows, cols, _NEG)
+    assert torch.equal(got, ref)
+    g = torch.randn_like(ref)
+    assert torch.equal(*(torch.autograd.grad((m * g).sum(), x)[0] for m in (got, ref)))

@@ -40,21 +40,27 @@ log = logging.getLogger(__name__)
 ROWS = {**COMPONENTS, "merge": ("merge",)}
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("breakdown", help="per-component eager latency (Table G)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """--checkpoint, --variant and --buckets: which network and bucket calibration a command
+    that builds bucket graphs itself (`breakdown`, `layout`) uses."""
     p.add_argument("--checkpoint", default="default",
                    help="weights ('default': the shipped checkpoint of --variant)")
     p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
                    help="with --checkpoint default: whose shipped weights (default tiny); with "
                         "a path: the variant it must be")
+    p.add_argument("--buckets", type=Path, default=None,
+                   help="bucket calibration JSON (calib/buckets.py); default: calibrate now "
+                        "on synthetic windows of the training panoramas, as the exporters do")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("breakdown", help="per-component eager latency (Table G)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p)
     p.add_argument("--size", type=parse_sizes, default=[(256, 256)],
                    help="input size HxW (default 256x256)")
     p.add_argument("--s", type=parse_s_texts, default=["0", "15", "100"], dest="s_values",
                    help="s-buckets, comma-separated (default 0,15,100)")
-    p.add_argument("--buckets", type=Path, default=None,
-                   help="bucket calibration JSON (calib/buckets.py); default: calibrate now "
-                        "on synthetic windows of the training panoramas, as the exporters do")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed forwards (default 1)")
     p.add_argument("--repeat", type=int, default=5, help="timed forwards (default 5)")

@@ -28,9 +28,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from dealthdr.bench.breakdown import add_model_flags
 from dealthdr.cliargs import parse_size
 from dealthdr.fileio import atomic_write_bytes
-from dealthdr.model import VARIANTS
 from dealthdr.sensitivity import parse_s_texts
 from dealthdr.sysinfo import machine_record
 
@@ -40,20 +40,13 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     p = sub.add_parser("layout", help="XNNPACK's inserted NCHW/NHWC conversions, by module",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="default",
-                   help="weights ('default': the shipped checkpoint of --variant)")
-    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                   help="with --checkpoint default: whose shipped weights (default tiny); with "
-                        "a path: the variant it must be")
+    add_model_flags(p)
     p.add_argument("--size", type=parse_size, default=(256, 256),
                    help="input size HxW of the program (default 256x256)")
     p.add_argument("--s", type=parse_s_texts, default=["15"], dest="s_values",
                    help="the one s-bucket to build (default 15)")
     p.add_argument("--centre", choices=("short", "long"), default="short",
                    help="which centre's method (default short)")
-    p.add_argument("--buckets", type=Path, default=None,
-                   help="bucket calibration JSON (calib/buckets.py); default: calibrate now "
-                        "on synthetic windows of the training panoramas, as the exporters do")
     p.add_argument("--top", type=int, default=20,
                    help="groups of conversions logged (default 20; the JSON has all)")
     p.add_argument("--out", type=Path, default=None,

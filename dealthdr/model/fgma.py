@@ -223,7 +223,7 @@ class FGMA(GraphLayout, nn.Module):
         t, r = self.tile, self.window // 2
         a, b = tile_grid(h, w, t)
         if not is_tracing():
-            return _key_buffer(warped, r, (a + 1) * t, (b + 1) * t)
+            return tile_rows.key_buffer(warped, r, (a + 1) * t, (b + 1) * t, _NEG)
         pad = (0, 0, r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
         feats = F.pad(warped.permute(0, 2, 3, 1), pad)
         border = F.pad(zeros(warped, 1).permute(0, 2, 3, 1), pad, value=_NEG)
@@ -362,21 +362,6 @@ def _band_bias(tile: int, window: int, rows: int) -> torch.Tensor:
     kx = torch.arange(g).repeat(rows + window - 1).view(1, -1)
     inside = (ky >= qy) & (ky < qy + window) & (kx >= qx) & (kx < qx + window)
     return torch.where(inside, 0.0, _NEG)
-
-
-def _key_buffer(warped: torch.Tensor, r: int, rows: int, cols: int) -> torch.Tensor:
-    """`FGMA.key_map` in eager calls: one buffer, the features written once into its interior
-    and only the margins filled, instead of two pads and a concatenation, each a pass over the
-    whole map (level 1 of `tiny` at 256x256, 4 neighbours, one thread: 11-12 ms of the FGMA
-    forward were those passes)."""
-    num, c, h, w = warped.shape
-    out = warped.new_empty(num, rows, cols, c + 1)
-    for margin in (out[:, :r], out[:, r + h:], out[:, r:r + h, :r], out[:, r:r + h, r + w:]):
-        margin[..., :c] = 0.0
-        margin[..., c] = _NEG
-    out[:, r:r + h, r:r + w, :c] = warped.permute(0, 2, 3, 1)
-    out[:, r:r + h, r:r + w, c] = 0.0
-    return out
 
 
 def _concat(warped: torch.Tensor, mask: torch.Tensor,
