@@ -151,8 +151,10 @@ def measure(model, bucket, size, warmup: int = 1, repeat: int = 5) -> dict:
             "total_gflops": total_flops / 1e9, "threads": torch.get_num_threads(), "rows": out}
 
 
-def _model_and_buckets(checkpoint: str, variant: str | None, calibration: dict, s_values,
-                       size, centres):
+def model_and_buckets(checkpoint: str, variant: str | None, calibration: dict, s_values,
+                      size, centres):
+    """The checkpoint's network in eval mode and its bucket graphs' buckets for these s and
+    centres (what `breakdown` times and `layout` lowers)."""
     model, _ = load_checkpoint(checkpoint, variant)
     return model.eval(), make_buckets(calibration, [float(s) for s in s_values], size, centres,
                                       model.cfg.attn_tile)
@@ -172,8 +174,8 @@ def measure_for_jobs(jobs: list, threads: int) -> dict:
     cal = {"buckets": [{"s": j.s, "ratio": j.ratio_budget} for j in eager if j.size == size]}
     s_values = list(dict.fromkeys(j.s for j in eager if j.size == size))
     torch.set_num_threads(threads)
-    model, buckets = _model_and_buckets(eager[0].checkpoint, eager[0].variant, cal, s_values,
-                                        size, ("short",))
+    model, buckets = model_and_buckets(eager[0].checkpoint, eager[0].variant, cal, s_values,
+                                       size, ("short",))
     return _doc([measure(model, b, size) for b in buckets], eager[0].checkpoint)
 
 
@@ -214,8 +216,8 @@ def run(cfg: BreakdownConfig) -> int:
                                       quantile=0.95)
     torch.set_num_threads(cfg.threads)
     size = cfg.size[0]
-    model, buckets = _model_and_buckets(cfg.checkpoint, cfg.variant, calibration,
-                                        cfg.s_values, size, ("short",))
+    model, buckets = model_and_buckets(cfg.checkpoint, cfg.variant, calibration,
+                                       cfg.s_values, size, ("short",))
     results = [measure(model, b, size, cfg.warmup, cfg.repeat) for b in buckets]
     write(cfg.out, _doc(results, cfg.checkpoint))
     print(table_g(_doc(results, cfg.checkpoint)))

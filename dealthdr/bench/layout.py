@@ -131,7 +131,7 @@ def conversions(program) -> dict:
 
 
 def run(cfg: LayoutConfig) -> int:
-    from dealthdr.bench.breakdown import _model_and_buckets
+    from dealthdr.bench.breakdown import model_and_buckets
     from dealthdr.calib.buckets import read_buckets, run_calibration
     from dealthdr.checkpoint import checkpoint_label
     from dealthdr.export.buckets import export_program
@@ -145,8 +145,8 @@ def run(cfg: LayoutConfig) -> int:
     calibration = (read_buckets(cfg.buckets) if cfg.buckets is not None else
                    run_calibration(cfg.checkpoint, cfg.variant, [float(s)], cfg.size, clips=2,
                                    quantile=0.95))
-    model, buckets = _model_and_buckets(cfg.checkpoint, cfg.variant, calibration, [s],
-                                        cfg.size, (cfg.centre,))
+    model, buckets = model_and_buckets(cfg.checkpoint, cfg.variant, calibration, [s],
+                                       cfg.size, (cfg.centre,))
     bucket = buckets[0]
     found = conversions(apply_rewrites(export_program(model, bucket, cfg.size)))
     total = sum(r["elements"] for r in found["conversions"])
