@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dealthdr.export.order import ancestors
+from dealthdr.model import tile_rows
 from dealthdr.model.fgma import (DENSE_FROM, FGMA, attention_mask, bucket_tiles, select_bucket,
                                  select_dynamic, tile_max)
 from tests.conftest import textured
@@ -187,6 +188,14 @@ def test_window_must_fit_the_tile_halo():
         FGMA(8, 4, tile=8)
 
 
+def _same_graph(exported, eager):
+    """An exported FGMA's output against eager's. Eager folds W_q W_k and the scale into one
+    product and builds the sampling grid in one pass where graphs keep the separate ops, so
+    the two agree to float reassociation (measured: 5.5e-6 on values up to 3.4), not bit for
+    bit."""
+    return torch.allclose(exported, eager, atol=1e-5, rtol=1e-5)
+
+
 class _Branch(torch.nn.Module):
     def __init__(self, s, budget):
         super().__init__()
@@ -201,7 +210,7 @@ def _exported_ops(branch, args):
         ep = torch.export.export(branch.eval(), args)
         out, mask = ep.module()(*args)
         ref_out, ref_mask = branch(*args)
-    assert torch.allclose(out, ref_out, atol=1e-6) and torch.equal(mask, ref_mask)
+    assert _same_graph(out, ref_out) and torch.equal(mask, ref_mask)
     return {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}, out, mask
 
 
@@ -233,7 +242,7 @@ def test_exported_dense_bucket_projects_each_frames_queries_once():
     args = _inputs(per=3)
     with torch.no_grad():
         ep = torch.export.export(branch.eval(), args)
-        assert torch.allclose(ep.module()(*args)[0], branch(*args)[0], atol=1e-6)
+        assert _same_graph(ep.module()(*args)[0], branch(*args)[0])
     weights = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs
                if spec.target is not None}
     uses = [weights.get(getattr(a, "name", None)) for n in ep.graph.nodes
@@ -294,7 +303,7 @@ def test_exported_warps_wait_for_their_level_and_for_d():
     args, branch = _inputs(per=2), _Branch(20.0, 3).eval()
     with torch.no_grad():
         ep = torch.export.export(branch, args)
-        assert torch.allclose(ep.module()(*args)[0], branch(*args)[0], atol=1e-6)
+        assert _same_graph(ep.module()(*args)[0], branch(*args)[0])
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     cur, nbs = placeholders[-5], placeholders[-4]
     warps = [n for n in ep.graph.nodes if "grid_sampler" in str(n.target)]
@@ -315,7 +324,7 @@ def test_exported_attention_steps_run_one_after_another(budget):
     args = _inputs(per=2)
     with torch.no_grad():
         ep = torch.export.export(branch, args)
-        assert torch.allclose(ep.module()(*args)[0], branch(*args)[0], atol=1e-6)
+        assert _same_graph(ep.module()(*args)[0], branch(*args)[0])
     bmms = [n for n in ep.graph.nodes if "bmm" in str(n.target)]
     assert len(bmms) >= 8                               # scores and values of 2+ chunks x 2 steps
     for before, later in zip(bmms, bmms[1:]):
@@ -324,7 +333,8 @@ def test_exported_attention_steps_run_one_after_another(budget):
 
 @pytest.mark.parametrize("s,budget,size", [(0.0, None, (12, 14)), (2.0, None, (16, 16)),
                                            (2.0, 5, (12, 14)), (math.inf, None, (16, 16)),
-                                           (math.inf, None, (10, 13))])
+                                           (math.inf, None, (10, 13)),
+                                           (math.inf, None, (64, 62))])
 def test_inference_output_buffer_equals_concatenation(s, budget, size):
     """Without autograd every-tile results go straight into the output map; with it, through a
     tile table and `torch.cat`. Same Concat(F_flow, M, F_att), bit for bit."""
@@ -342,9 +352,9 @@ def test_inference_output_buffer_equals_concatenation(s, budget, size):
 
 @pytest.mark.parametrize("h,w", [(16, 24), (13, 21)])
 def test_eager_key_buffer_equals_the_padded_key_map(h, w):
-    """Eager calls build the key map in one buffer (`tile_rows.key_buffer`); exported graphs pad
-    and concatenate. Same values (zero features and the minus-infinity bias outside the image),
-    same gradients."""
+    """Eager calls build the key map's features in one buffer (`tile_rows.key_buffer`) and its bias
+    channel apart (`border_bias`); exported graphs pad and concatenate. Same values (zero
+    features and the minus-infinity bias outside the image), same gradients."""
     from dealthdr.model import tile_rows
     from dealthdr.model.fgma import _NEG
 
@@ -354,7 +364,55 @@ def test_eager_key_buffer_equals_the_padded_key_map(h, w):
     pad = (0, 0, r, cols - w - r, r, rows - h - r)
     ref = torch.cat((F.pad(x.permute(0, 2, 3, 1), pad),
                      F.pad(torch.zeros(3, h, w, 1), pad, value=_NEG)), 3)
-    got = tile_rows.key_buffer(x, r, rows, cols, _NEG)
-    assert torch.equal(got, ref)
-    g = torch.randn_like(ref)
-    assert torch.equal(*(torch.autograd.grad((m * g).sum(), x)[0] for m in (got, ref)))
+    got = tile_rows.key_buffer(x, r, rows, cols)
+    bias = tile_rows.border_bias(h, w, r, rows, cols, _NEG, x).view(1, rows, cols, 1)
+    assert torch.equal(torch.cat((got, bias.expand(3, -1, -1, -1)), 3), ref)
+    g = torch.randn_like(got)
+    assert torch.equal(*(torch.autograd.grad((m * g).sum(), x)[0] for m in (got, ref[..., :5])))
+
+
+def test_inner_tiles_are_those_whose_halo_lies_inside():
+    """Tiles whose halo (the tile grown by r) stays inside the map run without the bias
+    channel; a border tile among them would attend to keys outside the image."""
+    assert tile_rows.inner_tiles(256, 256, 8, 2) == ((1, 31), (1, 31))
+    assert tile_rows.inner_tiles(250, 256, 8, 2) == ((1, 31), (1, 31))   # row 31 reaches 257
+    assert tile_rows.inner_tiles(245, 256, 8, 2) == ((1, 30), (1, 31))   # row 30 reaches 250
+    assert tile_rows.inner_tiles(250, 256, 8, 0) == ((0, 31), (0, 32))   # no halo: whole tiles
+    assert tile_rows.inner_tiles(12, 8, 4, 2) == ((1, 2), (1, 1))        # no inner column
+
+
+def test_inner_tiles_attend_without_the_bias_channel(monkeypatch):
+    """Where the inner block holds most tiles (here 14 x 14 of 16 x 16), its tiles attend with
+    head size C and the ring with C + 1; the output is the graph layout's (which always
+    carries the bias channel), and a ring tile computed without its bias would differ there."""
+    import dealthdr.model.fgma as fgma_module
+
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.shape[-1])
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(fgma_module.F, "scaled_dot_product_attention", spy)
+    fgma = FGMA(8, 5, tile=4, tile_chunk=40).eval()
+    args = _inputs(h=64, w=62)
+    with torch.no_grad():
+        rows, _ = fgma(*args, s=math.inf)
+        assert set(seen) == {8, 9}
+        fgma.eager_rows = False
+        graph, _ = fgma(*args, s=math.inf)
+    assert torch.allclose(rows, graph, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("a,b,chunk", [(32, 32, 512), (16, 16, 40), (3, 4, 3), (1, 7, 2),
+                                       (6, 5, 1)])
+def test_tile_calls_cover_every_tile_once_in_bounded_calls(a, b, chunk):
+    inner = tile_rows.inner_tiles(a * 4, b * 4, 4, 2)
+    seen, (i0, i1), (j0, j1) = [], *inner
+    for inside, pieces in tile_rows.tile_calls(a, b, inner, chunk):
+        ids = torch.cat([tile_rows.block_ids(p, b, "cpu") for p in pieces]).tolist()
+        assert len(ids) <= max(chunk, max(p[3] - p[2] for p in pieces))   # a row at least
+        assert all((i0 <= i // b < i1 and j0 <= i % b < j1) == inside for i in ids)
+        assert not inside or len(pieces) == 1
+        seen += ids
+    assert sorted(seen) == list(range(a * b))

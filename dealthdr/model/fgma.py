@@ -40,8 +40,9 @@ Two mask policies select the tiles, sharing everything else:
 
 Exported graphs move tiles as rows of tiled tables (`fgma_graph.py`: the halo table, row
 gathers and a slot-map scatter). Eager calls move the same tiles on `tile_rows`' layouts
-(per-tile gathers for selected tiles, halo rows of the channels-last key map when every tile is
-taken): identical arithmetic, less data movement, forward and backward.
+(`fgma_rows.py`: per-tile gathers for selected tiles, halo rows of the channels-last key map
+when every tile is taken, the bias channel only where a halo crosses the border): identical
+arithmetic, less data movement, forward and backward.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ from torch import nn
 
 from . import tile_rows
 from .align import Aligned
-from .fgma_graph import GraphLayout, after_last, cat, chunks, zeros
+from .fgma_graph import GraphLayout, after_last, zeros
+from .fgma_rows import RowLayout
 from .fgma_mask import (DENSE_FROM, attention_mask, bucket_tiles, consistency_difference,
                         select_bucket, select_dynamic, tile_grid, tile_max)
 from .inputs import after, is_tracing
@@ -63,10 +65,10 @@ from .spynet import flow_warp
 __all__ = ["FGMA", "DENSE_FROM", "attention_mask", "bucket_tiles", "consistency_difference",
            "select_bucket", "select_dynamic", "tile_grid", "tile_max"]
 
-_NEG = -1e4  # "minus infinity" that stays finite in fp16
+_NEG = tile_rows.NEG
 
 
-class FGMA(GraphLayout, nn.Module):
+class FGMA(RowLayout, GraphLayout, nn.Module):
     """Flow-guided masked attention for one decoder level, all neighbours in one batch.
 
     Args:
@@ -139,76 +141,6 @@ class FGMA(GraphLayout, nn.Module):
         if not project:
             raise ValueError("the graph layout always applies the value projection")
         return self._attend_graph(current, warped, mask, ids)
-    def _attend_rows(self, current: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
-                     ids: torch.Tensor | None, project: bool = True,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`attend` on the eager layouts (`tile_rows`): the same tiles, windows and arithmetic,
-        so the same numbers, with work proportional to the selected tiles."""
-        num, c, h, w = warped.shape
-        t, per = self.tile, num // current.shape[0]
-        a, b = tile_grid(h, w, t)
-        grid = (num, a, b)
-        if ids is not None and ids.numel() == 0:
-            return zeros(warped, c), zeros(warped, 1)
-        r, parts = self.window // 2, []
-        if ids is None:  # every tile: channels-last tables, one index_select per halo
-            attended = self._every_tile_rows(current, warped, mask, project)
-        else:  # selected tiles: gathered where they lie, no table of the whole map
-            for part in chunks(ids, self.tile_chunk):
-                at = tile_rows.tile_coords(part, grid, t, 0, t)
-                item, rows, cols = at
-                halos = tile_rows.gather_halo(
-                    warped, tile_rows.tile_coords(part, grid, t, r, self.halo), _NEG)
-                values = self._attend_tiles(
-                    tile_rows.gather_block(current, (item // per, rows, cols)), halos,
-                    project=project)
-                parts.append((values * tile_rows.gather_block(mask, at), at))
-            attended = tile_rows.place_tiles(warped, parts, grid, t)
-        executed = mask if ids is None else mask * tile_rows.selected_area(mask, ids, grid, t)
-        return attended, executed
-
-    def _every_tile_rows(self, current: torch.Tensor, warped: torch.Tensor,
-                         mask: torch.Tensor, project: bool = True) -> torch.Tensor:
-        """F_att of every tile on the eager layouts. The query side runs once per frame and is
-        read by each of its neighbours (a frame's tiles are every neighbour's queries); chunks
-        are whole tile rows of one neighbour (`tile_chunk` tiles rounded down to whole rows, at
-        least one), so a chunk's queries and M are slices of their tables, and each halo is
-        one `index_select` of the channels-last key map. Without autograd a chunk's result is
-        written straight into the (N, C, H, W) map, one transposing copy per tile row, instead
-        of into a table of every tile that is untiled and transposed afterwards: level 1 of
-        `tiny` at 256x256 (4 neighbours, one thread) 113-115 -> 107-108 ms for the whole FGMA."""
-        num, c, h, w = warped.shape
-        t, per = self.tile, num // current.shape[0]
-        a, b = tile_grid(h, w, t)
-        grid = (num, a, b)
-        qk = self._with_one(self._query_keys(tile_rows.tiles(current, t)), None)
-        masks = tile_rows.tiles(mask, t)
-        keys = self.key_map(warped)
-        size = keys.shape[1:3]
-        keys = keys.reshape(-1, c + 1)
-        direct = not torch.is_grad_enabled()
-        fmap = warped.new_empty(num, c, a * t, b * t) if direct else None
-        parts, rows = [], max(1, self.tile_chunk // b)
-        for n in range(num):
-            frame = (n // per) * a * b
-            for i in range(0, a, rows):
-                j = min(a, i + rows)
-                first, last = n * a * b + i * b, n * a * b + j * b
-                part = torch.arange(first, last, device=warped.device)
-                halos = keys.index_select(0, tile_rows.halo_index(part, grid, t, self.halo, size))
-                values = self._attend_qk1(qk[frame + i * b:frame + j * b],
-                                          halos.view(last - first, -1, c + 1), project)
-                if not direct:
-                    parts.append(values * masks[first:last])
-                    continue
-                # M applied on the way into the map: one pass per tile row, not two
-                rows_m = masks[first:last].view(j - i, b, t, t, 1)
-                for y, (row, m) in enumerate(zip(values.view(j - i, b, t, t, c), rows_m), i):
-                    torch.mul(row.permute(3, 1, 0, 2), m.permute(3, 1, 0, 2),
-                              out=fmap[n, :, y * t:(y + 1) * t].view(c, t, b, t))
-        if not direct:
-            return tile_rows.untile(cat(parts), grid, h, w)
-        return fmap if (a * t, b * t) == (h, w) else fmap[:, :, :h, :w]
 
     def key_map(self, warped: torch.Tensor) -> torch.Tensor:
         """(N, (a + 1) t, (b + 1) t, C + 1), channels last: the warped features and a bias
@@ -222,8 +154,6 @@ class FGMA(GraphLayout, nn.Module):
         num, c, h, w = warped.shape
         t, r = self.tile, self.window // 2
         a, b = tile_grid(h, w, t)
-        if not is_tracing():
-            return tile_rows.key_buffer(warped, r, (a + 1) * t, (b + 1) * t, _NEG)
         pad = (0, 0, r, (b + 1) * t - w - r, r, (a + 1) * t - h - r)
         feats = F.pad(warped.permute(0, 2, 3, 1), pad)
         border = F.pad(zeros(warped, 1).permute(0, 2, 3, 1), pad, value=_NEG)
@@ -252,7 +182,23 @@ class FGMA(GraphLayout, nn.Module):
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M); without
         `project`, before the value projection (eager calls only).
         """
-        return self._attend_qk1(self._with_one(self._query_keys(queries), mask), halos, project)
+        return self._attend_qk1(self._query_side(queries, mask), halos, project)
+
+    def _query_side(self, queries: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(K, t, t, C) query features -> `_with_one(_query_keys(queries), mask)`. Eager calls
+        (no M: the constant-1 channel is a constant) compute it as one matrix product with
+        W_q, W_k and the scale folded into a C x (C + 1) matrix whose last column is zero, and
+        a bias whose last entry is 1: one pass over the tiles instead of a product, a second
+        product, a scaling pass and a concatenation."""
+        if mask is not None or is_tracing():
+            return self._with_one(self._query_keys(queries), mask)
+        c, scale = self.channels, self.channels ** -0.5
+        weight = (self.proj_q.weight.t() @ self.proj_k.weight) * scale
+        bias = (self.proj_q.bias @ self.proj_k.weight) * scale
+        weight = torch.cat((weight, weight.new_zeros(c, 1)), 1)
+        bias = torch.cat((bias, bias.new_ones(1)))
+        rows = torch.addmm(bias, queries.reshape(-1, c), weight)
+        return rows.view(*queries.shape[:-1], c + 1)
 
     def _query_keys(self, queries: torch.Tensor) -> torch.Tensor:
         """(K, t, t, C) query features -> Proj_q(q) W_k / sqrt(d), what meets the raw keys."""
@@ -273,10 +219,12 @@ class FGMA(GraphLayout, nn.Module):
         one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
         return torch.cat((qk, one), 3)
 
-    def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor,
-                    project: bool = True) -> torch.Tensor:
+    def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor, project: bool = True,
+                    inside: bool = False) -> torch.Tensor:
         """`_attend_tiles` from `_with_one`'s (K, t, t, C + 1) query side on; `project` False
-        returns the weighted sums before W_v and b_v (eager calls only)."""
+        returns the weighted sums before W_v and b_v, and `inside` (tiles whose halo holds no
+        border key, so their bias channel is zero) leaves that channel out of the attention
+        (both eager calls only)."""
         t, c, g, w = self.tile, self.channels, self.halo, self.window
         k, step, band = qk.shape[0], self.step_rows, self.band
         if not is_tracing():
@@ -285,10 +233,11 @@ class FGMA(GraphLayout, nn.Module):
             # no copy), and the heads' outputs are the tile's rows in order, so no
             # concatenation. Level-1 shapes of `tiny` (512 tiles, one thread): 5.2 ms against
             # 5.8 ms for one call per step and the concatenation.
-            keys = halos.unfold(1, (step + w - 1) * g, step * g).transpose(2, 3)
-            rows = qk.reshape(k, t // step, step * t, c + 1)
+            d = c if inside else c + 1  # views: slicing the channels copies nothing
+            keys = halos[..., :d].unfold(1, (step + w - 1) * g, step * g).transpose(2, 3)
+            rows = qk[..., :d].reshape(k, t // step, step * t, d)
             out = F.scaled_dot_product_attention(rows, keys, keys, attn_mask=band, scale=1.0)
-            out = out.reshape(k, t, t, c + 1)[..., :c]
+            out = out.reshape(k, t, t, d)[..., :c]
             return _rowwise(self.proj_v, out) if project else out  # W_v folded out
         parts = []
         # Exported graphs: only one step's scores are alive at a time, by tying each step (and

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..statedict import read_state_dict
+from .inputs import is_tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,22 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") 
     coordinates stay fp32: a half-pixel rounding at 1920 px width is visible.
     """
     n, _, h, w = x.shape
-    ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
-    xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack((gx, gy), dim=-1)
+    sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+    if is_tracing():
+        ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
+        xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
+        grid = torch.stack(((xs + flow[:, 0]) * sx - 1.0, (ys + flow[:, 1]) * sy - 1.0), dim=-1)
+    else:
+        # The same grid as one pass over the flow: base + flow * scale, the (H, W, 2) base of
+        # normalised pixel centres broadcast over the batch. Six elementwise passes and a
+        # stack took as long as sampling a 3-channel image (level 1 of `tiny` at 256x256, four
+        # neighbours, one thread: 1.2-2.3 ms against 0.7 ms); exported graphs keep the form
+        # above, which their rewrites and quantization policy were measured on.
+        bx = torch.arange(w, dtype=flow.dtype, device=flow.device) * sx - 1.0
+        by = torch.arange(h, dtype=flow.dtype, device=flow.device) * sy - 1.0
+        base = torch.stack((bx.view(1, w).expand(h, w), by.view(h, 1).expand(h, w)), -1)
+        scale = torch.tensor([sx, sy], dtype=flow.dtype, device=flow.device)
+        grid = torch.addcmul(base, flow.permute(0, 2, 3, 1), scale)
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode=padding_mode,
                          align_corners=True)
 

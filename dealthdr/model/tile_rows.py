@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+NEG = -1e4  # "minus infinity" that stays finite in fp16: the key map's border bias
+
 
 def tiles(fmap: torch.Tensor, tile: int) -> torch.Tensor:
     """(N, C, h, w) -> (N a b, t, t, C): tile-major, channels last (a tile's positions and
@@ -54,19 +56,72 @@ def untile(table: torch.Tensor, grid: tuple[int, int, int], h: int, w: int) -> t
     return fmap if (a * t, b * t) == (h, w) else fmap[:, :, :h, :w]
 
 
-def key_buffer(warped: torch.Tensor, r: int, rows: int, cols: int, neg: float) -> torch.Tensor:
-    """`FGMA.key_map` in eager calls: one (N, rows, cols, C + 1) buffer, the features written
-    once into its interior at offset r, zeros and the `neg` bias only in the margins, instead of
-    two pads and a concatenation, each a pass over the whole map (2-3 ms of the FGMA forward
-    of `tiny` at 256x256, s=15, one thread)."""
+def key_buffer(warped: torch.Tensor, r: int, rows: int, cols: int) -> torch.Tensor:
+    """The features of `FGMA.key_map` in eager calls: one (N, rows, cols, C) buffer, the warped
+    features written once into its interior at offset r and zeros only in the margins, instead
+    of two pads and a concatenation, each a pass over the whole map. The bias channel lives
+    apart (`border_bias`): it is the same for every neighbour, only border tiles read it, and
+    C-float rows without it copy and gather faster (a 16-float row is one cache line)."""
     num, c, h, w = warped.shape
-    out = warped.new_empty(num, rows, cols, c + 1)
+    out = warped.new_empty(num, rows, cols, c)
     for margin in (out[:, :r], out[:, r + h:], out[:, r:r + h, :r], out[:, r:r + h, r + w:]):
-        margin[..., :c] = 0.0
-        margin[..., c] = neg
-    out[:, r:r + h, r:r + w, :c] = warped.permute(0, 2, 3, 1)
-    out[:, r:r + h, r:r + w, c] = 0.0
+        margin.zero_()
+    out[:, r:r + h, r:r + w] = warped.permute(0, 2, 3, 1)
     return out
+
+
+def border_bias(h: int, w: int, r: int, rows: int, cols: int, neg: float,
+                like: torch.Tensor) -> torch.Tensor:
+    """The bias channel of `FGMA.key_map` for one item, (rows * cols,): 0 where the key map holds
+    the h x w image (offset r), `neg` in the margins."""
+    out = like.new_full((rows, cols), neg)
+    out[r:r + h, r:r + w] = 0.0
+    return out.view(-1)
+
+
+def inner_tiles(h: int, w: int, tile: int, r: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Tile rows [i0, i1) and columns [j0, j1) of an h x w map whose halo (the tile grown by r
+    on each side) lies inside the map: their keys carry no border bias. Empty ranges where no
+    tile's does."""
+    first = -(-r // tile)
+    return (first, max(first, (h - r) // tile)), (first, max(first, (w - r) // tile))
+
+
+def tile_calls(a: int, b: int, inner: tuple[tuple[int, int], tuple[int, int]], chunk: int,
+               ) -> list[tuple[bool, list[tuple[int, int, int, int]]]]:
+    """How the every-tile eager branch covers an a x b tile grid: (inside, pieces) per attention
+    call, pieces being tile blocks (y0, y1, x0, x1). The inner block (`inner_tiles`) runs in
+    pieces of whole rows of at most `chunk` tiles (at least one row), one call each; the ring
+    around it, its four sides cut the same way, in calls that take consecutive pieces while
+    they hold at most `chunk` tiles together."""
+    (i0, i1), (j0, j1) = inner
+    calls = [(True, [p]) for p in _row_pieces((i0, i1, j0, j1), chunk)]
+    ring: list[tuple[int, int, int, int]] = []
+    for side in ((0, i0, 0, b), (i1, a, 0, b), (i0, i1, 0, j0), (i0, i1, j1, b)):
+        for piece in _row_pieces(side, chunk):
+            tiles = (piece[1] - piece[0]) * (piece[3] - piece[2])
+            if ring and sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in ring) + tiles > chunk:
+                calls.append((False, ring))
+                ring = []
+            ring.append(piece)
+    if ring:
+        calls.append((False, ring))
+    return calls
+
+
+def _row_pieces(block: tuple[int, int, int, int], chunk: int) -> list[tuple[int, int, int, int]]:
+    y0, y1, x0, x1 = block
+    if y1 <= y0 or x1 <= x0:
+        return []
+    step = max(1, chunk // (x1 - x0))
+    return [(y, min(y1, y + step), x0, x1) for y in range(y0, y1, step)]
+
+
+def block_ids(block: tuple[int, int, int, int], b: int, device) -> torch.Tensor:
+    """Flat tile ids i * b + j of a tile block (y0, y1, x0, x1), row-major."""
+    y0, y1, x0, x1 = block
+    return (torch.arange(y0, y1, device=device).view(-1, 1) * b
+            + torch.arange(x0, x1, device=device).view(1, -1)).flatten()
 
 
 def frame_tiles(ids: torch.Tensor, per_item: int, per: int) -> torch.Tensor:
@@ -122,9 +177,16 @@ def gather_halo(warped: torch.Tensor, coords: tuple[torch.Tensor, ...], neg: flo
     _, rows, cols = coords
     h, w = warped.shape[-2:]
     inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(-1)
-    feats = gather_block(warped, coords) * inside
+    feats = gather_block(warped, coords)
     bias = torch.where(inside, 0.0, neg).to(feats.dtype)
-    return torch.cat((feats, bias), -1).flatten(1, 2)
+    if torch.is_grad_enabled():
+        return torch.cat((feats * inside, bias), -1).flatten(1, 2)
+    # Without autograd both parts go straight into one buffer, instead of a product and a
+    # concatenation (level 3 of `tiny`, 172 halos of 64 channels: 2-3 ms of copies)
+    out = feats.new_empty(*feats.shape[:-1], feats.shape[-1] + 1)
+    torch.mul(feats, inside, out=out[..., :-1])
+    out[..., -1:] = bias
+    return out.flatten(1, 2)
 
 
 def place_tiles(like: torch.Tensor, parts: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
