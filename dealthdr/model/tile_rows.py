@@ -10,12 +10,13 @@ arithmetic. Eager mode need not, and takes tiles two ways:
   indexed write of the results. Work follows the selected tiles, with no table of the whole map
   (a fresh map-sized table costs its page faults on every call, about 0.35 ms per MB here: built
   for selections too, it made the branch 3.4x slower at 10 % of the tiles).
-- every tile (`tiles`, `halo_index`, `untile`): the queries and the mask tile-major, the keys as
-  the rows of the channels-last key map, so a halo is one `index_select` of contiguous C + 1
-  float rows instead of reads at the (N, C, H, W) maps' plane stride; the results, already in
-  tile order, are the output's tile table. At the full-resolution level of `tiny` at 256x256
-  (one thread) the branch took 69-88 ms this way against 108-110 ms by per-tile gathers (two
-  measurements on a noisy host).
+- every tile (`tiles`, `key_buffer`, `halo_index`, `inner_tiles`, `tile_calls`): the queries
+  and the mask tile-major, the keys as the rows of a channels-last feature buffer, so a halo is
+  one `index_select` of contiguous C-float rows instead of reads at the (N, C, H, W) maps' plane
+  stride, with the border bias (`border_bias`) gathered apart for the tiles whose halo crosses
+  the border. At the full-resolution level of `tiny` at 256x256 (one thread) the branch took
+  69-88 ms this way against 108-110 ms by per-tile gathers (two measurements on a noisy host,
+  before the inner tiles left the bias channel out).
 """
 from __future__ import annotations
 
