@@ -98,13 +98,15 @@ def tile_calls(a: int, b: int, inner: tuple[tuple[int, int], tuple[int, int]], c
     (i0, i1), (j0, j1) = inner
     calls = [(True, [p]) for p in _row_pieces((i0, i1, j0, j1), chunk)]
     ring: list[tuple[int, int, int, int]] = []
+    held = 0  # tiles in `ring`
     for side in ((0, i0, 0, b), (i1, a, 0, b), (i0, i1, 0, j0), (i0, i1, j1, b)):
         for piece in _row_pieces(side, chunk):
             tiles = (piece[1] - piece[0]) * (piece[3] - piece[2])
-            if ring and sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in ring) + tiles > chunk:
+            if ring and held + tiles > chunk:
                 calls.append((False, ring))
-                ring = []
+                ring, held = [], 0
             ring.append(piece)
+            held += tiles
     if ring:
         calls.append((False, ring))
     return calls
