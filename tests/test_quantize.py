@@ -165,8 +165,8 @@ def test_an_activation_zero_on_every_window_still_gives_a_loadable_int8_program(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from dealthdr.export.to_executorch import lower
-    from dealthdr.quantize.qat_train import (_fake_quantizers, calibrate_ranges,
-                                             sync_weight_ranges, widen_empty_ranges)
+    from dealthdr.quantize.ranges import (calibrate_ranges, fake_quantizers, sync_weight_ranges,
+                                          widen_empty_ranges)
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -190,7 +190,7 @@ def test_an_activation_zero_on_every_window_still_gives_a_loadable_int8_program(
     gm = prepare_qat_pt2e(gm, XNNPACKQuantizer().set_global(config))
     calibrate_ranges({"g": gm}, {"g": "short"}, [window])        # as QAT starts
     sync_weight_ranges({"g": gm})                                  # as QAT freezes them
-    acts = [m for m in _fake_quantizers(gm) if not m.is_per_channel]
+    acts = [m for m in fake_quantizers(gm) if not m.is_per_channel]
     before = [float(m.activation_post_process.calculate_qparams()[0]) for m in acts]
     assert widen_empty_ranges({"g": gm}) == 1
     assert widen_empty_ranges({"g": gm}) == 0                      # nothing left to widen
@@ -209,6 +209,70 @@ def test_an_activation_zero_on_every_window_still_gives_a_loadable_int8_program(
     with torch.no_grad():
         ref = converted(*inputs)
     assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item() + 1e-6)
+
+
+def test_methods_sharing_activation_ranges_store_their_delegate_calls_once():
+    """Two graphs of one network (tied weights) calibrated on inputs of different ranges, as the
+    two centre exposures are: with a range per graph their int8 delegate calls differ, and the
+    .pte stores both; with `share_ranges` every common activation gets the union of the two
+    ranges and the .pte stores one. A graph of another artifact keeps its own ranges."""
+    from types import SimpleNamespace
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from dealthdr.export.coverage import pte_bytes
+    from dealthdr.export.to_executorch import lower
+    from dealthdr.quantize.qat_train import tie_parameters
+    from dealthdr.quantize.ranges import (activation_quantizers, calibrate_ranges,
+                                          share_ranges, sync_weight_ranges)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, frames, exposures):
+            return self.b(torch.relu(self.a(frames * exposures)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    windows = [SimpleNamespace(centre=c, frames=torch.rand(1, 3, 16, 16) * k,
+                               exposures=torch.ones(1, 1, 1, 1)) for c, k in
+               (("short", 1.0), ("long", 4.0), ("other", 2.0))]
+    inputs = (windows[0].frames, windows[0].exposures)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+
+    def stored_payloads(share: bool) -> int:
+        graphs = {w.centre: prepare_qat_pt2e(
+            torch.export.export(net, inputs, strict=False).module(),
+            XNNPACKQuantizer().set_global(config)) for w in windows}
+        tie_parameters(graphs)
+        calibrate_ranges(graphs, {c: c for c in graphs}, windows)
+        sync_weight_ranges(graphs)
+        if share:
+            alone = {k: m.activation_post_process.max_val.clone()
+                     for k, m in activation_quantizers(graphs["other"]).items()}
+            groups = {"short": "s15", "long": "s15", "other": "s0"}
+            assert share_ranges(graphs, groups) == len(alone)
+            for key, m in activation_quantizers(graphs["other"]).items():
+                assert torch.equal(m.activation_post_process.max_val, alone[key])
+            pairs = zip(activation_quantizers(graphs["short"]).values(),
+                        activation_quantizers(graphs["long"]).values())
+            assert all(torch.equal(x.scale, y.scale) for x, y in pairs)
+        programs = {}
+        for name in ("short", "long"):
+            move_exported_model_to_eval(graphs[name])
+            programs[f"forward_{name}"] = torch.export.export(convert_pt2e(graphs[name]),
+                                                              inputs, strict=False)
+        program, _ = lower(programs, "xnnpack")
+        return pte_bytes(program.buffer)["delegate_payloads_unique"]
+
+    assert stored_payloads(share=False) == 2
+    assert stored_payloads(share=True) == 1
 
 
 def test_a_layer_called_on_inputs_of_different_ranges_runs_as_its_converted_graph():

@@ -23,6 +23,7 @@ class QuantizeConfig(ExportConfig):
     lr: float = 1e-5
     distill: float = 1.0
     tie: str = "all"
+    share_ranges: bool = True
     train_clips: int = 4
     float_groups: tuple[str, ...] = ("merge", "io", "head", "router", "decoder", "decoder_l1")
     float_groups_short: tuple[str, ...] = ()

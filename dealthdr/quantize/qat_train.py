@@ -29,6 +29,8 @@ from dealthdr.export.buckets import BucketGraph, example_inputs
 from dealthdr.fileio import atomic_write_bytes
 from dealthdr.quantize.policy import FloatPolicy
 from dealthdr.quantize.quantizers import make_quantizer
+from dealthdr.quantize.ranges import (calibrate_ranges, fake_quantizers, share_ranges,
+                                      sync_weight_ranges)
 from dealthdr.train.loop import cosine_lr
 from dealthdr.train.losses import HDRLoss
 from dealthdr.train.state import load_optimizer, save_optimizer
@@ -113,123 +115,15 @@ def quantizer_state(gm: fx.GraphModule, params: set[str]) -> dict[str, torch.Ten
             if k not in params}
 
 
-def _fake_quantizers(gm: fx.GraphModule) -> list:
-    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
-
-    return [m for m in gm.modules() if isinstance(m, FakeQuantizeBase)]
-
-
 def set_observers(graphs: dict[str, fx.GraphModule], enabled: bool) -> None:
     """Weight ranges follow the weights until the freeze point; activation ranges were set by
     `calibrate_ranges` and stay."""
     for gm in graphs.values():
-        for mod in _fake_quantizers(gm):
+        for mod in fake_quantizers(gm):
             if getattr(mod, "is_per_channel", False):
                 (mod.enable_observer if enabled else mod.disable_observer)()
             else:
                 mod.disable_observer()
-
-
-def _set_range(mod, lo: torch.Tensor, hi: torch.Tensor) -> None:
-    """Set a fake quantizer's observed range and the scale and zero point derived from it."""
-    obs = mod.activation_post_process
-    obs.min_val.resize_(lo.shape).copy_(lo)
-    obs.max_val.resize_(hi.shape).copy_(hi)
-    scale, zero_point = obs.calculate_qparams()
-    mod.scale.resize_(scale.shape).copy_(scale)
-    mod.zero_point.resize_(zero_point.shape).copy_(zero_point)
-
-
-def sync_weight_ranges(graphs: dict[str, fx.GraphModule]) -> int:
-    """Set every weight fake quantizer to the per-channel min/max of its weight as it is now.
-
-    The upstream weight observers are moving averages, updated only when their graph runs, so
-    graphs that share (tied) weights froze different scales and converted them to different
-    int8 bytes: the two methods of one .pte then store two weight sets (ExecuTorch deduplicates
-    constant data by content hash). A range that is a function of the weight alone gives tied
-    weights identical int8 tensors. Returns the number of quantizers set."""
-    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
-
-    count = 0
-    for gm in graphs.values():
-        for node in gm.graph.nodes:
-            if node.op != "call_module" or not node.args or \
-                    getattr(node.args[0], "op", None) != "get_attr":
-                continue
-            mod = gm.get_submodule(node.target)
-            if not isinstance(mod, FakeQuantizeBase) or not getattr(mod, "is_per_channel", False):
-                continue
-            weight = gm.get_parameter(node.args[0].target).detach()
-            obs = mod.activation_post_process
-            flat = weight.transpose(0, obs.ch_axis).reshape(weight.shape[obs.ch_axis], -1)
-            _set_range(mod, *torch.aminmax(flat, dim=1))
-            count += 1
-    return count
-
-
-def calibrate_ranges(graphs: dict[str, fx.GraphModule], centres: dict[str, str],
-                     windows: list) -> None:
-    """Set every activation fake quantizer to the min/max over all calibration windows of
-    its graph's centre, with fake quantization off (float activations, as PTQ calibrates).
-
-    The upstream QAT observers are moving averages (constant 0.01) seeded by the first batch:
-    with a few steps per graph their ranges stayed those of one window and clipped the
-    brighter ones (128², s15: QAT at lr 0 was 0.1-0.5 dB below minmax PTQ). Calibrated this
-    way, QAT starts from exactly the ranges of the PTQ baseline, so the report's QAT-vs-PTQ
-    gap is what training buys."""
-    for name, gm in graphs.items():
-        fqs = _fake_quantizers(gm)
-        acts = [m for m in fqs if not getattr(m, "is_per_channel", False)]
-        lo: dict[int, torch.Tensor] = {}
-        hi: dict[int, torch.Tensor] = {}
-
-        def hook(mod, inputs, lo=lo, hi=hi):
-            a, b = torch.aminmax(inputs[0].detach().float())
-            k = id(mod)
-            lo[k] = a if k not in lo else torch.minimum(lo[k], a)
-            hi[k] = b if k not in hi else torch.maximum(hi[k], b)
-
-        for m in fqs:
-            m.disable_fake_quant()
-            m.disable_observer()
-        handles = [m.register_forward_pre_hook(hook) for m in acts]
-        try:
-            with torch.no_grad():
-                for w in windows:
-                    if w.centre == centres[name]:
-                        gm(w.frames, w.exposures)
-        finally:
-            for h in handles:
-                h.remove()
-        for m in acts:
-            if id(m) not in lo:
-                continue
-            _set_range(m, lo[id(m)].reshape(()), hi[id(m)].reshape(()))
-        for m in fqs:
-            m.enable_fake_quant()
-
-
-def widen_empty_ranges(graphs: dict[str, fx.GraphModule]) -> int:
-    """Give every activation quantizer whose range holds a single value (min = max = 0: an
-    output that was zero on every calibration window, e.g. a ReLU dead for that content) the
-    range [0, 1]. Its observer would give it the scale floor (its eps), and XNNPACK refuses
-    such a program at load time (xnn_status_unsupported_parameter: the requantization scale of
-    the op reading it falls below its limit). Zero is exact at any scale, so the output is
-    unchanged; [0, 1] is an ordinary activation range should the unit fire on other content.
-    Returns the number of quantizers widened."""
-    count = 0
-    for gm in graphs.values():
-        for mod in _fake_quantizers(gm):
-            obs = mod.activation_post_process
-            if getattr(mod, "is_per_channel", False) or obs.min_val.numel() != 1:
-                continue
-            lo, hi = obs.min_val.clamp(max=0), obs.max_val.clamp(min=0)
-            if not torch.isfinite(lo) or not torch.isfinite(hi) or \
-                    float(hi - lo) / (obs.quant_max - obs.quant_min) >= float(obs.eps):
-                continue
-            _set_range(mod, lo, lo + 1.0)
-            count += 1
-    return count
 
 
 def save_state(folder: Path, graphs: dict, shared: dict, opt, step: int, losses: list,
@@ -292,13 +186,14 @@ def load_state(folder: Path, graphs: dict, shared: dict, opt,
 
 def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: list,
           cfg: QATConfig, state_dir: Path, teachers: dict | None = None,
-          settings: dict | None = None) -> dict:
+          settings: dict | None = None, artifacts: dict[str, str] | None = None) -> dict:
     """Fine-tune the tied graphs in place. `windows` are training windows at the graphs'
     shape; a graph trains on windows with its centre exposure. `teachers` ({name: fp32
     callable}) are the distillation targets when `cfg.distill` > 0; `settings` (JSON) is what
     else defines the graphs (backend, float islands, buckets, size, checkpoint): a state saved
-    under other settings is refused, not loaded into graphs it does not fit. Returns a
-    training record."""
+    under other settings is refused, not loaded into graphs it does not fit. `artifacts`
+    ({graph: artifact}): graphs of one artifact train with one range per activation they have
+    in common (`share_ranges`); None keeps a range per graph. Returns a training record."""
     from torchao.quantization.pt2e import move_exported_model_to_train
     from tqdm import tqdm
 
@@ -323,8 +218,13 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
     opt = torch.optim.Adam(shared.values(), lr=cfg.lr)
     loss_fn = HDRLoss(vgg_weight=0.0, white=cfg.white)
     start, losses = load_state(state_dir, graphs, shared, opt, settings)
-    if start == 0:  # a resumed state carries its calibrated ranges
+    shared_ranges = None
+    if start == 0:  # a resumed state carries its calibrated (and shared) ranges
         calibrate_ranges(graphs, centres, windows)
+        if artifacts is not None:
+            shared_ranges = share_ranges(graphs, artifacts)
+            log.info("%d activation ranges shared between the graphs of one artifact",
+                     shared_ranges)
     # every graph observes on its first round, whatever the freeze point
     freeze = max(len(names), math.ceil(cfg.freeze_observers_at * cfg.steps))
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="QAT")
@@ -360,4 +260,5 @@ def train(graphs: dict[str, fx.GraphModule], centres: dict[str, str], windows: l
         sync_weight_ranges(graphs)
     return {"config": asdict(cfg), "graphs": names, "losses": losses,
             "first_loss": losses[0] if losses else None,
-            "last_loss_mean10": sum(losses[-10:]) / max(1, len(losses[-10:]))}
+            "last_loss_mean10": sum(losses[-10:]) / max(1, len(losses[-10:])),
+            "shared_activation_ranges": shared_ranges}

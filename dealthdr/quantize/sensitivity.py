@@ -14,6 +14,7 @@ import torch
 from dealthdr.quantize.measure import agreement
 from dealthdr.quantize.policy import FloatPolicy, group_names
 from dealthdr.quantize.quantizers import check_attention_kept, make_quantizer
+from dealthdr.quantize.ranges import share_ranges
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +22,35 @@ log = logging.getLogger(__name__)
 def ptq(program, backend: str, policy_kw: dict, calibration: list, observer: str,
         centre: str):
     """Post-training int8 of one exported bucket program; returns the converted module."""
+    return ptq_artifact({"g": program}, {"g": centre}, backend, {"g": policy_kw}, calibration,
+                        observer)["g"]
+
+
+def ptq_artifact(programs: dict, centres: dict[str, str], backend: str,
+                 policy_kw: dict[str, dict], calibration: list, observer: str,
+                 share: bool = False) -> dict:
+    """Post-training int8 of the exported programs of one artifact ({name: program}), each
+    calibrated on the windows of its centre exposure; with `share`, the activations the
+    graphs have in common get one range, the union of theirs (`share_ranges`, as QAT's do).
+    Returns {name: converted module}."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    gm = program.module()
-    prepared = prepare_pt2e(gm, make_quantizer(backend, FloatPolicy(gm, **policy_kw),
-                                               observer=observer))
-    with torch.no_grad():
-        for w in calibration:
-            if w.centre == centre:
-                prepared(w.frames, w.exposures)
-    converted = convert_pt2e(prepared)
-    check_attention_kept(converted)
-    return converted
+    prepared = {}
+    for name, program in programs.items():
+        gm = program.module()
+        prepared[name] = prepare_pt2e(gm, make_quantizer(
+            backend, FloatPolicy(gm, **policy_kw[name]), observer=observer))
+        with torch.no_grad():
+            for w in calibration:
+                if w.centre == centres[name]:
+                    prepared[name](w.frames, w.exposures)
+    if share:
+        share_ranges(prepared, dict.fromkeys(prepared, "artifact"))
+    out = {}
+    for name, gm in prepared.items():
+        out[name] = convert_pt2e(gm)
+        check_attention_kept(out[name])
+    return out
 
 
 def block_sensitivity(program, reference, backend: str, calibration: list, windows: list,
