@@ -4,6 +4,9 @@ Each (s, centre) bucket is exported at the deployment shape and prepared with
 `prepare_qat_pt2e`; every graph then shares one set of parameters (tied after preparation;
 `tie="centre"`: one set per centre exposure), so a step on any of them trains the same weights
 while each graph keeps its own fake quantizers, and an artifact's methods store one int8 set.
+The graphs of one artifact (its two centre exposures) also start from one calibrated range per
+activation they have in common (`ranges.share_ranges`), so their identical delegate calls
+convert to identical bytes.
 Per-centre sets are for float islands that differ by centre: tied across centres, a long graph
 training an int8 decoder cost the float-decoder short graphs 0.7-0.9 dB.
 Steps go round-robin over the graphs: the flow-only, mixed and attention-only buckets are
