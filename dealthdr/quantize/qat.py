@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "centre: short- and long-centre graphs fine-tune separate sets, for "
                         "islands that differ by centre (default all)")
     p.add_argument("--no-share-ranges", dest="share_ranges", action="store_false",
-                   help="give each method of an artifact its own activation ranges; by "
+                   help="give each method of an int8 .pte its own activation ranges; by "
                         "default (with --tie all) the two centres' methods of a .pte take one "
                         "range per activation they have in common, the union of theirs, so "
                         "their identical delegate calls are stored once (s=15 .pte at "
@@ -153,10 +153,12 @@ def run_stage(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Pa
     return section, recs
 
 
-def shares(cfg: QuantizeConfig) -> bool:
-    """Whether the graphs of one artifact share their activation ranges: only where they share
-    their weights (`--tie all`), since only then can their delegate calls be stored once."""
-    return cfg.share_ranges and cfg.tie == "all"
+def shares(cfg: QuantizeConfig, backend: str) -> bool:
+    """Whether the graphs of one artifact share their activation ranges: for XNNPACK programs
+    whose methods share their weights (`--tie all`), since only then can their delegate calls
+    be stored once. A Core ML package keeps a range per function (each function's program text
+    holds its own scales; what sharing would save there is not measured)."""
+    return cfg.share_ranges and cfg.tie == "all" and backend == "xnnpack"
 
 
 def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
@@ -173,8 +175,8 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
     settings = {"backend": backend, "size": list(cfg.size), "float_groups": float_for,
                 "buckets": {b.name: list(b.budget) for b in buckets},
                 "checkpoint_sha256": ctx.checkpoint_sha256, "train_clips": cfg.train_clips,
-                "code": code_digest(), "share_ranges": shares(cfg)}
-    artifacts = {b.name: b.s_key for b in buckets} if shares(cfg) else None
+                "code": code_digest(), "share_ranges": shares(cfg, backend)}
+    artifacts = {b.name: b.s_key for b in buckets} if shares(cfg, backend) else None
     record = train(graphs, {b.name: b.centre for b in buckets}, ctx.train_windows, qat_cfg,
                    ctx.state / backend, teachers, settings, artifacts)
     record["empty_ranges_widened"] = widen_empty_ranges(graphs)
@@ -195,7 +197,7 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
         ptq_models = ptq_artifact(
             {b.name: programs[b.name] for b in group}, {b.name: b.centre for b in group},
             backend, {b.name: {"float_groups": float_for[b.centre]} for b in group},
-            ctx.train_windows, cfg.ptq_observer, share=shares(cfg))
+            ctx.train_windows, cfg.ptq_observer, share=shares(cfg, backend))
         for b in group:
             with torch.no_grad():
                 fp32 = quality(BucketGraph(model, b).eval(), ctx.windows, b.centre)
