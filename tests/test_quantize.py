@@ -554,6 +554,22 @@ def test_qat_cli_coreml_package_is_w8a8_with_fp32_warp(tmp_path):
         assert ml["precision"] == "int8" and (out / ml["file"]).is_dir()
 
 
+def test_activation_ranges_are_shared_only_in_xnnpack_programs_of_one_weight_set():
+    """The flag reaches the config, and sharing follows it: on by default for XNNPACK with one
+    weight set, off with --no-share-ranges, with a weight set per centre, and for Core ML."""
+    from dealthdr.export.config import parse_config
+    from dealthdr.quantize.config import QuantizeConfig
+    from dealthdr.quantize.qat import build_parser, shares
+
+    def cfg(*flags):
+        return parse_config(build_parser(), QuantizeConfig, list(flags))
+
+    assert shares(cfg(), "xnnpack")
+    assert not shares(cfg("--no-share-ranges"), "xnnpack")
+    assert not shares(cfg("--tie", "centre"), "xnnpack")
+    assert not shares(cfg(), "coreml")
+
+
 def test_qat_cli_refuses_bad_input(tmp_path, capsys):
     from dealthdr.quantize.qat import main
 
