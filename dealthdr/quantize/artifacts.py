@@ -42,11 +42,17 @@ def sensitivity(ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
             "groups": groups}
 
 
+def by_artifact(buckets: list) -> dict[str, list]:
+    """{s key: its buckets}: the graphs of one .pte (a method per centre exposure)."""
+    out: dict[str, list] = {}
+    for b in buckets:
+        out.setdefault(b.s_key, []).append(b)
+    return out
+
+
 def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
              info: dict):
-    records, by_s = [], {}
-    for b in ctx.buckets:
-        by_s.setdefault(b.s_key, []).append(b)
+    records, by_s = [], by_artifact(ctx.buckets)
     latency, frames = None, ctx.model.cfg.num_frames
     for s_key, group in by_s.items():
         methods = {f"forward_{b.centre}": b for b in group}

@@ -190,10 +190,7 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
         check_attention_kept(converted[name])
     section = {"qat": record, "buckets": {},
                "float_islands": {n: p.describe() for n, p in policies.items()}}
-    by_s: dict[str, list] = {}
-    for b in buckets:
-        by_s.setdefault(b.s_key, []).append(b)
-    for group in by_s.values():  # PTQ per artifact, its ranges shared as QAT's are
+    for group in arts.by_artifact(buckets).values():  # PTQ per .pte, shared as QAT's are
         ptq_models = ptq_artifact(
             {b.name: programs[b.name] for b in group}, {b.name: b.centre for b in group},
             backend, {b.name: {"float_groups": float_for[b.centre]} for b in group},

@@ -15,15 +15,12 @@ payloads 51 -> 40 of 72, stored tensor entries 1117 -> 829.
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter, defaultdict
 
 import torch
 from torch import fx
 
 from dealthdr.quantize.policy import module_path
-
-log = logging.getLogger(__name__)
 
 
 def fake_quantizers(gm: fx.GraphModule) -> list:
