@@ -1,4 +1,4 @@
-"""Export rewrites on a quantized graph: constant propagation must keep int8 weights int8."""
+"""Export rewrites: decompositions, folded permutes and constants, int8 weights kept int8."""
 import pytest
 import torch
 from torch import nn
@@ -133,3 +133,58 @@ def test_pow_and_amax_decompositions_match():
     ops = {str(n.target) for n in out.graph.nodes}
     assert "aten.amax.default" not in ops and "aten.pow.Tensor_Scalar" not in ops
     assert torch.allclose(out.module()(x), Gamma()(x), atol=1e-5)
+
+
+@pytest.mark.e2e   # ExecuTorch lowering
+def test_lowered_warp_runs_no_cast_of_a_constant():
+    import collections
+
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    from executorch.runtime import Runtime
+
+    from dealthdr.export.to_executorch import lower
+    from dealthdr.model.spynet import flow_warp
+
+    class ConvWarpConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 6, 3, padding=1)
+
+        def forward(self, x, flow):
+            return self.conv(flow_warp(self.conv(x), flow))
+
+    torch.manual_seed(0)
+    net = ConvWarpConv().eval()
+    x, flow = torch.randn(2, 6, 16, 20), torch.randn(2, 2, 16, 20) * 4
+    prog, _ = lower({"forward": torch.export.export(net, (x, flow))}, "xnnpack")
+    plan = deserialize_pte_binary(prog.buffer).program.execution_plan[0]
+    ops = collections.Counter(plan.operators[i.instr_args.op_index].name
+                              for i in plan.chains[0].instructions
+                              if hasattr(i.instr_args, "op_index"))
+    # The warp's four row gathers each cast their float row index to int64; the 0-dim
+    # constants of its decomposition reach the delegate folded, not cast on every call.
+    assert ops["aten::index_select"] == 4
+    assert ops["dim_order_ops::_to_dim_order_copy"] == 4
+    y = Runtime.get().load_program(prog.buffer).load_method("forward").execute([x, flow])[0]
+    with torch.no_grad():
+        assert torch.allclose(y, net(x, flow), atol=1e-4)
+
+
+def test_constants_folded_from_weights_do_not_require_grad():
+    from dealthdr.export.rewrites import apply_rewrites
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return x * self.w.view(1, 4, 1, 1)  # LayerNorm2d's affine weight, folded
+
+    net = Scaled().eval()
+    x = torch.randn(1, 4, 3, 3)
+    program = apply_rewrites(torch.export.export(net, (x,)))
+    assert program.constants                              # the weight's view was folded
+    assert not any(c.requires_grad for c in program.constants.values())
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), net(x))

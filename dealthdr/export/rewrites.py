@@ -19,7 +19,9 @@ backend gets them and they are unit-tested against the plain
 formulas. What remains here is graph-level: constant propagation, which folds everything that
 depends on no input (the warp's base grids from `arange`, the FGMA window offsets and index
 tables, constant kernels from `full`) into constants instead of portable kernels run on every
-call. `--no-rewrites` skips it to measure what it buys.
+call, and once more on the edge program before partitioning (`edge_constant_fold`), where
+the casts that edge conversion puts on the decompositions' integer scalars would otherwise run
+as portable kernels. `--no-rewrites` skips all of it to measure what it buys.
 
 Dequantize ops are never folded. ExecuTorch's pass skips them only as *edge* ops, and
 it runs here on the ATen-level program, so by default it folded `dequantize_per_channel(int8
@@ -163,4 +165,33 @@ def apply_rewrites(program):
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     program = fold_permutes(decompose_portable_ops(program))
-    return constant_prop_pass(program, custom_skip_targets=skip_targets())
+    return _detached(constant_prop_pass(program, custom_skip_targets=skip_targets()))
+
+
+def _detached(program):
+    """The program with its folded constants detached: computed from trainable weights they
+    keep requires_grad, and torch warns once per constant whenever the program is unlifted."""
+    for name, value in program.constants.items():
+        if getattr(value, "requires_grad", False):
+            program.constants[name] = value.detach()
+    return program
+
+
+def edge_constant_fold():
+    """A pass for `to_edge_transform_and_lower(transform_passes=...)`: constant propagation
+    once more on the edge program, before partitioning. Edge conversion promotes the 0-dim
+    integer constants that the decompositions above leave (the warp's sizes and offsets) with
+    a cast to float per use; nothing folds those casts, so each ran as a portable kernel on
+    every call and had its own instruction and tensor in the program: 223 of the 671
+    non-delegated ops of a 256x256 s=15 method of `tiny`, and 35 KB of its program. Folded, the
+    delegate takes the float scalar as a constant. Same skip list as `apply_rewrites`, so
+    weight dequantize ops stay."""
+    from executorch.exir.pass_base import ExportedProgramPassBase, ExportedProgramPassResult
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+    class EdgeConstantFold(ExportedProgramPassBase):
+        def call(self, exported_program):
+            folded = constant_prop_pass(exported_program, custom_skip_targets=skip_targets())
+            return ExportedProgramPassResult(_detached(folded), True)
+
+    return EdgeConstantFold()

@@ -32,7 +32,7 @@ from dealthdr.export.coverage import coverage, pte_bytes
 from dealthdr.export.gate import pending_gate, run_gate
 from dealthdr.export.order import program_order
 from dealthdr.export.provenance import shared_provenance
-from dealthdr.export.rewrites import apply_rewrites
+from dealthdr.export.rewrites import apply_rewrites, edge_constant_fold
 from dealthdr.export.stream import (export_stream, gate_stream, program_methods, recorded_methods,
                                     signatures, stream_record)
 from dealthdr.export.tiles import export_frame_flows, export_tiled, gate_tiled
@@ -70,7 +70,8 @@ def lower(programs: dict, backend: str, precision: str = "fp32", rewrite: bool =
     with shared_provenance():
         with program_order():
             edge = to_edge_transform_and_lower(
-                programs, partitioner=partitioners(backend, precision),
+                programs, transform_passes=[edge_constant_fold()] if rewrite else None,
+                partitioner=partitioners(backend, precision),
                 compile_config=EdgeCompileConfig(_check_ir_validity=False))
         cov = {k: coverage(edge.exported_program(k)) for k in programs}
         planning = MemoryPlanningPass(alloc_graph_input=not caller_inputs)
