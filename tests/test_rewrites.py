@@ -104,10 +104,10 @@ def test_permutes_of_the_warp_output_fold_and_the_output_is_unchanged():
 
     before = permutes(program)
     after = permutes(fold_permutes(program))
-    # Each warp: its input to channels last, its output back. The second warp's input permute
-    # cancels the first's output permute, the key-map-like permute cancels the second's
-    # output permute, and the (0, 3, 2, 1) one merges with it.
-    assert len(before) == 6 and len(after) == 3
+    # Each warp: its grid to (N, H, W, 2), its input to channels last, its output back. The
+    # second warp's input permute cancels the first's output permute, the key-map-like permute
+    # cancels the second's output permute, and the (0, 3, 2, 1) one merges with it.
+    assert len(before) == 8 and len(after) == 5
     assert [0, 2, 1, 3] in [list(p) for p in after]
     for got, ref in zip(program.module()(x, flow), want):
         assert torch.allclose(got, ref, atol=1e-5)
@@ -136,7 +136,7 @@ def test_pow_and_amax_decompositions_match():
 
 
 @pytest.mark.e2e   # ExecuTorch lowering
-def test_lowered_warp_runs_no_cast_of_a_constant():
+def test_lowered_warp_runs_no_cast_of_a_constant_and_no_select():
     import collections
 
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -165,6 +165,7 @@ def test_lowered_warp_runs_no_cast_of_a_constant():
     # constants of its decomposition reach the delegate folded, not cast on every call.
     assert ops["aten::index_select"] == 4
     assert ops["dim_order_ops::_to_dim_order_copy"] == 4
+    assert ops["aten::select_copy"] == 0     # the flow's x and y are channel slices
     y = Runtime.get().load_program(prog.buffer).load_method("forward").execute([x, flow])[0]
     with torch.no_grad():
         assert torch.allclose(y, net(x, flow), atol=1e-4)

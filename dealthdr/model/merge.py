@@ -128,10 +128,11 @@ def _noise_weight(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _inside(flow: torch.Tensor) -> torch.Tensor:
-    """1 where p + flow(p) lands inside the image, (N, H, W)."""
+    """1 where p + flow(p) lands inside the image, (N, 1, H, W). Channel slices of the flow,
+    not selects: a select is a portable kernel in ExecuTorch, between two delegate calls."""
     _, _, h, w = flow.shape
-    xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w) + flow[:, 0]
-    ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1) + flow[:, 1]
+    xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, 1, w) + flow[:, :1]
+    ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, 1, h, 1) + flow[:, 1:]
     # A product of float steps, not `&` of bools: coremltools has no `__and__`, and XNNPACK
     # delegates neither comparisons nor bool casts. 1 - step(v) is v <= 0.
     return ((1 - positive_step(-xs)) * (1 - positive_step(xs - (w - 1)))

@@ -35,9 +35,12 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") 
     n, _, h, w = x.shape
     sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
     if is_tracing():
-        ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
-        xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
-        grid = torch.stack(((xs + flow[:, 0]) * sx - 1.0, (ys + flow[:, 1]) * sy - 1.0), dim=-1)
+        # Channel slices, not `flow[:, 0]`: a select is a portable kernel in ExecuTorch, which
+        # splits the delegate call that makes the flow from the one that reads the grid.
+        ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, 1, h, 1)
+        xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, 1, w)
+        grid = torch.cat(((xs + flow[:, :1]) * sx - 1.0, (ys + flow[:, 1:]) * sy - 1.0), 1)
+        grid = grid.permute(0, 2, 3, 1)
     else:
         # The same grid as one pass over the flow: base + flow * scale, the (H, W, 2) base of
         # normalised pixel centres broadcast over the batch. Six elementwise passes and a
