@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dealthdr.export.artifacts import artifact_record
-from dealthdr.export.buckets import BucketGraph, example_inputs, export_program
+from dealthdr.export.buckets import BucketGraph, example_inputs, export_program, group_by_s
 from dealthdr.export.coverage import pte_bytes
 from dealthdr.export.coreml import convert_program, describe, package
 from dealthdr.export.gate import pending_gate, run_gate
@@ -42,17 +42,9 @@ def sensitivity(ctx: QuantizeContext, cfg: QuantizeConfig) -> dict:
             "groups": groups}
 
 
-def by_artifact(buckets: list) -> dict[str, list]:
-    """{s key: its buckets}: the graphs of one .pte (a method per centre exposure)."""
-    out: dict[str, list] = {}
-    for b in buckets:
-        out.setdefault(b.s_key, []).append(b)
-    return out
-
-
 def _xnnpack(converted: dict, ctx: QuantizeContext, cfg: QuantizeConfig, stage: Path,
              info: dict):
-    records, by_s = [], by_artifact(ctx.buckets)
+    records, by_s = [], group_by_s(ctx.buckets)
     latency, frames = None, ctx.model.cfg.num_frames
     for s_key, group in by_s.items():
         methods = {f"forward_{b.centre}": b for b in group}

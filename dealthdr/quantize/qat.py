@@ -35,7 +35,7 @@ from pathlib import Path
 from dealthdr.calib.windows import make_windows
 from dealthdr.export.artifacts import (add_common_flags, main_wrapper, prepare, staging_dir,
                                        write_manifest)
-from dealthdr.export.buckets import BucketGraph, example_inputs
+from dealthdr.export.buckets import BucketGraph, example_inputs, group_by_s
 from dealthdr.export.config import parse_config
 from dealthdr.quantize import artifacts as arts
 from dealthdr.quantize.config import QuantizeConfig, QuantizeContext
@@ -190,7 +190,7 @@ def run_backend(backend: str, ctx: QuantizeContext, cfg: QuantizeConfig) -> dict
         check_attention_kept(converted[name])
     section = {"qat": record, "buckets": {},
                "float_islands": {n: p.describe() for n, p in policies.items()}}
-    for group in arts.by_artifact(buckets).values():  # PTQ per .pte, shared as QAT's are
+    for group in group_by_s(buckets).values():  # PTQ per .pte, shared as QAT's are
         ptq_models = ptq_artifact(
             {b.name: programs[b.name] for b in group}, {b.name: b.centre for b in group},
             backend, {b.name: {"float_groups": float_for[b.centre]} for b in group},
