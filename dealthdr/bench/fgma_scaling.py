@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=d.warmup,
                    help=f"untimed rounds first (default: {d.warmup})")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help=f"torch threads (default: {d.threads}, as the device benchmark's acceptance runs; "
-                        "with every core of a small machine busy, R=0.1's few milliseconds "
-                        "swing by more than the tolerance from run to run)")
+                   help=f"torch threads (default: {d.threads}, as the device benchmark's "
+                        "acceptance runs; with every core of a small machine busy, R=0.1's few "
+                        "milliseconds swing by more than the tolerance from run to run)")
     p.add_argument("--tolerance", type=float, default=d.tolerance,
                    help=f"allowed |(t(R)-t(0)) / (R (t(1)-t(0))) - 1| (default: {d.tolerance})")
     p.add_argument("--out", type=Path, default=d.out,
