@@ -32,6 +32,14 @@ def test_fgma_scaling_rejects_ratios_without_endpoints(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_fgma_scaling_rejects_nonpositive_threads(tmp_path):
+    res = subprocess.run([sys.executable, "device_bench/fgma_scaling.py", "--threads", "0",
+                          "--out", str(tmp_path / "x.json")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "--threads" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_fgma_exported_script_times_each_bucket_it_lowers(tmp_path):
     """One level's FGMA lowered to XNNPACK per bucket size and run in the ExecuTorch runtime:
     a record row per R, with the policy the exporter would pick (flow only, gather, dense)."""

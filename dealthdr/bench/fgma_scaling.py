@@ -107,6 +107,8 @@ def timed(fn, rounds: list[float]) -> None:
 
 
 def run(args: ScalingConfig) -> dict:
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or args.neighbours < 1:
+        raise ValueError("--threads, --repeats and --neighbours must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
     ratios = [float(r) for r in args.ratios.split(",")]
     if any(not 0 <= r <= 1 for r in ratios) or 0.0 not in ratios or 1.0 not in ratios:
