@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dealthdr.bench.fgma_scaling import add_level_flags, level_shape, timed
+from dealthdr.bench.fgma_scaling import add_level_flags, check_counts, level_shape, timed
 from dealthdr.cliargs import reuse_freed_memory
 from dealthdr.export.config import parse_config
 from dealthdr.fileio import atomic_write_bytes
@@ -104,8 +104,7 @@ def run(cfg: ExportedScalingConfig) -> dict:
         raise ValueError(f"--ratios must be comma-separated numbers, got {cfg.ratios!r}") from None
     if not ratios or any(not 0 <= r <= 1 for r in ratios):
         raise ValueError("--ratios must lie in [0, 1]")
-    if cfg.repeats < 1 or cfg.warmup < 0 or cfg.threads < 1 or cfg.neighbours < 1:
-        raise ValueError("--repeats, --threads and --neighbours must be >= 1, --warmup >= 0")
+    check_counts(cfg)
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     torch.set_num_threads(cfg.threads)

@@ -71,6 +71,13 @@ def add_level_flags(p: argparse.ArgumentParser, d) -> None:
                    help=f"neighbours aligned (paper: 4; default: {d.neighbours})")
 
 
+def check_counts(cfg) -> None:
+    """The counts both FGMA benchmarks take (`threads`, `repeats`, `warmup`, `neighbours` of
+    their configs), refused with a clear error before anything runs."""
+    if cfg.threads < 1 or cfg.repeats < 1 or cfg.warmup < 0 or cfg.neighbours < 1:
+        raise ValueError("--threads, --repeats and --neighbours must be >= 1, --warmup >= 0")
+
+
 def level_shape(variant: str, level: int, size: tuple[int, int]):
     """(variant config, channels, height, width) of decoder level `level` for input `size`."""
     cfg = get_config(variant)
@@ -107,8 +114,7 @@ def timed(fn, rounds: list[float]) -> None:
 
 
 def run(args: ScalingConfig) -> dict:
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or args.neighbours < 1:
-        raise ValueError("--threads, --repeats and --neighbours must be >= 1, --warmup >= 0")
+    check_counts(args)
     torch.set_num_threads(args.threads)
     ratios = [float(r) for r in args.ratios.split(",")]
     if any(not 0 <= r <= 1 for r in ratios) or 0.0 not in ratios or 1.0 not in ratios:
