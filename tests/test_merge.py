@@ -98,3 +98,32 @@ def test_learned_log_weights_pick_frames():
     delta[:, 2] = 1e3  # trust only the centre
     out = ExposureMerge()(x[:, :, :3], relative_exposures(EXP), flow, 2, delta)
     torch.testing.assert_close(out, x[:, 2, :3], rtol=1e-3, atol=1e-5)
+
+
+def test_config_consistency_scale_reaches_the_merge_and_keeps_a_noisy_centres_neighbours():
+    """A strict scale reads a noisy short centre's own noise (read noise, correlated over 2x2
+    pixels as demosaicing leaves it) as misalignment and drops its aligned neighbours; the
+    configured scale is the one the network's merge uses."""
+    import pytest
+
+    from dealthdr.model import get_config
+    from dealthdr.model.config import DeAltHDRConfig
+
+    scene = _scene() * 0.1
+    g = torch.Generator().manual_seed(4)
+    frames = []
+    for e in EXP[0]:
+        noise = torch.randn(1, 3, scene.shape[-2] // 2, scene.shape[-1] // 2, generator=g)
+        noise = torch.nn.functional.interpolate(noise, scale_factor=2, mode="nearest")
+        frames.append((scene * e + 0.02 * noise).clamp(0, 1) ** (1 / 2.2))
+    x = prepare_inputs(torch.stack(frames, dim=1), EXP)
+    flow = torch.zeros(4, 2, *x.shape[-2:])
+    rel = relative_exposures(EXP)
+    err = {c: (ExposureMerge(consistency=c)(x[:, :, :3], rel, flow, 2) - scene).pow(2).mean()
+           for c in (0.04, 0.16)}
+    assert err[0.16] < 0.3 * err[0.04]
+    loose = {**get_config("tiny").__dict__, "merge_consistency": 0.16}
+    assert create_model(DeAltHDRConfig.from_dict(loose)).merge.consistency == 0.16
+    assert create_model("tiny").merge.consistency == 0.04  # what the shipped weights expect
+    with pytest.raises(ValueError, match="merge_consistency"):
+        DeAltHDRConfig.from_dict({**loose, "merge_consistency": 0.0})

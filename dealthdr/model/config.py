@@ -40,6 +40,11 @@ class DeAltHDRConfig:
             (residual + per-frame log-weights, see model/merge.py) instead of adding a
             residual to the centre frame. Not in the paper; on for `tiny`, whose 16-channel
             decoder cannot carry the neighbours' full-resolution detail.
+        merge_consistency: the merge's consistency scale (gamma-domain difference between an
+            aligned neighbour and the centre, both smoothed, at which a neighbour keeps
+            exp(-1) of its weight). Small values discard aligned neighbours of a noisy
+            centre as if they were misaligned (see model/merge.py); the shipped `tiny` was
+            trained with 0.04.
     """
 
     name: str = "default"
@@ -59,6 +64,7 @@ class DeAltHDRConfig:
     exposure_ratio: float = 8.0
     gamma: float = 2.2
     merge_base: bool = False
+    merge_consistency: float = 0.04
 
     def __post_init__(self) -> None:
         if self.decoder_block not in ("channel", "level"):
@@ -71,6 +77,8 @@ class DeAltHDRConfig:
         if 2 * (self.attn_window // 2) > self.attn_tile:
             raise ValueError(f"attn_tile must be >= 2 * (attn_window // 2), got tile "
                              f"{self.attn_tile} for window {self.attn_window}")
+        if not self.merge_consistency > 0:
+            raise ValueError(f"merge_consistency must be > 0, got {self.merge_consistency}")
         if self.flow_scale < 1:
             raise ValueError(f"flow_scale must be >= 1, got {self.flow_scale}")
 

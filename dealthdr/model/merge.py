@@ -55,9 +55,11 @@ def _gaussian_taps(sigma: float) -> torch.Tensor:
 class ExposureMerge(nn.Module):
     """Merge the centre frame with flow-aligned neighbours, exposure- and noise-aware."""
 
-    def __init__(self, channels: int = 3, gamma: float = 2.2) -> None:
+    def __init__(self, channels: int = 3, gamma: float = 2.2,
+                 consistency: float = CONSISTENCY_SIGMA) -> None:
         super().__init__()
         self.gamma = gamma
+        self.consistency = consistency
         taps = _gaussian_taps(SMOOTH_SIGMA)
         k = taps.numel()
         self.channels = channels
@@ -101,7 +103,7 @@ class ExposureMerge(nn.Module):
         g_n = torch.minimum(lin_n, centre_clip.unsqueeze(1)).clamp(0, 1).clamp_min(1e-8)
         g_n = self.blur((g_n ** gamma_inv).reshape(b * (t - 1), c, h, w)).reshape(lin_n.shape)
         diff = (g_n - g_c.unsqueeze(1)).abs().amax(dim=2)
-        consistency = torch.exp(-(diff / CONSISTENCY_SIGMA) ** 2)
+        consistency = torch.exp(-(diff / self.consistency) ** 2)
 
         r_n = neighbours(r, centre).view(b, t - 1, 1, 1)
         w_c = _well_exposed(ldr_c) * _noise_weight(r_c.view(b, 1, 1), x_c) + CENTRE_FLOOR

@@ -108,7 +108,7 @@ class DeAltHDR(nn.Module):
         if cfg.merge_base:
             # Residual (3) + one log-weight per frame; zero at init, so an untrained head
             # outputs the fixed exposure-aware merge.
-            self.merge = ExposureMerge(gamma=cfg.gamma)
+            self.merge = ExposureMerge(gamma=cfg.gamma, consistency=cfg.merge_consistency)
             self.head = nn.Conv2d(dims[0], 3 + cfg.num_frames, 3, padding=1)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
