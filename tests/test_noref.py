@@ -58,5 +58,34 @@ def test_alternate_and_compare_on_a_tiny_video(tmp_path):
     # exposure-normalised input pumps between noisy short and clipped long frames; the
     # reconstruction is steadier
     assert out["results"]["shipped"]["flicker"] < out["results"]["input"]["flicker"]
+    # --show draws a chosen frame (here a long one) and refuses one that was not measured
+    compare(tmp_path / "alt", range(2, 6), {"shipped": tmp_path / "rec"}, None,
+            tmp_path / "long.png", show=3)
+    assert cv2.imread(str(tmp_path / "long.png")).shape[1] == 2 * 48
+    with pytest.raises(ValueError, match="--show 6"):
+        compare(tmp_path / "alt", range(2, 6), {"shipped": tmp_path / "rec"}, None,
+                tmp_path / "no.png", show=6)
+    assert not (tmp_path / "no.png").exists()
     png = cv2.imread(str(tmp_path / "m.png"))
     assert png.shape == (2 * 32, 2 * 48, 3)
+
+
+def test_long_exposure_smears_motion_instead_of_stacking_copies():
+    """A textured square moving 8 px per source frame: the plain mean of 3 frames has jumps
+    where its copies overlap (a double image), the flow-interpolated exposure a smooth ramp,
+    with the same light."""
+    from dealthdr.demo.alternate import long_exposure
+
+    rng = np.random.default_rng(0)
+    bg = 0.05 + 0.02 * rng.random((48, 96, 3), dtype=np.float32)
+    tex = 0.4 + 0.4 * rng.random((12, 12, 3), dtype=np.float32)
+    frames = []
+    for k in range(3):
+        f = bg.copy()
+        f[18:30, 30 + 8 * k:42 + 8 * k] = tex
+        frames.append(f)
+    lin = np.stack(frames)
+    profile = {n: long_exposure(lin, 0, 3, n)[18:30, 30:62].mean(axis=(0, 2)) for n in (1, 8)}
+    assert np.abs(np.diff(profile[1])).max() > 0.15
+    assert np.abs(np.diff(profile[8])).max() < 0.06
+    np.testing.assert_allclose(profile[8].sum(), profile[1].sum(), rtol=0.03)

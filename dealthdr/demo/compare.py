@@ -72,8 +72,11 @@ def side_by_side(rows: dict[str, list[np.ndarray]], picks: list[int], crop: tupl
 
 def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out: Path | None,
             png_out: Path | None, crop: tuple[int, int] | None = None,
-            extra: dict | None = None) -> dict:
+            extra: dict | None = None, show: int | None = None) -> dict:
     seq = open_sequence(input_path)
+    if show is not None and show not in frames:
+        raise ValueError(f"--show {show} is not among the measured frames "
+                         f"{frames.start}..{frames.stop - 1}")
     rows = {"input": input_frames(seq, frames)}
     for name, folder in methods.items():
         rows[name] = method_frames(Path(folder), frames)
@@ -89,9 +92,11 @@ def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out:
 
         h, w = seq.height, seq.width
         crop = crop or (h // 4, w // 4)
-        # the middle short-exposure frame: where noise, the domain gap's first symptom, shows
+        # by default the middle short-exposure frame: where noise, the domain gap's first
+        # symptom, shows; a long one shows what fusion makes of its motion blur
         short = [t for t in frames if not seq.long[t]]
-        img = side_by_side(rows, [short[len(short) // 2]], crop, frames)
+        img = side_by_side(rows, [short[len(short) // 2] if show is None else show], crop,
+                           frames)
         ok, buf = cv2.imencode(".png", img[..., ::-1])
         if not ok:
             raise OSError(f"could not encode {png_out}")
@@ -111,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", type=Path, default=None, help="write the side-by-side image here")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("TOP", "LEFT"),
                    help="corner of the half-size region shown at 2x (default: the centre)")
+    p.add_argument("--show", type=int, default=None, metavar="FRAME",
+                   help="the frame drawn in the PNG, one of --frames (default: the middle "
+                        "short-exposure frame)")
     args = p.parse_args(argv)
     configure_logging(True)
     methods = {}
@@ -120,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--method must be NAME=DIR, got {spec!r}")
         methods[name] = Path(folder)
     seq_len = len(open_sequence(args.input))
-    result = compare(args.input, frame_range(args.frames, seq_len), methods, args.json,
-                     args.png, tuple(args.crop) if args.crop else None)
+    frames = frame_range(args.frames, seq_len)
+    if args.show is not None and args.show not in frames:
+        p.error(f"--show {args.show} is not among --frames {frames.start}:{frames.stop}")
+    result = compare(args.input, frames, methods, args.json, args.png,
+                     tuple(args.crop) if args.crop else None, show=args.show)
     for name, r in result["results"].items():
         print(f"{name:>16}: " + "  ".join(f"{k} {v:.5f}" for k, v in r.items()
                                           if isinstance(v, float)))
