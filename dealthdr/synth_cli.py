@@ -12,7 +12,7 @@ from .cliargs import parse_size
 from .data.degrade import DegradeConfig
 from .data.noise_profile import resolve_profile
 from .data.synth import (BUNDLED_HDRI, HELDOUT, SPLITS, SynthConfig, load_panoramas, load_video,
-                         synth_dataset)
+                         synth_dataset, with_motion_scale)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subframes", type=int, default=64,
                    help="sub-frames per short+long pair; the long exposure averages all but "
                         "the first (default: 64, as in the paper)")
+    p.add_argument("--motion-scale", type=float, default=1.0, metavar="F",
+                   help="multiply the camera's and the sprites' speed ranges by F (default 1: "
+                        "pans of 0.5-24 px and sprites of 1-24 px per exposure pair); below 1 "
+                        "for footage with less motion and shorter long-exposure blur")
     p.add_argument("--start-long", action="store_true",
                    help="start each clip with a long exposure (default: short first)")
     p.add_argument("--noise-profile", default=None, metavar="CAMERA|FILE",
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--split selects panoramas; it does not apply to --hdr-video")
     if args.darktable_profiles is not None and args.noise_profile is None:
         raise ValueError("--darktable-profiles needs --noise-profile CAMERA")
+    if not args.motion_scale > 0:
+        raise ValueError(f"--motion-scale must be > 0, got {args.motion_scale}")
     profile = None
     if args.noise_profile is not None:
         profile = resolve_profile(args.noise_profile, args.darktable_profiles)
@@ -73,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
                              "needs at least 2 ISOs with positive noise levels)")
         lo, hi = profile.iso_range
         log.info("noise profile %s: ISO %g-%g", profile.camera, lo, hi)
-    cfg = SynthConfig(frames=args.frames, height=args.size[0], width=args.size[1],
-                      start_long=args.start_long,
-                      degrade=DegradeConfig(subframes=args.subframes))
+    cfg = with_motion_scale(
+        SynthConfig(frames=args.frames, height=args.size[0], width=args.size[1],
+                    start_long=args.start_long, degrade=DegradeConfig(subframes=args.subframes)),
+        args.motion_scale)
     if args.hdr_video is not None:
         sources = load_video(args.hdr_video, cfg)
     else:

@@ -16,7 +16,7 @@ from dealthdr.data.io import write_exr
 from dealthdr.data.panorama import CameraMotionConfig
 from dealthdr.data.scene import exposure_schedule
 from dealthdr.data.synth import (BUNDLED_HDRI, HELDOUT, SynthConfig, load_panoramas, load_video,
-                                 synth_clip, synth_dataset)
+                                 synth_clip, synth_dataset, with_motion_scale)
 
 SMALL = SynthConfig(frames=6, height=48, width=64, degrade=DegradeConfig(subframes=8))
 ARGS = ["--frames", "6", "--size", "48x64", "--subframes", "8"]
@@ -90,6 +90,18 @@ def test_long_frames_are_blurred_by_motion(panoramas, moving):
         assert long > 0.9 * short
 
 
+def test_motion_scale_scales_the_ground_truth_motion(panoramas):
+    """The same seed with the speed ranges at a quarter: a quarter of the camera motion."""
+    cfg = replace(SMALL, motion_probs=(1.0, 0.0, 0.0))
+    mean = {f: np.nanmean([np.nanmean(np.abs(synth_clip(with_motion_scale(cfg, f), panoramas,
+                                                         seed=3, index=i).flow))
+                           for i in range(2)]) for f in (1.0, 0.25)}
+    assert 0.2 < mean[0.25] / mean[1.0] < 0.3
+    assert with_motion_scale(cfg, 1.0) is cfg
+    with pytest.raises(ValueError, match="motion scale"):
+        with_motion_scale(cfg, -1.0)
+
+
 def test_determinism_byte_identical(tmp_path, panoramas):
     synth_dataset(tmp_path / "a", 2, SMALL, panoramas, seed=7, progress=False)
     synth_dataset(tmp_path / "b", 2, SMALL, panoramas, seed=7, progress=False)
@@ -131,6 +143,7 @@ def _pano_dir(tmp_path: Path) -> Path:
     ("png", "LDR image"), ("corrupt", "not a readable OpenEXR"), ("tiny", "too small"),
     ("odd", "must be even"), ("few", ">= 6"), ("empty", "no HDR panoramas"),
     ("aspect", "not an equirectangular"), ("split", "names the bundled panoramas' split"),
+    ("motion", "--motion-scale must be > 0"),
 ])
 def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
     d = _pano_dir(tmp_path)
@@ -151,6 +164,8 @@ def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
         write_exr(d / "square.exr", np.ones((256, 256, 3), np.float32))
     elif case == "split":
         args += ["--split", "train"]  # the bundled split means nothing for a user's folder
+    elif case == "motion":
+        args += ["--motion-scale", "0"]
     out = tmp_path / "out"
     rc, err = _run_cli(["--hdri-dir", str(d), "--out", str(out), *args], capsys)
     assert rc != 0 and message in err

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +167,17 @@ class SynthClip:
     hdr: np.ndarray          # (F, H, W, 3) float32, short-exposure units
     flow: np.ndarray | None  # (F, K, 2, H, W) float32, NaN outside the clip
     meta: dict
+
+
+def with_motion_scale(cfg: SynthConfig, factor: float) -> SynthConfig:
+    """`cfg` with the camera's and the sprites' speed ranges multiplied by `factor`."""
+    if not factor > 0:
+        raise ValueError(f"motion scale must be > 0, got {factor}")
+    if factor == 1:
+        return cfg
+    scale = lambda r: tuple(v * factor for v in r)  # noqa: E731
+    return replace(cfg, camera=replace(cfg.camera, speed_px=scale(cfg.camera.speed_px)),
+                   sprites=replace(cfg.sprites, speed_px=scale(cfg.sprites.speed_px)))
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
