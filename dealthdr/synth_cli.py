@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--darktable-profiles needs --noise-profile CAMERA")
     if not args.motion_scale > 0:
         raise ValueError(f"--motion-scale must be > 0, got {args.motion_scale}")
+    if args.hdr_video is not None and args.motion_scale != 1:
+        raise ValueError("--motion-scale scales the panorama camera and sprites; an "
+                         "--hdr-video brings its own motion")
     profile = None
     if args.noise_profile is not None:
         profile = resolve_profile(args.noise_profile, args.darktable_profiles)

@@ -194,6 +194,9 @@ def test_hdr_video_source(tmp_path, capsys):
     clip = read_clip(out / "clip_000000")
     assert clip.flow is None and clip.hdr.shape == (6, 32, 48, 3)
     assert clip.meta["source"]["kind"] == "hdr-video"
+    rc, err = _run_cli(["--hdr-video", str(video), "--out", str(tmp_path / "scaled"),
+                        "--motion-scale", "0.5", *args], capsys)
+    assert rc != 0 and "brings its own motion" in err and not (tmp_path / "scaled").exists()
     with pytest.raises(ValueError, match="need 192"):  # L S L S L S: sub-frames 1..192
         load_video(video, replace(SMALL, width=48, height=32, start_long=True,
                                   degrade=DegradeConfig()))

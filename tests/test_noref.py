@@ -8,6 +8,7 @@ import pytest
 from dealthdr import noref
 from dealthdr.cli import main
 from dealthdr.demo.alternate import alternate
+from dealthdr.demo.alternate import main as alternate_main
 from dealthdr.demo.compare import compare
 from dealthdr.data.sequence import open_sequence
 from tests.conftest import waves
@@ -43,6 +44,10 @@ def test_alternate_and_compare_on_a_tiny_video(tmp_path):
         writer.write(frame)
     writer.release()
     alternate(video, tmp_path / "alt", frames=8, start=1, size=(32, 48))
+    for bad in (["--long-subframes", "0"], ["--long-blur", "2"]):
+        with pytest.raises(SystemExit) as stop:  # argparse's clean error, before any output
+            alternate_main(["--video", str(video), "--out", str(tmp_path / "bad"), *bad])
+        assert stop.value.code == 2 and not (tmp_path / "bad").exists()
     seq = open_sequence(tmp_path / "alt")
     assert seq.long.tolist() == [False, True] * 4 and seq.exposure_ratio == 8.0
     record = json.loads((tmp_path / "alt" / "alternate.json").read_text())

@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--start-long", action="store_true", help="first frame long (default short)")
     args = p.parse_args(argv)
+    if args.long_blur < 1 or args.long_blur % 2 == 0:
+        p.error(f"--long-blur must be odd and >= 1, got {args.long_blur}")
+    if args.long_subframes < 1:
+        p.error(f"--long-subframes must be >= 1, got {args.long_subframes}")
     configure_logging(True)
     alternate(args.video, args.out, args.frames, args.start, args.stride, args.size,
               args.long_blur, args.lambda_shot, args.lambda_read, args.seed, args.start_long,
