@@ -58,7 +58,7 @@ def reference(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.T
     return _linear(ldr[c], rel[c]).transpose(2, 0, 1).astype(np.float32)
 
 
-def _dis_flow(ref: np.ndarray, moving: np.ndarray) -> np.ndarray:
+def dis_flow(ref: np.ndarray, moving: np.ndarray) -> np.ndarray:
     """DIS flow O_{ref->moving} (H, W, 2): ref(p) ~ moving(p + flow(p)). Grey uint8 inputs."""
     import cv2
 
@@ -66,7 +66,7 @@ def _dis_flow(ref: np.ndarray, moving: np.ndarray) -> np.ndarray:
     return dis.calc(ref, moving, None)
 
 
-def _grey_u8(img: np.ndarray) -> np.ndarray:
+def grey_u8(img: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.cvtColor(np.round(img.clip(0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
@@ -89,8 +89,8 @@ def classical(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.T
     ldr, rel = _window(frames, exposures)
     c = len(ldr) // 2
     lin = np.stack([_linear(ldr[i], rel[i]) for i in range(len(ldr))]).astype(np.float32)
-    grey = [_grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
-    flows = np.stack([_dis_flow(grey[c], grey[i]) for i in range(len(ldr)) if i != c])
+    grey = [grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
+    flows = np.stack([dis_flow(grey[c], grey[i]) for i in range(len(ldr)) if i != c])
     # (T, H, W, 3) frames and (T-1, H, W, 2) flows to the merge's (1, T, 3, H, W) / (T-1, 2, H, W)
     with torch.no_grad():
         out = ExposureMerge(gamma=GAMMA, consistency=CLASSICAL_CONSISTENCY)(

@@ -69,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--split selects panoramas; it does not apply to --hdr-video")
     if args.darktable_profiles is not None and args.noise_profile is None:
         raise ValueError("--darktable-profiles needs --noise-profile CAMERA")
-    if not args.motion_scale > 0:
-        raise ValueError(f"--motion-scale must be > 0, got {args.motion_scale}")
     if args.hdr_video is not None and args.motion_scale != 1:
         raise ValueError("--motion-scale scales the panorama camera and sprites; an "
                          "--hdr-video brings its own motion")

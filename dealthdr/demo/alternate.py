@@ -28,10 +28,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..baselines import dis_flow, grey_u8
 from ..cliargs import configure_logging, parse_size
 from ..data.io import write_png16
 from ..fileio import atomic_write_bytes
+from ..model.spynet import flow_warp
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +68,9 @@ def decode(video: Path, start: int, count: int, stride: int, size: tuple[int, in
 
 
 def _flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """DIS flow a -> b (H, W, 2) of two linear frames, on their gamma-encoded grey images."""
-    import cv2
-
-    grey = [cv2.cvtColor(np.round(np.clip(x, 0, 1) ** (1 / 2.2) * 255).astype(np.uint8),
-                         cv2.COLOR_RGB2GRAY) for x in (a, b)]
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(grey[0], grey[1], None)
-
-
-def _warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """img sampled at p + flow(p), bilinear, edges replicated."""
-    import cv2
-
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    """DIS flow a -> b (H, W, 2) of two linear frames, on their gamma-encoded grey images (the
+    `classical` baseline's flow)."""
+    return dis_flow(grey_u8(np.clip(a, 0, 1) ** (1 / 2.2)), grey_u8(np.clip(b, 0, 1) ** (1 / 2.2)))
 
 
 def interval_subframes(a: np.ndarray, b: np.ndarray, n: int) -> list[np.ndarray]:
@@ -92,12 +81,16 @@ def interval_subframes(a: np.ndarray, b: np.ndarray, n: int) -> list[np.ndarray]
     - t (1-t) F10), weighted by temporal distance. A demo's motion blur, not a learned
     interpolator: occlusion edges stay soft."""
     f01, f10 = _flow(a, b), _flow(b, a)
+    ends = torch.from_numpy(np.stack((a, b)).transpose(0, 3, 1, 2).astype(np.float32))
     out = []
     for i in range(n):
         t = (i + 0.5) / n
         to_a = -(1 - t) * t * f01 + t * t * f10
         to_b = (1 - t) ** 2 * f01 - t * (1 - t) * f10
-        out.append((1 - t) * _warp(a, to_a) + t * _warp(b, to_b))
+        flows = torch.from_numpy(np.stack((to_a, to_b)).transpose(0, 3, 1, 2).astype(np.float32))
+        with torch.no_grad():
+            warped = flow_warp(ends, flows, padding_mode="border").numpy().transpose(0, 2, 3, 1)
+        out.append((1 - t) * warped[0] + t * warped[1])
     return out
 
 
@@ -178,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--start-long", action="store_true", help="first frame long (default short)")
     args = p.parse_args(argv)
-    if args.long_blur < 1 or args.long_blur % 2 == 0:
-        p.error(f"--long-blur must be odd and >= 1, got {args.long_blur}")
-    if args.long_subframes < 1:
-        p.error(f"--long-subframes must be >= 1, got {args.long_subframes}")
     configure_logging(True)
-    alternate(args.video, args.out, args.frames, args.start, args.stride, args.size,
-              args.long_blur, args.lambda_shot, args.lambda_read, args.seed, args.start_long,
-              args.long_subframes)
+    try:
+        alternate(args.video, args.out, args.frames, args.start, args.stride, args.size,
+                  args.long_blur, args.lambda_shot, args.lambda_read, args.seed,
+                  args.start_long, args.long_subframes)
+    except ValueError as e:  # bad flags and unreadable videos, found before any frame is written
+        p.error(str(e))
     return 0
 
 

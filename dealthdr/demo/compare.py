@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--method must be NAME=DIR, got {spec!r}")
         methods[name] = Path(folder)
     seq_len = len(open_sequence(args.input))
-    frames = frame_range(args.frames, seq_len)
-    if args.show is not None and args.show not in frames:
-        p.error(f"--show {args.show} is not among --frames {frames.start}:{frames.stop}")
-    result = compare(args.input, frames, methods, args.json, args.png,
-                     tuple(args.crop) if args.crop else None, show=args.show)
+    try:
+        result = compare(args.input, frame_range(args.frames, seq_len), methods, args.json,
+                         args.png, tuple(args.crop) if args.crop else None, show=args.show)
+    except ValueError as e:  # checked before anything is written
+        p.error(str(e))
     for name, r in result["results"].items():
         print(f"{name:>16}: " + "  ".join(f"{k} {v:.5f}" for k, v in r.items()
                                           if isinstance(v, float)))
