@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DeAltHDRConfig
 from .inputs import neighbours
 from .layers import positive_step, replicate_pad
 from .spynet import flow_warp
@@ -38,8 +39,9 @@ SAT_LO, SAT_HI = 0.85, 0.97
 # r^2 = 64 short frames; above it, shot noise, worth r = 8 short frames.
 SHOT, READ = 1.0, 2e-3
 # Consistency: an aligned neighbour whose (smoothed, gamma-domain) difference to the centre
-# exceeds a few CONSISTENCY_SIGMA is a misalignment (occlusion, flow failure), not noise.
-CONSISTENCY_SIGMA = 0.04
+# exceeds a few CONSISTENCY_SIGMA is a misalignment (occlusion, flow failure), not noise. The
+# default is the config's (`merge_consistency`), so a merge built alone matches the network's.
+CONSISTENCY_SIGMA = DeAltHDRConfig.merge_consistency
 SMOOTH_SIGMA = 1.5  # pixels; smoothing before the consistency test, so noise is not "motion"
 CENTRE_FLOOR = 1e-6  # the centre always keeps some weight: the fallback where all else fails
 DELTA_LIMIT = 6.0  # learned log-weights stay within exp(+-6): no overflow in fp16
