@@ -44,6 +44,9 @@ def test_alternate_and_compare_on_a_tiny_video(tmp_path):
         writer.write(frame)
     writer.release()
     alternate(video, tmp_path / "alt", frames=8, start=1, size=(32, 48))
+    assert not list(tmp_path.glob(".*partial"))  # written aside, renamed into place
+    with pytest.raises(ValueError, match="not an empty folder"):  # never mixed with old frames
+        alternate(video, tmp_path / "alt", frames=8, start=1, size=(32, 48))
     for bad in (["--long-subframes", "0"], ["--long-blur", "2"]):
         with pytest.raises(SystemExit) as stop:  # argparse's clean error, before any output
             alternate_main(["--video", str(video), "--out", str(tmp_path / "bad"), *bad])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def decode(video: Path, start: int, count: int, stride: int, size: tuple[int, in
 def _flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """DIS flow a -> b (H, W, 2) of two linear frames, on their gamma-encoded grey images (the
     `classical` baseline's flow)."""
-    return dis_flow(grey_u8(np.clip(a, 0, 1) ** (1 / 2.2)), grey_u8(np.clip(b, 0, 1) ** (1 / 2.2)))
+    grey = [grey_u8(np.clip(x, 0, 1) ** (1 / 2.2)) for x in (a, b)]
+    return dis_flow(*grey)
 
 
 def interval_subframes(a: np.ndarray, b: np.ndarray, n: int) -> list[np.ndarray]:
@@ -114,6 +116,12 @@ def alternate(video: str | Path, out: str | Path, frames: int = 160, start: int 
     if long_subframes < 1:
         raise ValueError(f"--long-subframes must be >= 1, got {long_subframes}")
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder")
+    # Frames go to a sibling folder renamed into place at the end: an interrupted run (the
+    # long frames' interpolation takes a while) leaves no half sequence under `out`.
+    final, out = out, out.with_name(f".{out.name}.partial")
+    shutil.rmtree(out, ignore_errors=True)
     r = long_blur // 2
     lin, offset = decode(Path(video), start, frames, stride, size, r)
     rng = np.random.default_rng(seed)
@@ -143,7 +151,10 @@ def alternate(video: str | Path, out: str | Path, frames: int = 160, start: int 
                            "x 2^1; + N(0, lambda_read + lambda_shot y); clip; ^(1/2.2); "
                            "16-bit PNG; exposures.json"}
     atomic_write_bytes(out / "alternate.json", json.dumps(record, indent=2).encode())
-    log.info("%d alternating frames in %s", frames, out)
+    if final.exists():
+        final.rmdir()  # empty, checked above
+    out.rename(final)
+    log.info("%d alternating frames in %s", frames, final)
     return record
 
 
