@@ -10,6 +10,10 @@ like the network.
   alignment (OpenCV DIS), with exposure-aware per-pixel weights: the merge the `tiny` head
   refines, with DIS flow instead of the network's, no learned correction, and its own
   consistency scale (`CLASSICAL_CONSISTENCY`).
+- `unaligned`: the same merge with zero flow. Against `classical` it measures how much
+  alignment matters on a set of clips at all; against `classical_gt_flow` (the same merge with
+  the clips' ground-truth flow, `dealthdr evaluate --gt-flow`), how much better alignment than
+  DIS's could still buy.
 """
 from __future__ import annotations
 
@@ -86,18 +90,45 @@ def classical(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.T
     dropping pixels whose aligned neighbour disagrees with the centre (checked against the
     centre's clipping level, since a saturated centre only says "at least this bright").
     """
+    return _merge(frames, exposures, "dis")
+
+
+def unaligned(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
+              ) -> np.ndarray:
+    """`classical`'s merge with zero flow: every neighbour taken where it lies."""
+    return _merge(frames, exposures, None)
+
+
+def classical_gt_flow(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
+                      gt_flows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`classical`'s merge with the window's ground-truth O_{t->n} ((T-1, 2, H, W) pixels, the
+    first of `dealthdr.evaluate.window_gt_flows`) in place of DIS's: an oracle."""
+    return _merge(frames, exposures, np.asarray(gt_flows[0], dtype=np.float32))
+
+
+def _merge(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
+           flows: np.ndarray | str | None) -> np.ndarray:
+    """The merge of `classical` with flows (T-1, 2, H, W) O_{t->n}, "dis" or None (zero)."""
     ldr, rel = _window(frames, exposures)
-    c = len(ldr) // 2
+    c, (h, w) = len(ldr) // 2, ldr.shape[1:3]
     lin = np.stack([_linear(ldr[i], rel[i]) for i in range(len(ldr))]).astype(np.float32)
-    grey = [grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
-    flows = np.stack([dis_flow(grey[c], grey[i]) for i in range(len(ldr)) if i != c])
-    # (T, H, W, 3) frames and (T-1, H, W, 2) flows to the merge's (1, T, 3, H, W) / (T-1, 2, H, W)
+    if isinstance(flows, str):
+        grey = [grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
+        flows = np.stack([dis_flow(grey[c], grey[i]) for i in range(len(ldr))
+                          if i != c]).transpose(0, 3, 1, 2)
+    elif flows is None:
+        flows = np.zeros((len(ldr) - 1, 2, h, w), np.float32)
+    if flows.shape != (len(ldr) - 1, 2, h, w):
+        raise ValueError(f"flows must be ({len(ldr) - 1}, 2, {h}, {w}), got {flows.shape}")
+    # (T, H, W, 3) frames to the merge's (1, T, 3, H, W); flows are (T-1, 2, H, W) already
     with torch.no_grad():
         out = ExposureMerge(gamma=GAMMA, consistency=CLASSICAL_CONSISTENCY)(
             torch.from_numpy(lin.transpose(0, 3, 1, 2).copy()).unsqueeze(0),
             torch.from_numpy(rel.astype(np.float32)).unsqueeze(0),
-            torch.from_numpy(flows.transpose(0, 3, 1, 2).copy()), c)
+            torch.from_numpy(np.ascontiguousarray(flows, dtype=np.float32)), c)
     return out[0].numpy().astype(np.float32)
 
 
-BASELINES = {"reference": reference, "classical": classical}
+BASELINES = {"reference": reference, "classical": classical, "unaligned": unaligned}
+# Baselines with a ground-truth-flow oracle row under `dealthdr evaluate --gt-flow`.
+GT_FLOW_BASELINES = {"classical": classical_gt_flow}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .baselines import BASELINES
+from .baselines import BASELINES, GT_FLOW_BASELINES
 from .data.clip import Clip, list_clips, read_clip
 from .model import DeAltHDR, DeAltHDRConfig
 from .model.network import PAD_MULTIPLE, flow_grid
@@ -119,12 +119,18 @@ def window_gt_flows(clip: Clip, t: int, window: int) -> tuple[np.ndarray, np.nda
     return out
 
 
-def baseline_methods(names: Iterable[str]) -> list[Method]:
+def baseline_methods(names: Iterable[str], gt_flow: bool = False) -> list[Method]:
+    """The named baselines; with `gt_flow`, each one that aligns (`GT_FLOW_BASELINES`) also
+    as an oracle row with the clips' ground-truth flow, as the network's `--gt-flow` rows."""
     names = list(names)
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
-    return [Method(n, None, BASELINES[n]) for n in names]
+    rows = [Method(n, None, BASELINES[n]) for n in names]
+    if gt_flow:
+        rows += [Method(n + GT_FLOW_SUFFIX, None, GT_FLOW_BASELINES[n], gt_flow=True)
+                 for n in names if n in GT_FLOW_BASELINES]
+    return rows
 
 
 SHORT_WHITE = 1.0  # saturation of the short exposure, in the ground truth's units

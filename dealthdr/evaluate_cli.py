@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .baselines import GT_FLOW_BASELINES
 from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
 from .cliargs import reuse_freed_memory
 from .evaluate import SHORT_WHITE, baseline_methods, evaluate, model_method
@@ -39,13 +40,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="FGMA sensitivities, comma-separated; 0 = flow only, inf = attention "
                         "only (default: 0,15,inf)")
     p.add_argument("--baselines", default="reference,classical",
-                   help="comma-separated baselines (reference, classical), or 'none' "
+                   help="comma-separated baselines, or 'none': reference (the centre frame, "
+                        "Eq. 1), classical (DIS-aligned exposure merge), unaligned (that merge "
+                        "with zero flow: how much alignment matters on these clips) "
                         "(default: reference,classical)")
     p.add_argument("--gt-flow", action="store_true",
                    help="also run the network at every --s with the clips' ground-truth flow "
                         "in place of SpyNet's (rows 'dealthdr (GT flow)'): an oracle of what "
-                        "better alignment could buy these weights; needs the flow/ of clips "
-                        "made by `dealthdr synth`")
+                        "better alignment could buy these weights; with classical among the "
+                        "baselines, also 'classical (GT flow)', the merge with that flow; "
+                        "needs the flow/ of clips made by `dealthdr synth`")
     p.add_argument("--max-clips", type=int, default=None, metavar="N",
                    help="evaluate only the first N clips (sorted by name)")
     p.add_argument("--no-fvvdp", action="store_true",
@@ -95,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-clips must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
-    if args.gt_flow and not args.checkpoint:
-        raise ValueError("--gt-flow runs the network: pass --checkpoint too")
+    if args.gt_flow and not args.checkpoint and \
+            not set(_baseline_names(args.baselines)) & set(GT_FLOW_BASELINES):
+        raise ValueError(f"--gt-flow is an oracle of the network and of the aligning baselines "
+                         f"({', '.join(sorted(GT_FLOW_BASELINES))}): pass --checkpoint or one "
+                         f"of those")
     if args.variant and not args.checkpoint:
         raise ValueError("--variant checks a checkpoint: pass --checkpoint too")
     if args.json is not None and args.json.suffix == ".md":
@@ -126,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if args.gt_flow:
             oracle += [model_method(model, s, gt_flow=True, checkpoint=label)
                        for s in args.s_values]
-    methods = model_rows + oracle + baseline_methods(_baseline_names(args.baselines))
+    methods = model_rows + oracle + baseline_methods(_baseline_names(args.baselines),
+                                                     gt_flow=args.gt_flow)
     result = evaluate(args.data, methods, fvvdp=not args.no_fvvdp, max_clips=args.max_clips,
                       progress=not args.no_progress,
                       white=None if args.normalise == "gt-max" else SHORT_WHITE)

@@ -129,7 +129,7 @@ def test_baselines_only_and_max_clips(setup, capsys):
     (["--data", "{data}", "--checkpoint", "{root}/missing"], "not found"),
     (["--data", "{data}", "--checkpoint", "{ck}", "--variant", "s"], "'tiny' checkpoint"),
     (["--data", "{data}", "--variant", "tiny"], "pass --checkpoint"),
-    (["--data", "{data}", "--gt-flow"], "pass --checkpoint"),
+    (["--data", "{data}", "--gt-flow", "--baselines", "reference"], "pass --checkpoint"),
     (["--data", "{data}", "--baselines", "magic"], "unknown baseline"),
     (["--data", "{data}", "--baselines", "none"], "nothing to evaluate"),
     (["--data", "{data}", "--json", "{root}/out.md"], "must not end in .md"),
@@ -245,6 +245,44 @@ def test_classical_fills_clipped_highlights_of_a_long_centre():
     clipped = win[2].max(axis=0) >= 0.999
     assert clipped.any()
     assert np.abs(cls - scene)[clipped].mean() < 0.1 * np.abs(ref - scene)[clipped].mean()
+
+
+def test_merge_baselines_with_ground_truth_and_zero_flow():
+    """`classical (GT flow)` is the merge aligned by the given flow: exact on a clean window
+    that moves; `unaligned` merges the same window where it lies and is far off."""
+    exp = [8.0, 1.0, 8.0, 1.0, 8.0]
+    rng = np.random.default_rng(0)
+    # frame t + k shows the scene moved k px left, so O_{t->t+k} = (-k, 0) (as `write_clip`);
+    # x 8 does not clip
+    big = texture(40, 60, seed=5) * 0.1
+    frames = np.stack([render(big[:, 6 + k:6 + k + 48], e, 0.0, rng).transpose(2, 0, 1)
+                       for k, e in zip(range(-2, 3), exp)])
+    scene = big[:, 6:54]
+    flows = np.zeros((4, 2, 40, 48), np.float32)
+    flows[:, 0] = -np.array([-2, -1, 1, 2]).reshape(4, 1, 1)
+    err = {}
+    for name, out in (("aligned", baselines.classical_gt_flow(frames, np.array(exp),
+                                                                (flows, -flows))),
+                      ("reversed", baselines.classical_gt_flow(frames, np.array(exp),
+                                                                 (-flows, flows))),
+                      ("unaligned", baselines.unaligned(frames, np.array(exp)))):
+        err[name] = np.abs(out.transpose(1, 2, 0) - scene).mean()
+    assert err["aligned"] < 1e-5 * scene.mean()
+    assert err["unaligned"] > 100 * err["aligned"] and err["reversed"] > 100 * err["aligned"]
+    with pytest.raises(ValueError, match="flows must be"):
+        baselines.classical_gt_flow(frames, np.array(exp), (flows[:3], flows[:3]))
+
+
+def test_gt_flow_with_baselines_only_adds_the_merge_oracle(setup, tmp_path):
+    _, data, _ = setup
+    out = tmp_path / "b.json"
+    assert main(["evaluate", "--data", str(data / "clip_b"), "--baselines",
+                 "classical,unaligned", "--gt-flow", "--no-fvvdp", "--no-progress",
+                 "--json", str(out)]) == 0
+    recs = {r["method"]: r for r in json.loads(out.read_text())["records"]}
+    assert set(recs) == {"classical", "unaligned", "classical (GT flow)"}
+    # clip_b moves 1 px per frame: the merge aligned by its exact flow beats the unaligned one
+    assert recs["classical (GT flow)"]["psnr_mu"] > recs["unaligned"]["psnr_mu"]
 
 
 def test_baselines_check_their_input():
