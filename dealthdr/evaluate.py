@@ -36,6 +36,7 @@ PAIR_METRICS = ("twe", "tof")
 # a method with `gt_flow` also takes the window's ground-truth flows (`window_gt_flows`)
 Reconstruct = Callable[..., np.ndarray]
 GT_FLOW_SUFFIX = " (GT flow)"
+ZERO_FLOW_SUFFIX = " (no flow)"
 # What the network's FGMA did, summed over its windows (`ForwardStats`' lists, summed over levels)
 USAGE = ("attended", "positions", "tiles", "tiles_total")
 CENTRES = ("short", "long")
@@ -60,15 +61,22 @@ class Method:
 
 
 def model_method(model: DeAltHDR, s: float, gt_flow: bool = False,
-                 checkpoint: str | None = None) -> Method:
+                 checkpoint: str | None = None, zero_flow: bool = False) -> Method:
     """The network at sensitivity s, dynamic mask policy, no gradients. `gt_flow`: an oracle
     that replaces SpyNet's flow (FGMA, its mask and the merge) with the clip's ground truth,
-    to measure how much better alignment could buy the same weights."""
+    to measure how much better alignment could buy the same weights. `zero_flow`: the same
+    with zero flow, to measure how much the weights lean on their flow and how much of it
+    attention recovers alone (s=inf; at finite s, D is zero and nothing is masked)."""
+    if gt_flow and zero_flow:
+        raise ValueError("gt_flow and zero_flow are two different oracles: choose one")
     model.eval()
     usage = dict.fromkeys(USAGE, 0)
 
     def run(frames: np.ndarray, exposures: np.ndarray,
             flows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        if zero_flow:
+            n, (h, w) = frames.shape[0] - 1, frames.shape[-2:]
+            flows = (np.zeros((n, 2, h, w), np.float32),) * 2
         grid_flows = None if flows is None else tuple(
             _on_flow_grid(torch.from_numpy(f), model.cfg.flow_scale) for f in flows)
         with torch.no_grad():
@@ -79,7 +87,7 @@ def model_method(model: DeAltHDR, s: float, gt_flow: bool = False,
             usage[k] += sum(getattr(stats, k))
         return out[0].numpy()
 
-    name = "dealthdr" + (GT_FLOW_SUFFIX if gt_flow else "")
+    name = "dealthdr" + (GT_FLOW_SUFFIX if gt_flow else ZERO_FLOW_SUFFIX if zero_flow else "")
     return Method(name, s, run, model.cfg.num_frames, gt_flow, model.cfg.name, checkpoint,
                   usage)
 

@@ -50,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "better alignment could buy these weights; with classical among the "
                         "baselines, also 'classical (GT flow)', the merge with that flow; "
                         "needs the flow/ of clips made by `dealthdr synth`")
+    p.add_argument("--no-flow", action="store_true",
+                   help="also run the network at every --s with zero flow (rows 'dealthdr (no "
+                        "flow)'): how much these weights lean on their flow, and how much of "
+                        "it attention recovers on its own (s=inf against s=0; at a finite s "
+                        "zero flow masks nothing); the merge-only counterpart is "
+                        "--baselines unaligned")
     p.add_argument("--max-clips", type=int, default=None, metavar="N",
                    help="evaluate only the first N clips (sorted by name)")
     p.add_argument("--no-fvvdp", action="store_true",
@@ -106,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
                          f"of those")
     if args.variant and not args.checkpoint:
         raise ValueError("--variant checks a checkpoint: pass --checkpoint too")
+    if args.no_flow and not args.checkpoint:
+        raise ValueError("--no-flow runs the network: pass --checkpoint too")
     if args.json is not None and args.json.suffix == ".md":
         raise ValueError("--json OUT must not end in .md (the table is written there)")
     if not args.data.is_dir():
@@ -132,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         model_rows += [model_method(model, s, checkpoint=label) for s in args.s_values]
         if args.gt_flow:
             oracle += [model_method(model, s, gt_flow=True, checkpoint=label)
+                       for s in args.s_values]
+        if args.no_flow:
+            oracle += [model_method(model, s, checkpoint=label, zero_flow=True)
                        for s in args.s_values]
     methods = model_rows + oracle + baseline_methods(_baseline_names(args.baselines),
                                                      gt_flow=args.gt_flow)

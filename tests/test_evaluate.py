@@ -131,6 +131,7 @@ def test_baselines_only_and_max_clips(setup, capsys):
     (["--data", "{data}", "--variant", "tiny"], "pass --checkpoint"),
     (["--data", "{data}", "--gt-flow", "--baselines", "reference"], "pass --checkpoint"),
     (["--data", "{data}", "--baselines", "magic"], "unknown baseline"),
+    (["--data", "{data}", "--no-flow"], "pass --checkpoint"),
     (["--data", "{data}", "--baselines", "none"], "nothing to evaluate"),
     (["--data", "{data}", "--json", "{root}/out.md"], "must not end in .md"),
 ])
@@ -175,6 +176,31 @@ def test_gt_flow_oracle_runs_the_network_on_the_clips_flow(setup):
     np.testing.assert_allclose(got, want, atol=1e-6)
     spynet = model_method(model, 15.0).run(frames, exp)
     assert np.abs(spynet - got).max() > 1e-4  # the oracle does replace SpyNet's flow
+
+
+def test_zero_flow_oracle_runs_the_network_without_motion(setup, tmp_path):
+    _, data, ck = setup
+    clip = read_clip(data / "clip_b")
+    model = create_model("tiny").eval()
+    frames = np.ascontiguousarray(clip.ldr[1:6].transpose(0, 3, 1, 2), dtype=np.float32)
+    exp = clip.exposures[1:6].astype(np.float32)
+    oracle = model_method(model, math.inf, zero_flow=True)
+    assert not oracle.gt_flow and oracle.name == "dealthdr (no flow)"
+    zeros = (torch.zeros(4, 2, 8, 10),) * 2   # 32x40 at flow_scale 4
+    with torch.no_grad():
+        want = model(torch.from_numpy(frames)[None], torch.from_numpy(exp)[None], s=math.inf,
+                     flows=zeros)[0].numpy()
+    np.testing.assert_allclose(oracle.run(frames, exp), want, atol=1e-6)
+    assert np.abs(model_method(model, math.inf).run(frames, exp) - want).max() > 1e-4
+    with pytest.raises(ValueError, match="choose one"):
+        model_method(model, 0.0, gt_flow=True, zero_flow=True)
+    out = tmp_path / "z.json"
+    assert main(["evaluate", "--data", str(data / "clip_b"), "--checkpoint", str(ck), "--s",
+                 "0,inf", "--no-flow", "--baselines", "unaligned", "--no-fvvdp",
+                 "--no-progress", "--json", str(out)]) == 0
+    recs = {(r["method"], r["s"]) for r in json.loads(out.read_text())["records"]}
+    assert recs == {("dealthdr", "0"), ("dealthdr", "inf"), ("dealthdr (no flow)", "0"),
+                    ("dealthdr (no flow)", "inf"), ("unaligned", None)}
 
 
 def test_flow_grid_of_an_unpadded_size_pads_and_scales():
