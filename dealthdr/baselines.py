@@ -1,8 +1,8 @@
 """Non-learned baselines for `dealthdr evaluate`, on the model's own input window.
 
-Both take a window of 5 gamma-encoded LDR frames (5, 3, H, W) in [0, 1] with their exposure
-times (5,), and return the centre frame's linear HDR (3, H, W) in the short exposure's units,
-like the network.
+Each takes a window of 5 gamma-encoded LDR frames (5, 3, H, W) in [0, 1] with their exposure
+times (5,) (`classical_gt_flow` also the window's ground-truth flows), and returns the centre
+frame's linear HDR (3, H, W) in the short exposure's units, like the network.
 
 - `reference`: the centre frame alone, linearised and exposure-normalised (Eq. 1); the paper's
   head adds a learned residual to it.
