@@ -90,36 +90,40 @@ def classical(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.T
     dropping pixels whose aligned neighbour disagrees with the centre (checked against the
     centre's clipping level, since a saturated centre only says "at least this bright").
     """
-    return _merge(frames, exposures, "dis")
+    lin, rel, c = _linear_window(frames, exposures)
+    grey = [grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
+    flows = np.stack([dis_flow(grey[c], grey[i]) for i in range(len(lin)) if i != c])
+    return _merge(lin, rel, c, flows.transpose(0, 3, 1, 2))
 
 
 def unaligned(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
               ) -> np.ndarray:
     """`classical`'s merge with zero flow: every neighbour taken where it lies."""
-    return _merge(frames, exposures, None)
+    lin, rel, c = _linear_window(frames, exposures)
+    return _merge(lin, rel, c, np.zeros((len(lin) - 1, 2, *lin.shape[1:3]), np.float32))
 
 
 def classical_gt_flow(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
                       gt_flows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """`classical`'s merge with the window's ground-truth O_{t->n} ((T-1, 2, H, W) pixels, the
     first of `dealthdr.evaluate.window_gt_flows`) in place of DIS's: an oracle."""
-    return _merge(frames, exposures, np.asarray(gt_flows[0], dtype=np.float32))
+    lin, rel, c = _linear_window(frames, exposures)
+    return _merge(lin, rel, c, np.asarray(gt_flows[0], dtype=np.float32))
 
 
-def _merge(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
-           flows: np.ndarray | str | None) -> np.ndarray:
-    """The merge of `classical` with flows (T-1, 2, H, W) O_{t->n}, "dis" or None (zero)."""
+def _linear_window(frames: np.ndarray | torch.Tensor, exposures: np.ndarray | torch.Tensor,
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The checked window as linear frames (T, H, W, 3), relative exposures and the centre."""
     ldr, rel = _window(frames, exposures)
-    c, (h, w) = len(ldr) // 2, ldr.shape[1:3]
     lin = np.stack([_linear(ldr[i], rel[i]) for i in range(len(ldr))]).astype(np.float32)
-    if isinstance(flows, str):
-        grey = [grey_u8(np.clip(x, 0, 1) ** (1 / GAMMA)) for x in lin]
-        flows = np.stack([dis_flow(grey[c], grey[i]) for i in range(len(ldr))
-                          if i != c]).transpose(0, 3, 1, 2)
-    elif flows is None:
-        flows = np.zeros((len(ldr) - 1, 2, h, w), np.float32)
-    if flows.shape != (len(ldr) - 1, 2, h, w):
-        raise ValueError(f"flows must be ({len(ldr) - 1}, 2, {h}, {w}), got {flows.shape}")
+    return lin, rel, len(ldr) // 2
+
+
+def _merge(lin: np.ndarray, rel: np.ndarray, c: int, flows: np.ndarray) -> np.ndarray:
+    """The merge of `classical` with flows (T-1, 2, H, W) O_{t->n}, (3, H, W) float32."""
+    shape = (len(lin) - 1, 2, *lin.shape[1:3])
+    if flows.shape != shape:
+        raise ValueError(f"flows must be {shape}, got {flows.shape}")
     # (T, H, W, 3) frames to the merge's (1, T, 3, H, W); flows are (T-1, 2, H, W) already
     with torch.no_grad():
         out = ExposureMerge(gamma=GAMMA, consistency=CLASSICAL_CONSISTENCY)(
