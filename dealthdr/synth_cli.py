@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"bundled panoramas to use: train (all but {', '.join(HELDOUT)}), "
                         "heldout, or all (default: train; an --hdri-dir is used whole)")
     p.add_argument("--subframes", type=int, default=64,
-                   help="sub-frames per short+long pair; the long exposure averages all but "
-                        "the first (default: 64, as in the paper)")
+                   help="sub-frames per short+long pair, even; the long exposure averages "
+                        "all but the first, and its ground truth is the middle one of those "
+                        "(default: 64, as in the paper)")
     p.add_argument("--motion-scale", type=float, default=1.0, metavar="F",
                    help="multiply the camera's and the sprites' speed ranges by F (default 1: "
                         "pans of 0.5-24 px and sprites of 1-24 px per exposure pair); below 1 "

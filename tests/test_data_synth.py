@@ -47,6 +47,11 @@ def test_schedule_alternates_and_gt_is_the_middle():
     assert s[2].start == 64
     s = exposure_schedule(6, 8, start_long=True)
     assert [e.long for e in s] == [True, False] * 3 and s[0].start == 1
+    for sub in (2, 4, 8, 64):  # every allowed count: the ground truth is the blur's centroid
+        for e in exposure_schedule(4, sub):
+            assert e.gt == e.start + (e.count - 1) / 2
+    with pytest.raises(ValueError, match="subframes must be even"):
+        DegradeConfig(subframes=7)   # a long frame of 6 sub-frames has no middle one
 
 
 def test_clip_contents(panoramas):
@@ -143,7 +148,7 @@ def _pano_dir(tmp_path: Path) -> Path:
     ("png", "LDR image"), ("corrupt", "not a readable OpenEXR"), ("tiny", "too small"),
     ("odd", "must be even"), ("few", ">= 6"), ("empty", "no HDR panoramas"),
     ("aspect", "not an equirectangular"), ("split", "names the bundled panoramas' split"),
-    ("motion", "--motion-scale must be > 0"),
+    ("motion", "--motion-scale must be > 0"), ("subframes", "subframes must be even"),
 ])
 def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
     d = _pano_dir(tmp_path)
@@ -166,6 +171,8 @@ def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
         args += ["--split", "train"]  # the bundled split means nothing for a user's folder
     elif case == "motion":
         args += ["--motion-scale", "0"]
+    elif case == "subframes":
+        args[args.index("--subframes") + 1] = "9"
     out = tmp_path / "out"
     rc, err = _run_cli(["--hdri-dir", str(d), "--out", str(out), *args], capsys)
     assert rc != 0 and message in err

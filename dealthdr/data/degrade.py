@@ -80,6 +80,13 @@ class DegradeConfig:
     def __post_init__(self) -> None:
         if self.subframes < 2:
             raise ValueError(f"subframes must be >= 2 (1 short + >= 1 long), got {self.subframes}")
+        if self.subframes % 2:
+            # A long frame's ground truth is the middle of the subframes - 1 sub-frames it
+            # averages; with an even count there is none, and the ground truth (and the flow
+            # stored for it) would sit half a sub-frame off the centre of the frame's blur.
+            raise ValueError(f"subframes must be even (the long exposure then averages an odd "
+                             f"number, whose middle one is its ground truth), got "
+                             f"{self.subframes}")
         if self.exposure_ratio <= 1:
             raise ValueError(f"exposure_ratio must be > 1, got {self.exposure_ratio}")
         if not 1 <= self.bits <= 16:
