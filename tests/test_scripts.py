@@ -46,7 +46,8 @@ def test_fgma_exported_script_times_each_bucket_it_lowers(tmp_path):
     out = tmp_path / "exported.json"
     res = subprocess.run([sys.executable, "device_bench/fgma_exported.py", "--level", "3",
                           "--size", "64x64", "--ratios", "0,0.5,1", "--repeats", "1",
-                          "--warmup", "0", "--out", str(out)],
+                          "--warmup", "0", "--out", str(out),
+                          "--keep-programs", str(tmp_path / "programs")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     rec = json.loads(out.read_text())
@@ -55,6 +56,16 @@ def test_fgma_exported_script_times_each_bucket_it_lowers(tmp_path):
     assert all(r["pte_ms_median"] > 0 and r["eager_ms_median"] > 0 for r in rec["rows"])
     # the gathering graph holds the selection's ops, so it differs from the flow-only one
     assert len({r["pte_bytes"] for r in rec["rows"]}) == 3
+    # the kept programs are the timed ones, and profile-pte splits them op by op
+    kept = [Path(r["program"]) for r in rec["rows"]]
+    assert [p.name for p in kept] == ["fgma_l3_k0.pte", "fgma_l3_k2.pte", "fgma_l3_k4.pte"]
+    assert [p.stat().st_size for p in kept] == [r["pte_bytes"] for r in rec["rows"]]
+    prof = tmp_path / "prof.json"
+    res = subprocess.run([sys.executable, "-m", "device_bench", "profile-pte", str(kept[2]),
+                          "--method", "forward", "--repeat", "1", "--out", str(prof)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(prof.read_text())["delegate_calls_per_run"] >= 1
 
 
 def test_fgma_exported_rejects_ratios_outside_0_1(tmp_path):

@@ -47,6 +47,7 @@ class ExportedScalingConfig:
     warmup: int = 1
     threads: int = 1
     out: Path = Path("runs/fgma_exported.json")
+    keep_programs: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"XNNPACK and torch threads (default: {d.threads})")
     p.add_argument("--out", type=Path, default=d.out,
                    help=f"JSON record to write (default: {d.out})")
+    p.add_argument("--keep-programs", type=Path, default=d.keep_programs, metavar="DIR",
+                   help="also keep each lowered branch as DIR/fgma_l<level>_k<K>.pte (method "
+                        "`forward`), e.g. for `python -m device_bench profile-pte`, which "
+                        "splits one op by op (default: programs live in a temporary folder)")
     return p
 
 
@@ -93,7 +98,7 @@ def _lowered_method(branch: torch.nn.Module, inputs: tuple, folder: Path, name: 
     with torch.no_grad():
         program, _ = lower({"forward": torch.export.export(branch, inputs)}, "xnnpack")
     path = folder / f"{name}.pte"
-    path.write_bytes(program.buffer)
+    atomic_write_bytes(path, program.buffer)
     return Runtime.get().load_program(str(path)).load_method("forward"), path.stat().st_size
 
 
@@ -119,9 +124,10 @@ def run(cfg: ExportedScalingConfig) -> dict:
     ks = [round(r * a * b) for r in ratios]
     programs, eager = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if cfg.keep_programs is None else cfg.keep_programs
         for k in dict.fromkeys(ks):
             branch = _Branch(fgma, cfg.s, k).eval()
-            programs[k] = _lowered_method(branch, inputs, Path(tmp), f"k{k}")
+            programs[k] = _lowered_method(branch, inputs, folder, f"fgma_l{cfg.level}_k{k}")
             eager[k] = branch
             log.info("lowered K=%d of %d tiles (%d bytes)", k, a * b, programs[k][1])
         pte_ms = {k: [] for k in programs}
@@ -136,7 +142,10 @@ def run(cfg: ExportedScalingConfig) -> dict:
              "dense": k > 0 and bucket_tiles(k, a * b) == a * b,
              "pte_ms_median": statistics.median(pte_ms[k]),
              "eager_ms_median": statistics.median(eager_ms[k]),
-             "pte_bytes": programs[k][1]} for r, k in zip(ratios, ks)]
+             "pte_bytes": programs[k][1],
+             **({} if cfg.keep_programs is None else
+                {"program": str(cfg.keep_programs / f"fgma_l{cfg.level}_k{k}.pte")})}
+            for r, k in zip(ratios, ks)]
     return {"benchmark": "fgma_exported_branch", "variant": model_cfg.name, "level": cfg.level,
             "channels": c, "window": model_cfg.attn_window, "tile": model_cfg.attn_tile,
             "level_size": f"{h}x{w}", "input_size": f"{cfg.size[0]}x{cfg.size[1]}",
