@@ -99,7 +99,7 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAlt
     `variant`, when given, must match the checkpoint's (a checkpoint of another variant is an
     error, not a silent rebuild). Returns (model in eval mode, meta).
     """
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = resolve_checkpoint(path, variant)
@@ -111,8 +111,17 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAlt
         raise FileNotFoundError(f"checkpoint weights not found: {weights}")
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), "pt") as f:
+            stored = (f.metadata() or {}).get("variant")
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} is not a readable safetensors file: {err}") from None
+    if stored is not None and stored != cfg.name:  # written by `save_checkpoint`
+        raise ValueError(f"{weights} holds {stored!r} weights, but its config says "
+                         f"{cfg.name!r}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise ValueError(f"{weights} holds NaN or Inf weights ({len(broken)} tensors, e.g. "
+                         f"{broken[0]}): a diverged run")
     model = DeAltHDR(cfg)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

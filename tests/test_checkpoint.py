@@ -81,3 +81,26 @@ def test_a_checkpoint_named_without_suffix_resolves_to_its_weights_file(tmp_path
     save_checkpoint(create_model("tiny"), tmp_path / "ck")
     for name in (tmp_path / "ck", str(tmp_path / "ck.json"), tmp_path / "ck.safetensors"):
         assert resolve_checkpoint(name) == tmp_path / "ck.safetensors"
+
+
+def test_refuses_nan_weights_and_weights_of_another_variant_under_a_config(tmp_path):
+    """A diverged run's weights, and weights whose own record names another variant than the
+    config beside them (the config alone can be edited to pass the shape checks)."""
+    from safetensors.torch import load_file, save_file
+
+    save_checkpoint(create_model("tiny"), tmp_path / "ck")
+    weights = tmp_path / "ck.safetensors"
+    state = load_file(str(weights))
+    key = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(weights), metadata={"variant": "tiny"})
+    with pytest.raises(ValueError, match="NaN or Inf weights"):
+        load_checkpoint(tmp_path / "ck")
+    save_checkpoint(create_model("tiny"), tmp_path / "ck")
+    doc = json.loads((tmp_path / "ck.json").read_text())
+    doc["config"]["name"] = "s"   # same shapes, another name
+    (tmp_path / "ck.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="holds 'tiny' weights, but its config says 's'"):
+        load_checkpoint(tmp_path / "ck")
+    load_checkpoint(shipped_path())   # the shipped weights pass both checks
