@@ -77,3 +77,26 @@ def test_deephdrvideo_without_gt_and_errors(tmp_path):
         read_deephdrvideo_scene(tmp_path / "scene")
     with pytest.raises(FileNotFoundError):
         read_deephdrvideo_scene(tmp_path / "nowhere")
+
+
+def test_truncated_exr_and_unreadable_flow_are_named(tmp_path):
+    import json
+
+    from dealthdr.data.clip import read_clip
+    from dealthdr.data.io import read_hdr
+    from tests.clipfactory import write_translation_clip
+
+    write_exr(tmp_path / "a.exr", np.ones((8, 8, 3), np.float32))
+    data = (tmp_path / "a.exr").read_bytes()
+    (tmp_path / "a.exr").write_bytes(data[:len(data) // 3])
+    with pytest.raises(ValueError, match="a.exr is not a readable OpenEXR file"):
+        read_hdr(tmp_path / "a.exr")
+    clip = write_translation_clip(tmp_path / "c", frames=6)
+    np.save(clip / "flow" / "000002.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="000002.npy is not a readable flow array"):
+        read_clip(clip)
+    meta = json.loads((clip / "meta.json").read_text())
+    np.save(clip / "flow" / "000002.npy", np.zeros((1, 2, meta["height"], meta["width"]),
+                                                   np.float16))
+    with pytest.raises(ValueError, match="000002.npy: flow of shape"):
+        read_clip(clip)

@@ -96,6 +96,9 @@ def test_video_with_sidecar_cycle_and_backward_reads(tmp_path):
     late, early = seq.frame(5).copy(), seq.frame(1)
     assert abs(late.mean() * 255 - 130) < 3 and abs(early.mean() * 255 - 50) < 3
     assert open_sequence(path, [4, 1]).long.tolist() == [True, False] * 3 + [True]
+    (tmp_path / "exposures.json").write_text(json.dumps({"v.avi": "14"}))  # not [1, 4]
+    with pytest.raises(ValueError, match="exposures must be a list of numbers"):
+        open_sequence(path)
 
 
 def test_synth_clip_folder(tmp_path):
@@ -197,17 +200,40 @@ def _errors(tmp_path, case):
     elif case == "gives no exposure for":
         write_pngs(tmp_path)
         (tmp_path / "exposures.json").write_text(json.dumps({"frame_000.png": 1}))
+    elif case == "exposures must be numbers":   # json's true would read as 1.0
+        write_pngs(tmp_path, exposures=[True, 8, 1, 8])
+    elif case == "invalid JSON":
+        write_pngs(tmp_path)
+        (tmp_path / "exposures.json").write_bytes(b"\xff\xfe not utf-8")
+    elif case.startswith("clip:"):
+        from tests.clipfactory import write_translation_clip
+
+        clip = write_translation_clip(tmp_path, frames=6)
+        meta = json.loads((clip / "meta.json").read_text())
+        if case == "clip: 8-bit PNG":
+            cv2.imwrite(str(clip / "ldr" / "000003.png"),
+                        np.zeros((meta["height"], meta["width"], 3), np.uint8))
+        elif case == "clip: format 'list'":
+            (clip / "meta.json").write_text(json.dumps([1, 2]))
+        elif case == "clip: does not alternate":
+            meta["exposures"] = [1.0, 8.0, 8.0, 1.0, 8.0, 1.0]
+            (clip / "meta.json").write_text(json.dumps(meta))
+        elif case == "clip: must be a positive integer":
+            meta["height"] = str(meta["height"])
+            (clip / "meta.json").write_text(json.dumps(meta))
 
 
 CASES = ["mixed resolutions", "does not alternate", "not a readable PNG",
          "no exposure information", "mixed bit depths", "float32 TIFF", "greyscale PNG",
-         "same exposure", "gives no exposure for"]
+         "same exposure", "gives no exposure for", "exposures must be numbers", "invalid JSON",
+         "clip: 8-bit PNG", "clip: format 'list'", "clip: does not alternate",
+         "clip: must be a positive integer"]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_a_clear_error(tmp_path, case):
     _errors(tmp_path / "in", case)
-    with pytest.raises(ValueError, match=case):
+    with pytest.raises(ValueError, match=case.removeprefix("clip: ")):
         open_sequence(tmp_path / "in")
 
 

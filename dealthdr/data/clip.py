@@ -51,16 +51,30 @@ def read_meta(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path} is not a dealthdr clip: no meta.json")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path}: invalid JSON: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_path}: format {found!r}, expected {FORMAT!r}")
     for key in ("frames", "height", "width", "exposures"):
         if key not in meta:
             raise ValueError(f"{meta_path}: missing {key!r}")
-    if len(meta["exposures"]) != meta["frames"]:
-        raise ValueError(f"{meta_path}: {len(meta['exposures'])} exposures for "
-                         f"{meta['frames']} frames")
+    for key in ("frames", "height", "width"):
+        if type(meta[key]) is not int or meta[key] < 1:
+            raise ValueError(f"{meta_path}: {key!r} must be a positive integer, got "
+                             f"{meta[key]!r}")
+    exposures = meta["exposures"]
+    if not isinstance(exposures, list) or len(exposures) != meta["frames"] or not all(
+            type(e) in (int, float) for e in exposures):
+        raise ValueError(f"{meta_path}: 'exposures' must be a list of {meta['frames']} "
+                         f"numbers, got {exposures!r}")
+    from .sequence import classify_long  # sequence reads clips: imported here, not at the top
+
+    try:
+        classify_long(np.asarray(exposures, np.float64),
+                      [f"frame {i}" for i in range(meta["frames"])])
+    except ValueError as err:
+        raise ValueError(f"{meta_path}: {err}") from None
     return meta
 
 
@@ -70,8 +84,8 @@ def read_clip(path: str | Path, frames: slice | None = None, with_flow: bool = T
     meta = read_meta(path)
     idx = range(meta["frames"])[frames or slice(None)]
     shape = (meta["height"], meta["width"], 3)
-    ldr = np.stack([_checked(read_ldr(path / "ldr" / frame_name(i, ".png")), shape, path, i)
-                    for i in idx])
+    ldr = np.stack([_checked(read_ldr(path / "ldr" / frame_name(i, ".png"), depth=16), shape,
+                             path, i) for i in idx])
     hdr = None
     if (path / "hdr").is_dir():
         hdr = np.stack([_checked(read_hdr(path / "hdr" / frame_name(i, ".exr")), shape, path, i)
@@ -79,14 +93,24 @@ def read_clip(path: str | Path, frames: slice | None = None, with_flow: bool = T
     flow = None
     offsets = tuple(meta.get("flow_offsets", (-2, -1, 1, 2)))
     if with_flow and (path / "flow").is_dir():
-        flow = np.stack([np.load(path / "flow" / frame_name(i, ".npy"), allow_pickle=False)
+        want = (len(offsets), 2, shape[0], shape[1])
+        flow = np.stack([_flow(path / "flow" / frame_name(i, ".npy"), want)
                          for i in idx]).astype(np.float32)
-        if flow.shape[1:] != (len(offsets), 2, shape[0], shape[1]):
-            raise ValueError(f"{path}: flow of shape {flow.shape[1:]}, expected "
-                             f"{(len(offsets), 2, shape[0], shape[1])}")
     exposures = np.asarray(meta["exposures"], dtype=np.float32)[list(idx)]
     return Clip(ldr=ldr, exposures=exposures, hdr=hdr, flow=flow, flow_offsets=offsets,
                 meta=meta)
+
+
+def _flow(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        flow = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:  # missing, truncated, or pickled objects
+        why = "it holds pickled objects" if "pickle" in str(err) else str(err)
+        raise ValueError(f"{path} is not a readable flow array ({why})") from None
+    if flow.shape != shape or not np.issubdtype(flow.dtype, np.floating):
+        raise ValueError(f"{path}: flow of shape {flow.shape} ({flow.dtype}), expected float "
+                         f"{shape}")
+    return flow
 
 
 def _checked(img: np.ndarray, shape: tuple[int, int, int], clip: Path, i: int) -> np.ndarray:

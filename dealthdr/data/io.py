@@ -41,8 +41,9 @@ def write_png16(path: str | Path, rgb: np.ndarray) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_ldr(path: str | Path) -> np.ndarray:
-    """Read an 8- or 16-bit RGB image (PNG, TIFF, ...) as float32 in [0, 1]."""
+def read_ldr(path: str | Path, depth: int | None = None) -> np.ndarray:
+    """Read an 8- or 16-bit RGB image (PNG, TIFF, ...) as float32 in [0, 1]; `depth` (8 or
+    16), where a format fixes it, refuses the other."""
     import cv2
     path = Path(path)
     if not path.is_file():
@@ -56,6 +57,8 @@ def read_ldr(path: str | Path) -> np.ndarray:
         scale = 65535.0
     else:
         raise ValueError(f"{path}: expected 8- or 16-bit integer pixels, got {img.dtype}")
+    if depth is not None and img.itemsize * 8 != depth:
+        raise ValueError(f"{path}: {img.itemsize * 8}-bit image, expected {depth}-bit")
     if img.ndim == 2 or img.shape[2] not in (3, 4):
         raise ValueError(f"{path}: expected an RGB image, got shape {img.shape}")
     return (img[..., 2::-1].astype(np.float32) / scale).copy()
@@ -91,11 +94,13 @@ def read_hdr(path: str | Path) -> np.ndarray:
             with OpenEXR.File(str(path), separate_channels=True) as f:
                 ch = f.channels()
                 names = {k.split(".")[-1]: k for k in ch}
-                if not all(c in names for c in "RGB"):
-                    raise ValueError(f"{path}: EXR without R, G, B channels ({sorted(ch)})")
-                img = np.stack([ch[names[c]].pixels for c in "RGB"], axis=-1)
-        except (RuntimeError, OSError) as err:
+                img = None
+                if all(c in names for c in "RGB"):
+                    img = np.stack([ch[names[c]].pixels for c in "RGB"], axis=-1)
+        except (RuntimeError, OSError, ValueError) as err:  # a truncated file: ValueError
             raise ValueError(f"{path} is not a readable OpenEXR file: {err}") from None
+        if img is None:
+            raise ValueError(f"{path}: EXR without R, G, B channels ({sorted(ch)})")
     elif suffix == ".hdr":
         import cv2
         bgr = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)

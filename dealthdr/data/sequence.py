@@ -176,7 +176,7 @@ def read_sidecar(folder: Path, names: list[str]) -> np.ndarray | None:
         return None
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: invalid JSON: {err}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected an object mapping file names to exposures")
@@ -184,18 +184,22 @@ def read_sidecar(folder: Path, names: list[str]) -> np.ndarray | None:
     if missing:
         raise ValueError(f"{path} gives no exposure for {len(missing)} of {len(names)} frames "
                          f"(first: {missing[0]})")
-    try:
-        return np.array([float(doc[n]) for n in names])
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: exposures must be numbers") from None
+    if not all(_is_number(doc[n]) for n in names):  # json's true would read as 1.0
+        raise ValueError(f"{path}: exposures must be numbers")
+    return np.array([float(doc[n]) for n in names])
+
+
+def _is_number(x) -> bool:
+    return type(x) in (int, float)
 
 
 def expand_cycle(values, count: int, source: str) -> np.ndarray:
     """One exposure per frame, or a shorter cycle repeated over `count` frames."""
-    try:
-        v = np.array([float(x) for x in values])
-    except (TypeError, ValueError):
-        raise ValueError(f"{source}: exposures must be a list of numbers") from None
+    # a string would iterate as digits ("18" as [1, 8]), a bool read as 1.0
+    if isinstance(values, (str, bytes, dict)) or not all(
+            _is_number(x) or isinstance(x, np.number) for x in values):
+        raise ValueError(f"{source}: exposures must be a list of numbers")
+    v = np.array([float(x) for x in values])
     if v.size == 0 or v.size > count:
         raise ValueError(f"{source}: {v.size} exposures for {count} frames; give one per frame "
                          "or a cycle such as [1, 8]")
@@ -215,13 +219,17 @@ def _open_clip(path: Path) -> Sequence:
     meta = read_meta(path)
     names = [frame_name(i, ".png") for i in range(meta["frames"])]
     ldr = path / "ldr"
-    for n in names:
+    for n in names:  # every frame's header up front, as for image folders
         if not (ldr / n).is_file():
             raise FileNotFoundError(f"{path}: frame {ldr / n} is missing")
+        width, height, depth = _png_header(ldr / n)
+        if (height, width, depth) != (meta["height"], meta["width"], 16):
+            raise ValueError(f"{ldr / n}: {height}x{width} {depth}-bit PNG, the clip's frames "
+                             f"are {meta['height']}x{meta['width']} 16-bit")
     hdr = (lambda i: read_hdr(path / "hdr" / frame_name(i, ".exr"))) \
         if (path / "hdr").is_dir() else None
     return Sequence("clip", path, names, np.asarray(meta["exposures"], dtype=np.float64),
-                    meta["height"], meta["width"], lambda i: read_ldr(ldr / names[i]), hdr,
+                    meta["height"], meta["width"], lambda i: read_ldr(ldr / names[i], 16), hdr,
                     {"format": CLIP_FORMAT})
 
 
@@ -326,13 +334,17 @@ def _open_video(path: Path, cycle) -> Sequence:
     source = "--exposure-cycle"
     if cycle is None:
         sidecar = path.parent / SIDECAR
-        doc = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        if path.name not in doc:
+        try:
+            doc = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{sidecar}: invalid JSON: {err}") from None
+        if not isinstance(doc, dict) or path.name not in doc:
             raise ValueError(f"{path}: a video carries no exposure metadata; write {sidecar} as "
                              f'{{"{path.name}": [1, 8]}} (a cycle, or one value per frame) or '
                              "pass --exposure-cycle 1,8")
         cycle, source = doc[path.name], SIDECAR
-    exposures = expand_cycle(cycle, count, source)
+    exposures = expand_cycle(cycle, count,
+                             str(path.parent / SIDECAR) if source == SIDECAR else source)
     return Sequence("video", path, names, exposures, size[0], size[1], _VideoReader(path), None,
                     {"fps": fps, "exposure_source": source})
 
