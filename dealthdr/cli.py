@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, unusable paths: one line, exit 2
         print(f"dealthdr {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -52,6 +52,17 @@ def apply_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def check_device(device: str) -> None:
+    """--device: a torch device this machine has, refused with a clear error otherwise (torch
+    would raise deep in the first call that uses it, or assert for a missing CUDA build)."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"--device {device} is not usable here: {err}") from None
+
+
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 2 ** 20   # the largest glibc accepts on 64-bit

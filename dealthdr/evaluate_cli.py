@@ -116,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--no-flow runs the network: pass --checkpoint too")
     if args.json is not None and args.json.suffix == ".md":
         raise ValueError("--json OUT must not end in .md (the table is written there)")
+    if args.json is not None:  # refused before the evaluation, not after it
+        for out in (args.json, args.json.with_suffix(".md")):
+            if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+                raise ValueError(f"cannot write {out}: a folder is there, or its parent is "
+                                 "not a folder")
     if not args.data.is_dir():
         raise FileNotFoundError(f"data directory not found: {args.data}")
     if args.threads:
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nFovVideoVDP: {result['fvvdp']['note']}")
     if args.json is not None:
         payload = json.dumps(jsonable(result), indent=2, allow_nan=False)
-        atomic_write_bytes(args.json, payload.encode())
+        # the table first: a results file is then never without the table beside it
         atomic_write_bytes(args.json.with_suffix(".md"), (table + "\n").encode())
+        atomic_write_bytes(args.json, payload.encode())
     return 0

@@ -170,8 +170,10 @@ def _publish(staging: Path, out: Path) -> None:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
     os.replace(staging, out)
-    if old is not None:
+    if old is not None and old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:  # --overwrite of a file
+        old.unlink(missing_ok=True)
 
 
 def score(seq: Sequence, hdr_dir: Path, indices: list[int], white: float = 1.0,
@@ -213,11 +215,12 @@ def reconstruct(seq: Sequence, model: DeAltHDR, out: str | Path, s: float = 15.0
                          f"[0, tile/2), got {tile}, {overlap}")
     if passes < 1:
         raise ValueError(f"--tile-passes must be >= 1, got {passes}")
+    # The first frame is read before anything is written: a corrupt one stops the run here.
+    tiled = tile > 0 and max(seq.frame(frames.start).shape[:2]) > tile
     model.eval().to(device)
     staging = _staging(out, overwrite)
     ref = float(seq.exposures[~seq.long].min())
     carried: dict[bool, list] = {}  # last frame's attention sums per centre exposure
-    tiled = tile > 0 and max(seq.frame(frames.start).shape[:2]) > tile
     streamer = FrameStream(model, s) if stream and not tiled else None
     start = time.perf_counter()
     try:

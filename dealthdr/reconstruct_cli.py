@@ -10,10 +10,11 @@ manifest.json, all at once: the output folder appears only when everything is wr
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .checkpoint import checkpoint_label, load_checkpoint, resolve_checkpoint
-from .cliargs import apply_threads, reuse_freed_memory
+from .cliargs import apply_threads, check_device, reuse_freed_memory
 from .data.sequence import open_sequence
 from .model import VARIANTS
 from .reconstruct import reconstruct
@@ -118,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     reuse_freed_memory()
     if args.tile < 0 or args.overlap < 0:
         raise ValueError("--tile and --overlap must be >= 0")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a positive number, got {args.fps}")
+    check_device(args.device)
     # fail on a bad checkpoint before reading data
     path = resolve_checkpoint(args.checkpoint, args.variant)
     model, _ = load_checkpoint(path, args.variant)

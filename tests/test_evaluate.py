@@ -134,13 +134,18 @@ def test_baselines_only_and_max_clips(setup, capsys):
     (["--data", "{data}", "--no-flow"], "pass --checkpoint"),
     (["--data", "{data}", "--baselines", "none"], "nothing to evaluate"),
     (["--data", "{data}", "--json", "{root}/out.md"], "must not end in .md"),
+    # the table's path is a folder: refused before the evaluation, nothing written
+    (["--data", "{data}", "--baselines", "reference", "--json", "{root}/tab/r.json"],
+     "cannot write"),
 ])
 def test_cli_errors_exit_2(setup, capsys, args, message):
     root, data, ck = setup
     (root / "empty").mkdir(exist_ok=True)  # an existing folder holding no clip
+    (root / "tab" / "r.md").mkdir(parents=True, exist_ok=True)
     args = [a.format(root=root, data=data, ck=ck, empty=root / "empty") for a in args]
     assert main(["evaluate", "--no-progress", *args]) == 2
     assert message in capsys.readouterr().err
+    assert not (root / "tab" / "r.json").exists()
 
 
 def test_cli_default_checkpoint_and_bad_s(setup, capsys):

@@ -215,3 +215,40 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, model):
         ["000002.exr", "000003.exr"]
     assert not (tmp_path / "out" / "keep.txt").exists()
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["s"] == "inf"
+
+
+def test_corrupt_first_frame_or_unusable_paths_exit_2_with_nothing_written(tmp_path, capsys):
+    """The first frame is read before the staging folder exists; an --output under a file, an
+    unusable --device and a bad --fps are one line and exit 2, not a traceback."""
+    from tests.test_sequence import write_pngs
+
+    write_pngs(tmp_path / "in")
+    png = tmp_path / "in" / "frame_000.png"
+    png.write_bytes(png.read_bytes()[:60])
+    base = ["reconstruct", "--no-progress", "--no-preview", "--no-mp4"]
+    assert main([*base, "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "out")]) == 2
+    assert "frame_000.png is not a readable image" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    write_pngs(tmp_path / "in")
+    (tmp_path / "file").write_text("x")
+    for extra, message in ((["--output", str(tmp_path / "file" / "out")], "Not a directory"),
+                           (["--output", str(tmp_path / "o"), "--device", "nope"],
+                            "--device nope is not usable"),
+                           (["--output", str(tmp_path / "o"), "--fps", "-5"],
+                            "--fps must be a positive number")):
+        assert main([*base, "--input", str(tmp_path / "in"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "in"]
+
+
+def test_overwrite_replaces_a_file_and_leaves_no_backup(tmp_path, model):
+    from tests.test_sequence import write_pngs
+
+    write_pngs(tmp_path / "in")
+    (tmp_path / "out").write_text("an old file")
+    reconstruct(open_sequence(tmp_path / "in"), model, tmp_path / "out", progress=False,
+                previews=False, mp4=False, overwrite=True, frames=range(0, 1))
+    assert (tmp_path / "out" / "hdr" / "000000.exr").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]

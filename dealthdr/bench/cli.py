@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from(args.config, args, _PARSER_ENTRIES)
     try:
         return args.run(cfg) or 0
-    except (ValueError, FileNotFoundError, RecordError) as err:
+    except (ValueError, OSError, RecordError) as err:  # bad input, unusable paths: exit 2
         print(f"device_bench {args.command}: error: {err}", file=sys.stderr)
         return 2
 

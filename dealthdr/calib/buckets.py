@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         data = run_calibration(args.checkpoint, args.variant, args.s_buckets,
                                args.size, args.clips, args.quantile, args.seed)
         atomic_write_bytes(args.out, (json.dumps(data, indent=2) + "\n").encode())
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, unusable paths: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         return 2
     log.info("wrote %s", args.out)

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             k = derive_kappa(args.size, seed=args.seed)
             print(f"kappa R {k[0]:.4f}  G {k[1]:.4f}  B {k[2]:.4f}   (in use: green "
                   f"{npf.DARKTABLE_KAPPA}, red/blue {npf.DARKTABLE_KAPPA_RB})")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, unusable paths: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

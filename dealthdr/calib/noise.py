@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         png = plot_png(profile)  # everything computed before anything is written
         atomic_write_bytes(args.plot or args.out.with_suffix(".png"), png)
         atomic_write_bytes(args.out, (json.dumps(profile.to_dict(), indent=1) + "\n").encode())
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, unusable paths: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         return 2
     log.info("wrote %s and %s", args.out, args.plot or args.out.with_suffix(".png"))

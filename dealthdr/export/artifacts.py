@@ -145,6 +145,9 @@ def write_manifest(stage: Path, tool: str, cfg: ExportConfig, model_info: dict,
 def prepare(cfg: ExportConfig):
     """Load the model, calibrate (or read) the buckets, make parity windows.
     Returns (model, model_info, calibration, buckets, windows)."""
+    for flag, value in (("--calib-clips", cfg.calib_clips), ("--parity-clips", cfg.parity_clips)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     path = resolve_checkpoint(cfg.checkpoint, cfg.variant)
     model, meta = load_checkpoint(path, cfg.variant)
     # Exported graphs carry the norms' affine and the layer scales inside the convolutions
@@ -177,7 +180,7 @@ def main_wrapper(run) -> int:
     configure_logging()
     try:
         return run() or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, unusable paths: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         return 2
     except GateFailed as err:
