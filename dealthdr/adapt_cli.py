@@ -81,8 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
-    if args.white < 0 or args.lr <= 0 or args.lr_min < 0:
-        raise ValueError("--white and --lr-min must be >= 0, --lr > 0")
+    if not (all(math.isfinite(v) for v in (args.white, args.lr, args.lr_min))
+            and args.white >= 0 and args.lr > 0 and args.lr_min >= 0):
+        raise ValueError("--white and --lr-min must be finite and >= 0, --lr finite and > 0")
     path = resolve_checkpoint(args.init, args.variant)
     if not path.is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {args.init}")

@@ -102,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--patch must be a multiple of 8 and >= 16, got {cfg.patch}")
     if cfg.steps < 0 or cfg.spynet_steps < 0 or cfg.batch < 1 or cfg.ckpt_every < 1:
         raise ValueError("--steps/--spynet-steps must be >= 0, --batch/--ckpt-every >= 1")
-    if cfg.white < 0 or cfg.grad_clip < 0 or cfg.flow_weight < 0:
-        raise ValueError("--white, --grad-clip and --flow-weight must be >= 0")
+    if not all(math.isfinite(v) and v >= 0 for v in (cfg.white, cfg.grad_clip, cfg.flow_weight)):
+        raise ValueError("--white, --grad-clip and --flow-weight must be finite and >= 0")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be finite and > 0, got {cfg.lr}")
     if cfg.spynet_init and not Path(cfg.spynet_init).is_file():
         raise ValueError(f"--spynet-init {cfg.spynet_init}: no such file")
     if args.init:

@@ -232,3 +232,27 @@ def test_resume_compares_settings_by_meaning():
     assert changed_settings(saved, {**same, "lr": 2e-4, "variant": "s"}) == ["lr", "variant"]
     assert changed_settings(saved, {**same, "init": "runs/other.safetensors"}) == ["init"]
     assert saved["init"] == str(shipped_path())  # the caller's dicts are left as they were
+
+
+def test_nan_loss_and_broken_states_are_refused(tmp_path):
+    """A NaN or Inf loss stops the run before the weights see it; a state pointer or an
+    optimizer state that cannot be read is named, not a traceback."""
+    from dealthdr.train.loop import _finite
+    from dealthdr.train.state import latest_step, load_optimizer, save_optimizer
+
+    assert float(_finite(torch.tensor(0.5), 3)) == 0.5
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="training loss is .* at step 3"):
+            _finite(torch.tensor(bad), 3)
+    (tmp_path / "latest.json").write_text("{broken")
+    with pytest.raises(ValueError, match="latest.json is not a resumable state pointer"):
+        latest_step(tmp_path)
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([param])
+    param.grad = torch.ones(3)
+    opt.step()
+    save_optimizer(opt, tmp_path / "o")
+    data = (tmp_path / "o.safetensors").read_bytes()
+    (tmp_path / "o.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="optimizer state .* cannot be resumed"):
+        load_optimizer(torch.optim.AdamW([param]), tmp_path / "o")

@@ -95,6 +95,15 @@ def _distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def _finite(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """The loss, refused before it reaches the weights when it is NaN or Inf: a diverged step
+    would make every later checkpoint, and the final weights, NaN."""
+    if not torch.isfinite(loss):
+        raise ValueError(f"training loss is {float(loss)} at step {step}; the last checkpoint "
+                         "is kept (lower --lr, or check the data)")
+    return loss
+
+
 def _flows(model: DeAltHDR, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """SpyNet's O_{t->n}, O_{n->t} for the 4 neighbours at the batch's resolution."""
     x = prepare_inputs(batch["frames"], batch["exposures"], model.cfg.gamma)
@@ -210,7 +219,7 @@ class Trainer:
     def _spynet_step(self, step: int, batch: dict) -> dict:
         f_tn, f_nt = _flows(self.model, batch)
         gt_tn, gt_nt = (batch[k].flatten(0, 1) for k in ("flow_t_n", "flow_n_t"))
-        loss = flow_epe(f_tn, gt_tn) + flow_epe(f_nt, gt_nt)
+        loss = _finite(flow_epe(f_tn, gt_tn) + flow_epe(f_nt, gt_nt), step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.model.spynet.parameters())
@@ -237,6 +246,7 @@ class Trainer:
                 flow_epe(f_nt, batch["flow_n_t"].flatten(0, 1))
             loss = loss + cfg.flow_weight * epe
             parts = {**parts, "epe": epe.detach() / 2}
+        _finite(loss, step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

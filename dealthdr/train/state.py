@@ -51,17 +51,21 @@ def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    doc = json.loads(path.with_suffix(".json").read_text())
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(path.with_suffix(".safetensors"))).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    for key, value in doc["scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    try:
+        doc = json.loads(path.with_suffix(".json").read_text())
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        state: dict[int, dict] = {}
+        for key, value in [*tensors.items(), *doc["scalars"].items()]:
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
+        # a state cut off mid-write by a crash of another program, or edited by hand
+        raise ValueError(f"the optimizer state {path} of the run cannot be resumed ({err}); "
+                         f"delete the run folder's ckpt/ to start over") from None
 
 
 def save_state(folder: Path, model: DeAltHDR, opt: torch.optim.Optimizer, step: int,
@@ -82,21 +86,30 @@ def save_state(folder: Path, model: DeAltHDR, opt: torch.optim.Optimizer, step: 
             p.unlink(missing_ok=True)
 
 
+def _pointer(folder: Path) -> dict:
+    path = folder / "latest.json"
+    try:
+        pointer = json.loads(path.read_text())
+        int(pointer["step"]), str(pointer["model"]), str(pointer["optim"])
+        return pointer
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a resumable state pointer ({err})") from None
+
+
 def latest_step(folder: Path) -> int | None:
-    pointer = folder / "latest.json"
-    return json.loads(pointer.read_text())["step"] if pointer.is_file() else None
+    return _pointer(folder)["step"] if (folder / "latest.json").is_file() else None
 
 
 def load_state(folder: Path, variant: str) -> tuple[DeAltHDR, dict, Path, int]:
     """The model of the latest state (checked against `variant`), its meta, optimizer path, step."""
-    pointer = json.loads((folder / "latest.json").read_text())
+    pointer = _pointer(folder)
     model, meta = load_checkpoint(folder / pointer["model"], variant=variant)
     return model, meta, folder / pointer["optim"], pointer["step"]
 
 
 def load_extra(folder: Path, key: str, variant: str) -> DeAltHDR:
     """The `key` model saved with the latest state (see `save_state`'s extras)."""
-    pointer = json.loads((folder / "latest.json").read_text())
+    pointer = _pointer(folder)
     if key not in pointer.get("extras", {}):
         raise ValueError(f"{folder}: the latest state has no {key!r} model")
     return load_checkpoint(folder / pointer["extras"][key], variant=variant)[0]
