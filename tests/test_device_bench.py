@@ -264,8 +264,11 @@ def test_profile_pte_splits_execute_into_delegate_portable_and_runtime(tmp_path,
     assert (tmp_path / "t.etdp").stat().st_size > 0
 
     (tmp_path / "bad.pte").write_bytes(b"not a program" * 10)
+    # cut short: the runtime's loader would abort the process on some such files
+    (tmp_path / "cut.pte").write_bytes(pte.read_bytes()[:pte.stat().st_size // 2])
     for argv, msg in (([str(pte), "--method", "forward"], "no method 'forward'"),
                       ([str(tmp_path / "bad.pte")], "not a loadable ExecuTorch program"),
+                      ([str(tmp_path / "cut.pte")], "(truncated: its header describes"),
                       ([str(tmp_path / "none.pte")], "no such .pte")):
         assert main(["-q", "profile-pte", *argv, "--out", str(tmp_path / "x.json")]) == 2
         assert msg in capsys.readouterr().err
@@ -744,3 +747,17 @@ def test_layout_lists_the_conversions_xnnpack_inserts_by_module(capsys):
     for argv, msg in ((["--s", "0,15"], "--s takes one bucket"), (["--top", "0"], "--top")):
         assert main(["-q", "layout", *argv]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_a_malformed_manifest_is_named(tmp_path):
+    from dealthdr.bench.jobs import read_manifest
+
+    (tmp_path / "manifest.json").write_text("{'not': json")
+    with pytest.raises(ValueError, match="manifest.json is not a manifest"):
+        read_manifest(tmp_path / "manifest.json")
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": "x"}))
+    with pytest.raises(ValueError, match="is not an export manifest"):
+        read_manifest(tmp_path / "manifest.json")
+    assert main(["-q", "run", "--artifacts", str(tmp_path), "--sizes", "32x32",
+                 "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert not (tmp_path / "r.jsonl").exists()

@@ -30,7 +30,6 @@ On Linux the command refuses (Core ML predicts only on Apple OSes); `--print-com
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import time
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dealthdr.bench.ingest import merge
-from dealthdr.bench.jobs import FlopCache, Job, attention_ratio, manifest_paths
+from dealthdr.bench.jobs import FlopCache, Job, attention_ratio, manifest_paths, read_manifest
 from dealthdr.bench.schema import read_records, validate, write_records
 from dealthdr.bench.stats import latency_stats
 from dealthdr.bench.worker import make_inputs, peak_memory, start_memory_watch
@@ -92,7 +91,7 @@ def coreml_entries(items: list[Path], functions: list[str] | None) -> list[dict]
     """One entry per Core ML function in the manifests: package path, function, bucket."""
     out = []
     for mpath in manifest_paths(items):
-        manifest = json.loads(mpath.read_text())
+        manifest = read_manifest(mpath)
         for art in manifest["artifacts"]:
             if art["backend"] != "coreml":
                 continue

@@ -79,6 +79,18 @@ def attention_ratio(bucket_k, size: tuple[int, int], tile: int) -> float:
     return sum(bucket_k) / sum(level_tiles(size, tile))
 
 
+def read_manifest(path: Path) -> dict:
+    """An export manifest, refused with its path when it is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a manifest (JSON) file: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("artifacts"), list) \
+            or not isinstance(doc.get("model"), dict):
+        raise ValueError(f"{path} is not an export manifest (no 'model' and 'artifacts')")
+    return doc
+
+
 def manifest_paths(items: list[Path]) -> list[Path]:
     out = []
     for item in items:
@@ -123,7 +135,7 @@ def discover(items: list[Path], sizes: list[tuple[int, int]], threads: list[int]
     """Jobs for every artifact of the manifests (and eager for every bucket) that matches."""
     artifact_jobs, eager_buckets = [], {}
     for mpath in manifest_paths(items):
-        manifest = json.loads(mpath.read_text())
+        manifest = read_manifest(mpath)
         variant = manifest["model"]["variant"]
         ckpt = _checkpoint(manifest, checkpoint, variant)
         for art in manifest["artifacts"]:

@@ -107,7 +107,7 @@ class PickConfig:
 
 
 def run(cfg: PickConfig) -> int:
-    if cfg.budget_ms <= 0:
+    if not cfg.budget_ms > 0:  # NaN too
         raise ValueError(f"--budget-ms must be positive, got {cfg.budget_ms}")
     records = [r for p in cfg.records for r in read_records(p)]
     flt = {"device": cfg.device, "runtime": cfg.runtime, "precision": cfg.precision,

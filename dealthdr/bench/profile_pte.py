@@ -62,11 +62,31 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run, config=ProfilePteConfig)
 
 
+def check_pte_header(path: Path) -> None:
+    """ValueError unless `path` starts like an ExecuTorch program and holds every byte its
+    header promises. The runtime's loader aborts the process (C++ terminate, no exception) on
+    some corrupt files, so they are refused before it sees them."""
+    import struct
+
+    with path.open("rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != b"ET":
+        raise ValueError(f"{path}: not a loadable ExecuTorch program (no 'ET' identifier)")
+    if len(head) >= 40 and head[8:12] == b"eh00":  # extended header: program and segments
+        program, base, data = struct.unpack("<QQQ", head[16:40])
+        need = max(program, base + data)
+        if need > path.stat().st_size:
+            raise ValueError(f"{path}: not a loadable ExecuTorch program (truncated: its "
+                             f"header describes {need} bytes, the file has "
+                             f"{path.stat().st_size})")
+
+
 def _load(path: Path, method: str | None):
     from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such .pte")
+    check_pte_header(path)
     try:
         module = _load_for_executorch(str(path), enable_etdump=True)
         names = list(module.method_names())

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dealthdr.bench.jobs import read_manifest
 from dealthdr.bench.worker import peak_memory, start_memory_watch
 from dealthdr.calib.windows import make_windows
 from dealthdr.checkpoint import load_checkpoint
@@ -79,8 +80,8 @@ def _artifacts(pte: Path) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"{pte}: no such program")
     if not manifest_path.is_file():
         raise ValueError(f"{pte}: no manifest.json beside it (export with export/ or quantize/)")
-    manifest = json.loads(manifest_path.read_text())
-    return manifest, [a for a in manifest["artifacts"] if a["file"] == pte.name]
+    manifest = read_manifest(manifest_path)
+    return manifest, [a for a in manifest["artifacts"] if a.get("file") == pte.name]
 
 
 @dataclass(frozen=True)
