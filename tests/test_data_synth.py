@@ -148,7 +148,7 @@ def _pano_dir(tmp_path: Path) -> Path:
     ("png", "LDR image"), ("corrupt", "not a readable OpenEXR"), ("tiny", "too small"),
     ("odd", "must be even"), ("few", ">= 6"), ("empty", "no HDR panoramas"),
     ("aspect", "not an equirectangular"), ("split", "names the bundled panoramas' split"),
-    ("motion", "--motion-scale must be > 0"), ("subframes", "subframes must be even"),
+    ("motion", "--motion-scale must be finite and > 0"), ("subframes", "subframes must be even"),
 ])
 def test_bad_inputs_fail_cleanly(tmp_path, capsys, case, message):
     d = _pano_dir(tmp_path)

@@ -10,6 +10,7 @@ from dealthdr.cli import main
 from dealthdr.demo.alternate import alternate
 from dealthdr.demo.alternate import main as alternate_main
 from dealthdr.demo.compare import compare
+from dealthdr.demo.compare import main as compare_main
 from dealthdr.data.sequence import open_sequence
 from tests.conftest import waves
 
@@ -47,7 +48,8 @@ def test_alternate_and_compare_on_a_tiny_video(tmp_path):
     assert not list(tmp_path.glob(".*partial"))  # written aside, renamed into place
     with pytest.raises(ValueError, match="not an empty folder"):  # never mixed with old frames
         alternate(video, tmp_path / "alt", frames=8, start=1, size=(32, 48))
-    for bad in (["--long-subframes", "0"], ["--long-blur", "2"]):
+    for bad in (["--long-subframes", "0"], ["--long-blur", "2"], ["--stride", "0"],
+                ["--frames", "2"], ["--lambda-shot", "nan"]):
         with pytest.raises(SystemExit) as stop:  # argparse's clean error, before any output
             alternate_main(["--video", str(video), "--out", str(tmp_path / "bad"), *bad])
         assert stop.value.code == 2 and not (tmp_path / "bad").exists()
@@ -74,6 +76,16 @@ def test_alternate_and_compare_on_a_tiny_video(tmp_path):
         compare(tmp_path / "alt", range(2, 6), {"shipped": tmp_path / "rec"}, None,
                 tmp_path / "no.png", show=6)
     assert not (tmp_path / "no.png").exists()
+    # a zoom corner outside the frame, or a method folder that is not there: refused before
+    # anything is written, and the CLI says so in one line
+    with pytest.raises(ValueError, match="--crop 40 0"):
+        compare(tmp_path / "alt", range(2, 6), {"shipped": tmp_path / "rec"},
+                tmp_path / "c.json", tmp_path / "c.png", crop=(40, 0))
+    assert not (tmp_path / "c.json").exists() and not (tmp_path / "c.png").exists()
+    for args in (["--method", f"x={tmp_path / 'nope'}"], []):
+        with pytest.raises(SystemExit) as stop:
+            compare_main(["--input", str(tmp_path / ("alt" if args else "nope")), *args])
+        assert stop.value.code == 2
     png = cv2.imread(str(tmp_path / "m.png"))
     assert png.shape == (2 * 32, 2 * 48, 3)
 

@@ -171,9 +171,9 @@ class SynthClip:
 
 def with_motion_scale(cfg: SynthConfig, factor: float) -> SynthConfig:
     """`cfg` with the camera's and the sprites' speed ranges multiplied by `factor`."""
-    if not factor > 0:
-        raise ValueError(f"--motion-scale must be > 0 (a motion scale multiplies speeds), "
-                         f"got {factor}")
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"--motion-scale must be finite and > 0 (a motion scale multiplies "
+                         f"speeds), got {factor}")
     if factor == 1:
         return cfg
     scale = lambda r: tuple(v * factor for v in r)  # noqa: E731

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch
 from ..baselines import dis_flow, grey_u8
 from ..cliargs import configure_logging, parse_size
 from ..data.io import write_png16
+from ..data.sequence import MIN_FRAMES
 from ..fileio import atomic_write_bytes
 from ..model.spynet import flow_warp
 
@@ -115,6 +117,14 @@ def alternate(video: str | Path, out: str | Path, frames: int = 160, start: int 
         raise ValueError(f"--long-blur must be odd and >= 1, got {long_blur}")
     if long_subframes < 1:
         raise ValueError(f"--long-subframes must be >= 1, got {long_subframes}")
+    if frames < MIN_FRAMES:  # fewer make a sequence that no reader takes
+        raise ValueError(f"--frames must be >= {MIN_FRAMES}, got {frames}")
+    if start < 0 or stride < 1:
+        raise ValueError(f"--start must be >= 0 and --stride >= 1, got {start} and {stride}")
+    if not (math.isfinite(lambda_shot) and math.isfinite(lambda_read)
+            and lambda_shot >= 0 and lambda_read >= 0):
+        raise ValueError(f"--lambda-shot and --lambda-read must be finite and >= 0, got "
+                         f"{lambda_shot} and {lambda_read}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder")
@@ -187,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         alternate(args.video, args.out, args.frames, args.start, args.stride, args.size,
                   args.long_blur, args.lambda_shot, args.lambda_read, args.seed,
                   args.start_long, args.long_subframes)
-    except ValueError as e:  # bad flags and unreadable videos, found before any frame is written
+    except (ValueError, OSError) as e:  # bad flags, unreadable videos, unusable paths: found
+        # before any frame is written
         p.error(str(e))
     return 0
 

@@ -77,21 +77,26 @@ def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out:
     if show is not None and show not in frames:
         raise ValueError(f"--show {show} is not among the measured frames "
                          f"{frames.start}..{frames.stop - 1}")
+    h, w = seq.height, seq.width
+    crop = crop or (h // 4, w // 4)
+    if png_out is not None and not (0 <= crop[0] <= h - h // 2 and 0 <= crop[1] <= w - w // 2):
+        # the zoom shows a half-size region: its corner must keep it inside the frame
+        raise ValueError(f"--crop {crop[0]} {crop[1]} puts the half-size zoom region outside "
+                         f"the {h}x{w} frame (TOP in 0..{h - h // 2}, LEFT in 0..{w - w // 2})")
     rows = {"input": input_frames(seq, frames)}
     for name, folder in methods.items():
         rows[name] = method_frames(Path(folder), frames)
+        if rows[name][0].shape != rows["input"][0].shape:
+            raise ValueError(f"{folder}: frames of {rows[name][0].shape[0]}x"
+                             f"{rows[name][0].shape[1]} px, the input's are {h}x{w}")
     result = {"input": str(input_path), "frames": [frames.start, frames.stop],
               "tonemap": "mu-law (mu=5000) of HDR clipped at the short exposure's white",
               "measures": MEASURES,
               "results": {name: measure(f) for name, f in rows.items()},
               "reconstructions": {k: str(v) for k, v in methods.items()}, **(extra or {})}
-    if json_out is not None:
-        atomic_write_bytes(json_out, json.dumps(result, indent=2).encode())
     if png_out is not None:
         import cv2
 
-        h, w = seq.height, seq.width
-        crop = crop or (h // 4, w // 4)
         # by default the middle short-exposure frame: where noise, the domain gap's first
         # symptom, shows; a long one shows what fusion makes of its motion blur
         short = [t for t in frames if not seq.long[t]]
@@ -101,6 +106,8 @@ def compare(input_path: Path, frames: range, methods: dict[str, Path], json_out:
         if not ok:
             raise OSError(f"could not encode {png_out}")
         atomic_write_bytes(png_out, buf.tobytes())
+    if json_out is not None:  # last: no measures without the image they were asked with
+        atomic_write_bytes(json_out, json.dumps(result, indent=2).encode())
     return result
 
 
@@ -127,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         if not folder:
             p.error(f"--method must be NAME=DIR, got {spec!r}")
         methods[name] = Path(folder)
-    seq_len = len(open_sequence(args.input))
     try:
+        seq_len = len(open_sequence(args.input))
         result = compare(args.input, frame_range(args.frames, seq_len), methods, args.json,
                          args.png, tuple(args.crop) if args.crop else None, show=args.show)
-    except ValueError as e:  # checked before anything is written
+    except (ValueError, OSError) as e:  # checked before anything is written
         p.error(str(e))
     for name, r in result["results"].items():
         print(f"{name:>16}: " + "  ".join(f"{k} {v:.5f}" for k, v in r.items()
