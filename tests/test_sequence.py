@@ -171,6 +171,12 @@ def test_dng_without_exposure_uses_sidecar(tmp_path):
         open_sequence(tmp_path)
     (tmp_path / "exposures.json").write_text(json.dumps({"d0.dng": 1, "d1.dng": 4, "d2.dng": 1}))
     assert open_sequence(tmp_path).info["exposure_source"] == "exposures.json"
+    # some files with metadata, one without: the message names the one
+    (tmp_path / "exposures.json").unlink()
+    for i, t in ((0, 0.01), (2, 0.01)):
+        write_dng(tmp_path / f"d{i}.dng", codes, white_level=4095, exposure_time=t, iso=100)
+    with pytest.raises(ValueError, match="1 of 3 files carry no exposure metadata, first d1"):
+        open_sequence(tmp_path)
 
 
 def _errors(tmp_path, case):

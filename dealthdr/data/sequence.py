@@ -208,9 +208,12 @@ def expand_cycle(values, count: int, source: str) -> np.ndarray:
     return np.resize(v, count)
 
 
-def _missing_exposures(path: Path, names: list[str]) -> ValueError:
+def _missing_exposures(path: Path, names: list[str], lacking: list[str] | None = None,
+                       ) -> ValueError:
     example = json.dumps({n: e for n, e in zip(names[:2], (1.0, 8.0))})
-    return ValueError(f"{path}: no exposure information (no metadata in the files and no "
+    where = "no metadata in the files" if not lacking else \
+        f"{len(lacking)} of {len(names)} files carry no exposure metadata, first {lacking[0]}"
+    return ValueError(f"{path}: no exposure information ({where}, and no "
                       f"{SIDECAR}); write {path / SIDECAR} mapping each file name to its "
                       f"relative exposure, e.g. {example}, or pass --exposure-cycle 1,8")
 
@@ -262,7 +265,8 @@ def _exposures(path: Path, names: list[str], metadata: list) -> tuple[np.ndarray
         return np.array(metadata, dtype=np.float64), "metadata"
     exposures = read_sidecar(path, names)
     if exposures is None:
-        raise _missing_exposures(path, names)
+        lacking = [n for n, e in zip(names, metadata) if e is None]
+        raise _missing_exposures(path, names, lacking if len(lacking) < len(names) else None)
     return exposures, SIDECAR
 
 
