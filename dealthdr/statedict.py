@@ -13,9 +13,16 @@ def read_state_dict(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a plain tensor state dict: {err}") from None
+        # torch's message is a page of advice on weights_only; the file is simply refused
+        raise ValueError(f"{path} is not a plain tensor state dict ({what} weights): "
+                         f"torch.load(weights_only=True) refused it "
+                         f"({type(err).__name__})") from None

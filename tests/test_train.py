@@ -256,3 +256,14 @@ def test_nan_loss_and_broken_states_are_refused(tmp_path):
     (tmp_path / "o.safetensors").write_bytes(data[:len(data) // 2])
     with pytest.raises(ValueError, match="optimizer state .* cannot be resumed"):
         load_optimizer(torch.optim.AdamW([param]), tmp_path / "o")
+
+
+def test_foreign_weight_files_that_are_not_state_dicts_are_named(tmp_path):
+    from dealthdr.statedict import read_state_dict
+
+    (tmp_path / "v.pth").write_bytes(b"garbage" * 20)
+    (tmp_path / "s.safetensors").write_bytes(b"garbage" * 20)
+    with pytest.raises(ValueError, match=r"v.pth is not a plain tensor state dict \(VGG16"):
+        read_state_dict(tmp_path / "v.pth", "VGG16")
+    with pytest.raises(ValueError, match="s.safetensors is not a readable safetensors file"):
+        read_state_dict(tmp_path / "s.safetensors", "SpyNet")
