@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .exposure import classify_long
 from .io import read_hdr, read_ldr
 
 FORMAT = "dealthdr-clip/1"
@@ -68,8 +69,6 @@ def read_meta(path: str | Path) -> dict:
             type(e) in (int, float) for e in exposures):
         raise ValueError(f"{meta_path}: 'exposures' must be a list of {meta['frames']} "
                          f"numbers, got {exposures!r}")
-    from .sequence import classify_long  # sequence reads clips: imported here, not at the top
-
     try:
         classify_long(np.asarray(exposures, np.float64),
                       [f"frame {i}" for i in range(meta["frames"])])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import struct
 from collections import OrderedDict
@@ -33,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from .clip import FORMAT as CLIP_FORMAT, frame_name, read_meta
+from .exposure import MIN_FRAMES, classify_long
 from .io import read_hdr, read_ldr
 from .rawseq import develop, raw_header
 
@@ -42,8 +42,6 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 RAW_SUFFIXES = (".dng",)
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm")
 SIDECAR = "exposures.json"
-MIN_FRAMES = 3  # a reflected 5-frame window needs t +- 2 to exist after one reflection
-SAME_EXPOSURE = 1.05  # longest / shortest below this: there is no long exposure
 _CACHE = 8  # frames kept decoded: a sliding 5-frame window plus reflections at the ends
 
 
@@ -93,30 +91,6 @@ class Sequence:
                 "exposures": [float(v) for v in self.exposures],
                 "long": [bool(v) for v in self.long],
                 "exposure_ratio": self.exposure_ratio, **self.info}
-
-
-def classify_long(exposures: np.ndarray, names: list[str]) -> np.ndarray:
-    """Which frames are long, from the exposures; ValueError unless they alternate."""
-    e = np.asarray(exposures, dtype=np.float64)
-    if e.ndim != 1 or len(e) != len(names):
-        raise ValueError(f"{len(e)} exposures for {len(names)} frames")
-    if not np.isfinite(e).all() or (e <= 0).any():
-        bad = int(np.flatnonzero(~(np.isfinite(e) & (e > 0)))[0])
-        raise ValueError(f"exposure of {names[bad]} is {e[bad]}: exposures must be positive")
-    if len(e) < MIN_FRAMES:
-        raise ValueError(f"{len(e)} frames: an alternating-exposure sequence needs at least "
-                         f"{MIN_FRAMES}")
-    if e.max() / e.min() < SAME_EXPOSURE:
-        raise ValueError(f"all {len(e)} frames have the same exposure ({e.min():g}): not an "
-                         "alternating short/long sequence")
-    long = e > math.sqrt(e.min() * e.max())
-    same = np.flatnonzero(long[1:] == long[:-1])
-    if same.size:
-        i = int(same[0])
-        kind = "long" if long[i] else "short"
-        raise ValueError(f"the sequence does not alternate short/long exposures: {names[i]} "
-                         f"and {names[i + 1]} are both {kind} ({e[i]:g}, {e[i + 1]:g})")
-    return long
 
 
 def natural_key(name: str) -> list:

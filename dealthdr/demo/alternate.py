@@ -35,7 +35,7 @@ import torch
 from ..baselines import dis_flow, grey_u8
 from ..cliargs import configure_logging, parse_size
 from ..data.io import write_png16
-from ..data.sequence import MIN_FRAMES
+from ..data.exposure import MIN_FRAMES
 from ..fileio import atomic_write_bytes
 from ..model.spynet import flow_warp
 
