@@ -227,13 +227,17 @@ def _errors(tmp_path, case):
         elif case == "clip: must be a positive integer":
             meta["height"] = str(meta["height"])
             (clip / "meta.json").write_text(json.dumps(meta))
+        elif case == "clip: ground truth of 8x8":
+            from dealthdr.data.io import write_exr
+
+            write_exr(clip / "hdr" / "000004.exr", np.ones((8, 8, 3), np.float32))
 
 
 CASES = ["mixed resolutions", "does not alternate", "not a readable PNG",
          "no exposure information", "mixed bit depths", "float32 TIFF", "greyscale PNG",
          "same exposure", "gives no exposure for", "exposures must be numbers", "invalid JSON",
          "clip: 8-bit PNG", "clip: format 'list'", "clip: does not alternate",
-         "clip: must be a positive integer"]
+         "clip: must be a positive integer", "clip: ground truth of 8x8"]
 
 
 @pytest.mark.parametrize("case", CASES)

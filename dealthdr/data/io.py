@@ -79,6 +79,20 @@ def write_exr(path: str | Path, rgb: np.ndarray, half: bool = False) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def exr_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an OpenEXR file from its header alone (no pixels read)."""
+    import OpenEXR
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HDR image not found: {path}")
+    try:
+        with OpenEXR.File(str(path), header_only=True) as f:
+            lo, hi = f.header()["dataWindow"]
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable OpenEXR file: {err}") from None
+    return int(hi[1] - lo[1] + 1), int(hi[0] - lo[0] + 1)
+
+
 def read_hdr(path: str | Path) -> np.ndarray:
     """Read a linear HDR image (.exr via OpenEXR, .hdr via OpenCV) as float32 RGB (H, W, 3).
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from .clip import FORMAT as CLIP_FORMAT, frame_name, read_meta
 from .exposure import MIN_FRAMES, classify_long
-from .io import read_hdr, read_ldr
+from .io import exr_size, read_hdr, read_ldr
 from .rawseq import develop, raw_header
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,15 @@ def _open_clip(path: Path) -> Sequence:
         if (height, width, depth) != (meta["height"], meta["width"], 16):
             raise ValueError(f"{ldr / n}: {height}x{width} {depth}-bit PNG, the clip's frames "
                              f"are {meta['height']}x{meta['width']} 16-bit")
-    hdr = (lambda i: read_hdr(path / "hdr" / frame_name(i, ".exr"))) \
-        if (path / "hdr").is_dir() else None
+    hdr = None
+    if (path / "hdr").is_dir():  # the ground truth's sizes up front too, from the headers
+        for i in range(meta["frames"]):
+            gt = path / "hdr" / frame_name(i, ".exr")
+            size = exr_size(gt)
+            if size != (meta["height"], meta["width"]):
+                raise ValueError(f"{gt}: ground truth of {size[0]}x{size[1]}, the clip's "
+                                 f"frames are {meta['height']}x{meta['width']}")
+        hdr = lambda i: read_hdr(path / "hdr" / frame_name(i, ".exr"))  # noqa: E731
     return Sequence("clip", path, names, np.asarray(meta["exposures"], dtype=np.float64),
                     meta["height"], meta["width"], lambda i: read_ldr(ldr / names[i], 16), hdr,
                     {"format": CLIP_FORMAT})
