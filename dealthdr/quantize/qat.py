@@ -18,7 +18,7 @@ held-out windows beside QAT; QAT's activation ranges start from the PTQ baseline
 the same windows). Float islands: sampling coordinates, indices and the attention mask's
 statistics always; whole blocks via --float-groups (default: the weight-free exposure merge,
 whose int8 output is NaN, the linear-HDR input/output arithmetic, and the decoder's two finer
-levels with their routers and the head: 0.14 M parameters; see quantize/README.md). Writes
+levels with their routers and the head: 35 k parameters; see quantize/README.md). Writes
 quantize_report.json, quantize_report.md and manifest.json into --out. A killed run resumes:
 QAT from its last checkpoint, and the sweep and every finished backend from <state>/finished.
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "composition (default merge,io,head,router,decoder,decoder_l1: merge "
                         "and io in int8 give NaN / 15 dB; the decoder's levels 1-2, their "
                         "routers and the head correct a noisy short base frame and hold "
-                        "0.14 M parameters; quantize/README.md has the measurements)")
+                        "35 k parameters; quantize/README.md has the measurements)")
     p.add_argument("--float-groups-short", type=groups,
                    default=list(QuantizeConfig.float_groups_short),
                    help="more groups kept float in the short-centre graphs only (default "
