@@ -100,7 +100,6 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAlt
     error, not a silent rebuild). Returns (model in eval mode, meta).
     """
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     path = resolve_checkpoint(path, variant)
     weights, _ = _paths(path)
@@ -110,9 +109,9 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[DeAlt
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights}")
     try:
-        state = load_file(str(weights))
-        with safe_open(str(weights), "pt") as f:
+        with safe_open(str(weights), "pt") as f:  # the tensors and their record, one open
             stored = (f.metadata() or {}).get("variant")
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} is not a readable safetensors file: {err}") from None
     if stored is not None and stored != cfg.name:  # written by `save_checkpoint`

@@ -237,13 +237,13 @@ def test_resume_compares_settings_by_meaning():
 def test_nan_loss_and_broken_states_are_refused(tmp_path):
     """A NaN or Inf loss stops the run before the weights see it; a state pointer or an
     optimizer state that cannot be read is named, not a traceback."""
-    from dealthdr.train.loop import _finite
+    from dealthdr.train.losses import check_finite
     from dealthdr.train.state import latest_step, load_optimizer, save_optimizer
 
-    assert float(_finite(torch.tensor(0.5), 3)) == 0.5
+    check_finite(torch.tensor(0.5), 3, "training")
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="training loss is .* at step 3"):
-            _finite(torch.tensor(bad), 3)
+            check_finite(torch.tensor(bad), 3, "training")
     (tmp_path / "latest.json").write_text("{broken")
     with pytest.raises(ValueError, match="latest.json is not a resumable state pointer"):
         latest_step(tmp_path)

@@ -99,7 +99,7 @@ def _lowered_method(branch: torch.nn.Module, inputs: tuple, folder: Path, name: 
         program, _ = lower({"forward": torch.export.export(branch, inputs)}, "xnnpack")
     path = folder / f"{name}.pte"
     atomic_write_bytes(path, program.buffer)
-    return Runtime.get().load_program(str(path)).load_method("forward"), path.stat().st_size
+    return Runtime.get().load_program(str(path)).load_method("forward"), path
 
 
 def run(cfg: ExportedScalingConfig) -> dict:
@@ -127,7 +127,8 @@ def run(cfg: ExportedScalingConfig) -> dict:
         folder = Path(tmp) if cfg.keep_programs is None else cfg.keep_programs
         for k in dict.fromkeys(ks):
             branch = _Branch(fgma, cfg.s, k).eval()
-            programs[k] = _lowered_method(branch, inputs, folder, f"fgma_l{cfg.level}_k{k}")
+            method, path = _lowered_method(branch, inputs, folder, f"fgma_l{cfg.level}_k{k}")
+            programs[k] = (method, path.stat().st_size, path)
             eager[k] = branch
             log.info("lowered K=%d of %d tiles (%d bytes)", k, a * b, programs[k][1])
         pte_ms = {k: [] for k in programs}
@@ -135,7 +136,7 @@ def run(cfg: ExportedScalingConfig) -> dict:
         with torch.no_grad():
             for i in range(cfg.warmup + cfg.repeats):
                 sink = i >= cfg.warmup
-                for k, (method, _) in programs.items():
+                for k, (method, _, _) in programs.items():
                     timed(lambda: method.execute(list(inputs)), pte_ms[k] if sink else [])
                     timed(lambda: eager[k](*inputs), eager_ms[k] if sink else [])
     rows = [{"R": r, "k": k, "tiles_per_neighbour": a * b,
@@ -143,8 +144,7 @@ def run(cfg: ExportedScalingConfig) -> dict:
              "pte_ms_median": statistics.median(pte_ms[k]),
              "eager_ms_median": statistics.median(eager_ms[k]),
              "pte_bytes": programs[k][1],
-             **({} if cfg.keep_programs is None else
-                {"program": str(cfg.keep_programs / f"fgma_l{cfg.level}_k{k}.pte")})}
+             **({} if cfg.keep_programs is None else {"program": str(programs[k][2])})}
             for r, k in zip(ratios, ks)]
     return {"benchmark": "fgma_exported_branch", "variant": model_cfg.name, "level": cfg.level,
             "channels": c, "window": model_cfg.attn_window, "tile": model_cfg.attn_tile,

@@ -148,10 +148,7 @@ def read_sidecar(folder: Path, names: list[str]) -> np.ndarray | None:
     path = folder / SIDECAR
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    doc = _read_json(path)
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected an object mapping file names to exposures")
     missing = [n for n in names if n not in doc]
@@ -161,6 +158,13 @@ def read_sidecar(folder: Path, names: list[str]) -> np.ndarray | None:
     if not all(_is_number(doc[n]) for n in names):  # json's true would read as 1.0
         raise ValueError(f"{path}: exposures must be numbers")
     return np.array([float(doc[n]) for n in names])
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from None
 
 
 def _is_number(x) -> bool:
@@ -316,20 +320,16 @@ def _open_video(path: Path, cycle) -> Sequence:
     if count == 0:
         raise ValueError(f"{path}: no decodable frames")
     names = [f"{path.name}#{i:06d}" for i in range(count)]
-    source = "--exposure-cycle"
+    source = where = "--exposure-cycle"  # recorded / named in errors
     if cycle is None:
         sidecar = path.parent / SIDECAR
-        try:
-            doc = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{sidecar}: invalid JSON: {err}") from None
+        doc = _read_json(sidecar) if sidecar.is_file() else {}
         if not isinstance(doc, dict) or path.name not in doc:
             raise ValueError(f"{path}: a video carries no exposure metadata; write {sidecar} as "
                              f'{{"{path.name}": [1, 8]}} (a cycle, or one value per frame) or '
                              "pass --exposure-cycle 1,8")
-        cycle, source = doc[path.name], SIDECAR
-    exposures = expand_cycle(cycle, count,
-                             str(path.parent / SIDECAR) if source == SIDECAR else source)
+        cycle, source, where = doc[path.name], SIDECAR, str(sidecar)
+    exposures = expand_cycle(cycle, count, where)
     return Sequence("video", path, names, exposures, size[0], size[1], _VideoReader(path), None,
                     {"fps": fps, "exposure_source": source})
 

@@ -48,6 +48,7 @@ from ..metrics import MU
 from ..model import DeAltHDR
 from ..sysinfo import machine_record
 from .loop import TrainConfig, cosine_lr, sample_s
+from .losses import check_finite
 from .plot import plot_loss_curve
 from .state import (changed_settings, latest_step, load_extra, load_optimizer, load_state,
                     save_state)
@@ -244,8 +245,7 @@ class Adapter:
                 group["lr"] = lr
             samples = plan_step(cfg, step, self.long, size)
             total, parts = self.loss(step, samples)
-            if not torch.isfinite(total):
-                raise ValueError(f"adaptation loss is {float(total)} at step {step}")
+            check_finite(total, step, "adaptation")
             self.opt.zero_grad(set_to_none=True)
             total.backward()
             if cfg.grad_clip:

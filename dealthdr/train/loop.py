@@ -28,7 +28,7 @@ from ..model.inputs import prepare_inputs
 from ..model.spynet import load_basicsr_spynet, resize_flow
 from ..sysinfo import machine_record
 from .dataset import ParityBatchSampler, WindowDataset
-from .losses import HDRLoss, flow_epe
+from .losses import HDRLoss, check_finite, flow_epe
 from .plot import plot_loss_curve
 from .state import changed_settings, latest_step, load_optimizer, load_state, save_state
 
@@ -93,15 +93,6 @@ def _distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
-
-
-def _finite(loss: torch.Tensor, step: int) -> torch.Tensor:
-    """The loss, refused before it reaches the weights when it is NaN or Inf: a diverged step
-    would make every later checkpoint, and the final weights, NaN."""
-    if not torch.isfinite(loss):
-        raise ValueError(f"training loss is {float(loss)} at step {step}; the last checkpoint "
-                         "is kept (lower --lr, or check the data)")
-    return loss
 
 
 def _flows(model: DeAltHDR, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +210,8 @@ class Trainer:
     def _spynet_step(self, step: int, batch: dict) -> dict:
         f_tn, f_nt = _flows(self.model, batch)
         gt_tn, gt_nt = (batch[k].flatten(0, 1) for k in ("flow_t_n", "flow_n_t"))
-        loss = _finite(flow_epe(f_tn, gt_tn) + flow_epe(f_nt, gt_nt), step)
+        loss = flow_epe(f_tn, gt_tn) + flow_epe(f_nt, gt_nt)
+        check_finite(loss, step, "training")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.model.spynet.parameters())
@@ -246,7 +238,7 @@ class Trainer:
                 flow_epe(f_nt, batch["flow_n_t"].flatten(0, 1))
             loss = loss + cfg.flow_weight * epe
             parts = {**parts, "epe": epe.detach() / 2}
-        _finite(loss, step)
+        check_finite(loss, step, "training")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -105,6 +105,14 @@ class HDRLoss(nn.Module):
         return total, parts
 
 
+def check_finite(loss: torch.Tensor, step: int, what: str) -> None:
+    """Refuse a NaN or Inf loss before it reaches the weights: one diverged step would make
+    every later checkpoint, and the final weights, NaN. The last checkpoint stays."""
+    if not torch.isfinite(loss):
+        raise ValueError(f"{what} loss is {float(loss)} at step {step}; the last checkpoint "
+                         "is kept (lower --lr, or check the data)")
+
+
 def flow_epe(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Mean end-point error over pixels where the ground truth is known (not NaN)."""
     valid = torch.isfinite(gt).all(dim=1)
