@@ -185,3 +185,24 @@ def test_encoder_features_stay_in_time_order(tiny, centre_long):
                 centre, near = feats[level]
                 got = centre if i == c else near[i if i < c else i - 1:][:1]
                 assert torch.allclose(got, own[level], atol=1e-5), (i, level)
+
+
+@pytest.mark.parametrize("centre_long", [False, True])
+def test_the_centre_exposure_encoder_runs_first(tiny, centre_long):
+    """Whatever the centre exposure, the encoder of the centre's frames (three of five) runs
+    before the other (two): an exported graph's delegate calls downstream of the encoders then
+    take their inputs in the same order in both centres' methods, and a program stores each of
+    those calls once instead of once per method (int8, 64x64, s=0: 3.09 -> 2.99 MB)."""
+    frames, exposures, _ = make_clip(32, 32, centre_long=centre_long)
+    calls = []
+    hooks = [enc.register_forward_pre_hook(lambda m, args, name=name: calls.append(
+        (name, args[0].shape[0]))) for name, enc in (("short", tiny.encoder_short),
+                                                    ("long", tiny.encoder_long))]
+    try:
+        with torch.no_grad():
+            tiny(frames, exposures, s=0.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    first, second = ("long", "short") if centre_long else ("short", "long")
+    assert calls == [(first, 3), (second, 2)]

@@ -289,9 +289,17 @@ class DeAltHDR(nn.Module):
         b, t = x.shape[:2]
         short = [i for i in range(t) if not pattern[i]]
         long_ = [i for i in range(t) if pattern[i]]
-        fs = self.encoder_short(_stack(take(x, short)))
-        fl = self.encoder_long(_stack(take(x, long_)))
         centre = t // 2
+        # The centre exposure's encoder first: an exported graph's delegate calls then take
+        # their inputs in the same order for both centres (the centre exposure's frames, then
+        # the other's), so the calls downstream of the encoders serialise to the same bytes in
+        # the two methods of a program and are stored once.
+        if pattern[centre]:
+            fl = self.encoder_long(_stack(take(x, long_)))
+            fs = self.encoder_short(_stack(take(x, short)))
+        else:
+            fs = self.encoder_short(_stack(take(x, short)))
+            fl = self.encoder_long(_stack(take(x, long_)))
         out = []
         for per_short, per_long in zip(fs, fl):
             def frame(i: int) -> torch.Tensor:  # (B, C, h, w) of frame i
