@@ -129,6 +129,32 @@ def test_onnx_export_matches_torch_and_dynamic(tiny, windows, tmp_path):
         assert res["vs_dynamic"]["max_abs"] < 1e-4
 
 
+@pytest.mark.e2e   # ONNX export of the network
+def test_onnx_export_of_merge_attention_matches_torch(windows, tmp_path):
+    """With `merge_attention` the exported graph carries the neighbours' pixels through the
+    level-1 attention of a bucket (gathered tiles) to the merge, as eager does."""
+    pytest.importorskip("onnxruntime")
+    import dataclasses
+
+    from dealthdr.export.to_onnx import export_onnx, onnx_runner
+    from dealthdr.model import create_model, get_config
+
+    torch.manual_seed(0)
+    model = create_model(dataclasses.replace(get_config("tiny"), merge_attention=True)).eval()
+    model.head.reset_parameters()
+    bucket = make_buckets(CAL, [15.0], SIZE, ("short",), 8)[0]
+    path = tmp_path / "m.onnx"
+    export_onnx(model, bucket, SIZE, path)
+    res = run_gate(onnx_runner(path), model, bucket, windows, "fp32", "onnxruntime")
+    assert res["passed"] and res["max_abs"] < 1e-4
+    plain = create_model("tiny").eval()
+    plain.load_state_dict(model.state_dict())
+    win = windows[0]
+    with torch.no_grad():  # the pixels path is in the graph: the output is not the plain one
+        diff = model(win.frames, win.exposures, s=15.0) - plain(win.frames, win.exposures, s=15.0)
+    assert diff.abs().max() > 1e-4
+
+
 @pytest.mark.e2e   # ExecuTorch lowering + bundled program
 def test_executorch_xnnpack_program_runs_and_matches(tiny, windows, tmp_path):
     from dealthdr.export.buckets import export_program

@@ -416,3 +416,71 @@ def test_tile_calls_cover_every_tile_once_in_bounded_calls(a, b, chunk):
         assert not inside or len(pieces) == 1
         seen += ids
     assert sorted(seen) == list(range(a * b))
+
+
+def _naive_fetch(fgma, cur_rep, warped, pixels, mask):
+    """Reference for `pixels`: the attention weights of `_naive_window_attention` applied to
+    the pixels' windows instead of the value projection's."""
+    num, c, h, w = warped.shape
+    k_, r = fgma.window, fgma.window // 2
+    keys = F.conv2d(warped, fgma.proj_k.weight.view(c, c, 1, 1), fgma.proj_k.bias)
+    q = F.conv2d(cur_rep, fgma.proj_q.weight.view(c, c, 1, 1), fgma.proj_q.bias)
+    kw = F.unfold(keys, k_, padding=r).view(num, c, k_ * k_, h, w)
+    inside = F.unfold(torch.ones(num, 1, h, w), k_, padding=r).view(num, 1, k_ * k_, h, w) > 0
+    scores = (q.unsqueeze(2) * kw).sum(1, keepdim=True) / math.sqrt(c)
+    attn = torch.softmax(scores.masked_fill(~inside, float("-inf")), dim=2)
+    e = pixels.shape[1]
+    pw = F.unfold(pixels, k_, padding=r).view(num, e, k_ * k_, h, w)
+    return (attn * pw).sum(2) * mask
+
+
+@pytest.mark.parametrize("s,budget,size,b", [(2.0, None, (12, 14), 1), (20.0, 2, (16, 13), 1),
+                                             (math.inf, None, (16, 16), 1),
+                                             (math.inf, None, (10, 13), 2),
+                                             (2.0, 5, (12, 14), 2), (0.0, None, (12, 14), 1)])
+@pytest.mark.parametrize("rows", [True, False])
+def test_pixels_ride_the_attention_as_values(s, budget, size, b, rows):
+    """Value-only channels (`pixels`) leave FGMA's output alone and come back weighted by the
+    features' attention at the executed positions, zero elsewhere: the reference on every
+    layout and policy, with and without autograd."""
+    from dealthdr.model.spynet import flow_warp
+    fgma = FGMA(8, 5, tile=4, tile_chunk=3)
+    fgma.eager_rows = rows
+    with torch.no_grad():
+        for p in fgma.parameters():
+            p.normal_(0, 0.5)
+    args = _inputs(b=b, h=size[0], w=size[1])
+    pixels = textured(b * 4, 3, *size, seed=7)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            plain, m_plain = fgma(*args, s=s, budget=budget)
+            out, executed, fetched = fgma(*args, s=s, budget=budget, pixels=pixels)
+        assert torch.equal(executed, m_plain)
+        assert torch.allclose(out, plain, atol=1e-5)
+        ref = _naive_fetch(fgma, args[0].repeat_interleave(4, 0), flow_warp(args[1], args[2]),
+                           pixels, executed)
+        assert fetched.shape == pixels.shape
+        assert torch.allclose(fetched, ref, atol=1e-5)
+    if s == 0:
+        assert fetched.abs().max() == 0
+    else:
+        assert executed.sum() > 0 and fetched.abs().max() > 0
+
+
+def test_exported_pixels_equal_eager():
+    """The exported graph carries `pixels` through its tile tables (gathered tiles and every
+    tile) to the same values as eager."""
+    for s, budget in ((20.0, 3), (math.inf, None)):
+        branch = _PixelBranch(s, budget).eval()
+        args = (*_inputs(per=2), textured(2, 3, 12, 14, seed=3))
+        with torch.no_grad():
+            ep = torch.export.export(branch, args)
+            got, want = ep.module()(*args), branch(*args)
+        for g, w in zip(got, want):
+            assert torch.allclose(g, w, atol=1e-5)
+        assert want[2].abs().max() > 0
+
+
+class _PixelBranch(_Branch):
+    def forward(self, cur, nbs, f_tn, f_nt, img, pixels):
+        return self.fgma(cur, nbs, f_tn, f_nt, img, s=self.s, budget=self.budget, pixels=pixels)

@@ -127,3 +127,52 @@ def test_config_consistency_scale_reaches_the_merge_and_keeps_a_noisy_centres_ne
     assert create_model("tiny").merge.consistency == 0.04  # what the shipped weights expect
     with pytest.raises(ValueError, match="merge_consistency"):
         DeAltHDRConfig.from_dict({**loose, "merge_consistency": 0.0})
+
+
+def test_fetched_pixels_replace_the_flow_warp_where_m_is_set():
+    """Pixels fetched through attention stand in for the flow-warped ones at M: the same
+    pixels give the plain merge (zero flow: the warp is exact), and other pixels change the
+    output only around M."""
+    frames = _capture(_scene(), noise=0.02, seed=5)
+    x = prepare_inputs(frames, EXP)
+    lin, rel = x[:, :, :3], relative_exposures(EXP)
+    h, w = x.shape[-2:]
+    flow = torch.zeros(4, 2, h, w)
+    merge = ExposureMerge()
+    warped = merge.align(lin, rel, flow, 2)
+    m = torch.zeros(4, 1, h, w)
+    m[:, :, :, : w // 2] = 1.0
+    plain = merge(lin, rel, flow, 2)
+    same = merge(lin, rel, flow, 2, warped=warped, fetched=(warped[:, :3] * m, m))
+    torch.testing.assert_close(same, plain)
+    dark = merge(lin, rel, flow, 2, warped=warped, fetched=(warped[:, :3] * m * 0.5, m))
+    changed = (dark - plain).abs().amax(dim=(0, 1, 2))
+    assert changed[: w // 2 - 8].min() > 0          # inside M, away from its edge
+    assert changed[w // 2 + 8:].max() == 0          # beyond the consistency blur's reach
+
+
+def test_merge_attention_lets_the_image_loss_reach_level_1_attention():
+    """With `merge_attention` the merge takes pixels through FGMA's level-1 attention, so an
+    untrained network (zero head: the output is the merge) already depends on that level's
+    query projection at s > 0, and not at s = 0, where it is the plain network."""
+    import dataclasses
+
+    import pytest
+
+    from dealthdr.model import get_config
+
+    with pytest.raises(ValueError, match="merge_base"):
+        dataclasses.replace(get_config("default"), merge_attention=True)
+    torch.manual_seed(0)
+    model = create_model(dataclasses.replace(get_config("tiny"), merge_attention=True)).eval()
+    plain = create_model("tiny").eval()
+    plain.load_state_dict(model.state_dict())
+    frames = _capture(_scene(), noise=0.05, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(frames, EXP, s=0), plain(frames, EXP, s=0),
+                                   rtol=0, atol=0)
+    for s, reaches in ((0.0, False), (float("inf"), True), (15.0, True)):
+        model.zero_grad()
+        model(frames, EXP, s=s).sum().backward()
+        grad = model.fgma[2].proj_q.weight.grad
+        assert (grad is not None and grad.abs().max() > 0) == reaches, s

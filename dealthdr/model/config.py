@@ -45,6 +45,11 @@ class DeAltHDRConfig:
             exp(-1) of its weight). Small values discard aligned neighbours of a noisy
             centre as if they were misaligned (see model/merge.py); the shipped `tiny` was
             trained with 0.04.
+        merge_attention: with `merge_base`, where FGMA's level-1 mask is executed the merge
+            takes each neighbour's pixels through that level's attention weights (the window
+            around the flow target, weighted as the features are) instead of the flow warp,
+            so attention reaches the image and not only the head's inputs. Not in the paper,
+            whose network regresses the image from the decoder (see model/merge.py).
     """
 
     name: str = "default"
@@ -65,6 +70,7 @@ class DeAltHDRConfig:
     gamma: float = 2.2
     merge_base: bool = False
     merge_consistency: float = 0.04
+    merge_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.decoder_block not in ("channel", "level"):
@@ -79,6 +85,8 @@ class DeAltHDRConfig:
                              f"{self.attn_tile} for window {self.attn_window}")
         if not self.merge_consistency > 0:
             raise ValueError(f"merge_consistency must be > 0, got {self.merge_consistency}")
+        if self.merge_attention and not self.merge_base:
+            raise ValueError("merge_attention needs merge_base (it changes the merge)")
         if self.flow_scale < 1:
             raise ValueError(f"flow_scale must be >= 1, got {self.flow_scale}")
 

@@ -180,25 +180,29 @@ class FGMA(RowLayout, GraphLayout, nn.Module):
         FGMA forward + backward of a training batch (4 x 4 neighbours, 64x64, C=16) 110 ms
         against that form's 148 ms.
         Returns F_att (K, t, t, C) at every query of the tiles (the caller applies M); without
-        `project`, before the value projection (eager calls only).
+        `project`, before the value projection (eager calls only). Halos of C + E + 1 channels
+        carry E value-only channels (`FGMA.forward`'s `pixels`) after the features: their
+        attention-weighted sums follow F_att, (K, t, t, C + E).
         """
-        return self._attend_qk1(self._query_side(queries, mask), halos, project)
+        extra = halos.shape[-1] - 1 - self.channels
+        return self._attend_qk1(self._query_side(queries, mask, extra), halos, project)
 
-    def _query_side(self, queries: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(K, t, t, C) query features -> `_with_one(_query_keys(queries), mask)`. Eager calls
-        (no M: the constant-1 channel is a constant) compute it as one matrix product with
-        W_q, W_k and the scale folded into a C x (C + 1) matrix whose last column is zero, and
-        a bias whose last entry is 1: one pass over the tiles instead of a product, a second
-        product, a scaling pass and a concatenation."""
+    def _query_side(self, queries: torch.Tensor, mask: torch.Tensor | None,
+                    extra: int = 0) -> torch.Tensor:
+        """(K, t, t, C) query features -> `_with_one(_query_keys(queries), mask, extra)`. Eager
+        calls (no M: the constant-1 channel is a constant) compute it as one matrix product
+        with W_q, W_k and the scale folded into a C x (C + E + 1) matrix whose last E + 1
+        columns are zero, and a bias whose last entry is 1: one pass over the tiles instead of
+        a product, a second product, a scaling pass and a concatenation."""
         if mask is not None or is_tracing():
-            return self._with_one(self._query_keys(queries), mask)
+            return self._with_one(self._query_keys(queries), mask, extra)
         c, scale = self.channels, self.channels ** -0.5
         weight = (self.proj_q.weight.t() @ self.proj_k.weight) * scale
         bias = (self.proj_q.bias @ self.proj_k.weight) * scale
-        weight = torch.cat((weight, weight.new_zeros(c, 1)), 1)
-        bias = torch.cat((bias, bias.new_ones(1)))
+        weight = torch.cat((weight, weight.new_zeros(c, extra + 1)), 1)
+        bias = torch.cat((bias, bias.new_zeros(extra), bias.new_ones(1)))
         rows = torch.addmm(bias, queries.reshape(-1, c), weight)
-        return rows.view(*queries.shape[:-1], c + 1)
+        return rows.view(*queries.shape[:-1], c + extra + 1)
 
     def _query_keys(self, queries: torch.Tensor) -> torch.Tensor:
         """(K, t, t, C) query features -> Proj_q(q) W_k / sqrt(d), what meets the raw keys."""
@@ -208,37 +212,42 @@ class FGMA(RowLayout, GraphLayout, nn.Module):
     def _attend_qk(self, qk: torch.Tensor, halos: torch.Tensor,
                    mask: torch.Tensor | None) -> torch.Tensor:
         """`_attend_tiles` from the query side `_query_keys` on."""
-        return self._attend_qk1(self._with_one(qk, mask), halos)
+        extra = halos.shape[-1] - 1 - self.channels
+        return self._attend_qk1(self._with_one(qk, mask, extra), halos)
 
     @staticmethod
-    def _with_one(qk: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(K, t, t, C) -> (K, t, t, C + 1): a constant-1 channel that picks up the keys' border
-        bias. Derived from M in exported graphs: M stays float under int8 (a mask statistic),
-        while a constant computed from the quantized qk gets a degenerate int8 range and the
-        XNNPACK program fails to load."""
+    def _with_one(qk: torch.Tensor, mask: torch.Tensor | None, extra: int = 0) -> torch.Tensor:
+        """(K, t, t, C) -> (K, t, t, C + E + 1): E zero channels, which leave the scores alone
+        while the keys' value-only channels (`FGMA.forward`'s `pixels`) ride along as values,
+        and a constant-1 channel that picks up the keys' border bias. Derived from M in
+        exported graphs: M stays float under int8 (a mask statistic), while a constant computed
+        from the quantized qk gets a degenerate int8 range and the XNNPACK program fails to
+        load."""
         one = (qk[..., :1] if mask is None else mask) * 0.0 + 1.0
-        return torch.cat((qk, one), 3)
+        if not extra:
+            return torch.cat((qk, one), 3)
+        return torch.cat((qk, one.expand(*one.shape[:-1], extra) * 0.0, one), 3)
 
     def _attend_qk1(self, qk: torch.Tensor, halos: torch.Tensor, project: bool = True,
                     inside: bool = False) -> torch.Tensor:
-        """`_attend_tiles` from `_with_one`'s (K, t, t, C + 1) query side on; `project` False
+        """`_attend_tiles` from `_with_one`'s (K, t, t, C + E + 1) query side on; `project` False
         returns the weighted sums before W_v and b_v, and `inside` (tiles whose halo holds no
         border key, so their bias channel is zero) leaves that channel out of the attention
-        (both eager calls only)."""
+        (both eager calls only). Returns (K, t, t, C + E): F_att and the E value-only sums."""
         t, c, g, w = self.tile, self.channels, self.halo, self.window
         k, step, band = qk.shape[0], self.step_rows, self.band
+        e = qk.shape[-1] - 1 - c
         if not is_tracing():
             # Eq. 8 as one call of torch's fused kernel, which keeps no score matrix: the steps
             # are its heads, each step's keys an overlapping window of the halo rows (a view,
             # no copy), and the heads' outputs are the tile's rows in order, so no
             # concatenation. Level-1 shapes of `tiny` (512 tiles, one thread): 5.2 ms against
             # 5.8 ms for one call per step and the concatenation.
-            d = c if inside else c + 1  # views: slicing the channels copies nothing
+            d = c + e if inside else c + e + 1  # views: slicing the channels copies nothing
             keys = halos[..., :d].unfold(1, (step + w - 1) * g, step * g).transpose(2, 3)
             rows = qk[..., :d].reshape(k, t // step, step * t, d)
             out = F.scaled_dot_product_attention(rows, keys, keys, attn_mask=band, scale=1.0)
-            out = out.reshape(k, t, t, d)[..., :c]
-            return _rowwise(self.proj_v, out) if project else out  # W_v folded out
+            return self._values(out.reshape(k, t, t, d), e, project)
         parts = []
         # Exported graphs: only one step's scores are alive at a time, by tying each step (and
         # each chunk, in `fgma_graph`) to the one before. A delegate
@@ -251,17 +260,26 @@ class FGMA(RowLayout, GraphLayout, nn.Module):
             # full slice would export as `alias`, which Core ML refuses.
             keys = halos if step == t else halos[:, y * g:(y + step + w - 1) * g]
             rows = after_last(qk if step == t else qk[:, y:y + step], parts)
-            rows = rows.reshape(k, step * t, c + 1)
+            rows = rows.reshape(k, step * t, c + e + 1)
             attn = torch.softmax(torch.bmm(rows, keys.transpose(1, 2)) + band, dim=-1)
             out = torch.bmm(attn, keys)                                 # Eq. 8
-            parts.append(out.reshape(k, step, t, c + 1))
+            parts.append(out.reshape(k, step, t, c + e + 1))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        return _rowwise(self.proj_v, out[..., :c])                      # W_v folded out
+        return self._values(out, e, True)
+
+    def _values(self, out: torch.Tensor, extra: int, project: bool) -> torch.Tensor:
+        """(K, t, t, >= C + E) attention sums -> F_att (W_v folded out of the keys: applied
+        here, or by the caller when not `project`) followed by the E value-only sums."""
+        c = self.channels
+        feats = _rowwise(self.proj_v, out[..., :c]) if project else out[..., :c]
+        return torch.cat((feats, out[..., c:c + extra]), 3) if extra else feats
 
     def forward(self, current: torch.Tensor, neighbours: torch.Tensor,
                 flow_t_to_n: torch.Tensor, flow_n_to_t: torch.Tensor, image_t: torch.Tensor,
                 s: float, budget: int | None = None, parts: bool = False,
-                ) -> tuple[torch.Tensor | Aligned, torch.Tensor]:
+                pixels: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor | Aligned, torch.Tensor] | tuple[
+                    torch.Tensor | Aligned, torch.Tensor, torch.Tensor]:
         """Align T' neighbours to the current frame.
 
         current: (B, C, H, W) decoder feature F_t^in. neighbours: (B*T', C, H, W) encoder
@@ -272,6 +290,12 @@ class FGMA(RowLayout, GraphLayout, nn.Module):
         Concat(F_flow, M, F_att) as (B*T', 2C+1, H, W) and the executed mask (B*T', 1, H, W);
         with `parts`, the concatenation as its `Aligned` parts instead (for `AlignProjection`,
         which never needs it built).
+
+        pixels: (B*T', E, H, W) neighbour images already flow-warped to this level, or None.
+        Given, they ride through the attention as value-only channels (the scores are the
+        features' alone) and a third result is returned: M * sum_j a_j pixels_j, the
+        neighbours' pixels fetched through the attention weights at the executed positions
+        and zero elsewhere (what `ExposureMerge` takes in place of the flow warp there).
         """
         per = neighbours.shape[0] // current.shape[0]
         # This level's warps run once its decoder feature exists, and D's corner reads are done
@@ -285,7 +309,8 @@ class FGMA(RowLayout, GraphLayout, nn.Module):
         warped = flow_warp(neighbours, flow_t_to_n)                 # Eq. 8, F_flow
         if s == 0 or budget == 0:
             mask = zeros(warped, 1)
-            return (Aligned(warped, mask, None) if parts else _concat(warped, mask, None)), mask
+            out = (Aligned(warped, mask, None) if parts else _concat(warped, mask, None)), mask
+            return out if pixels is None else (*out, pixels * 0.0)
         if d is None:  # s = inf: M is everywhere, no D needed, every tile is taken
             mask, ids = zeros(warped, 1) + 1.0, None
         else:
@@ -294,10 +319,17 @@ class FGMA(RowLayout, GraphLayout, nn.Module):
                 select_bucket(d, budget, self.tile)
         # Parts on the eager layouts leave W_v to the projection that reads them (`Aligned`).
         raw = parts and self.eager_rows and not is_tracing()
-        attended, executed = self.attend(current, warped, mask, ids, project=not raw)
+        keys = warped if pixels is None else torch.cat((warped, pixels), 1)
+        attended, executed = self.attend(current, keys, mask, ids, project=not raw)
+        fetched = None
+        if pixels is not None:
+            c = self.channels
+            attended, fetched = attended[:, :c], attended[:, c:]
         if parts:
-            return Aligned(warped, executed, attended, self.proj_v if raw else None), executed
-        return _concat(warped, executed, attended), executed
+            out = Aligned(warped, executed, attended, self.proj_v if raw else None), executed
+        else:
+            out = _concat(warped, executed, attended), executed
+        return out if fetched is None else (*out, fetched)
 
 
 def _band_bias(tile: int, window: int, rows: int) -> torch.Tensor:

@@ -84,9 +84,10 @@ class GraphLayout:
         return tile_rows.untile(cat(packed), (num, a, b), h, w), mask
 
     def _gather_halos(self, keys: torch.Tensor, rows: torch.Tensor, b: int) -> torch.Tensor:
-        """(K, g * g, C + 1) halos of the tiles whose key blocks start at `rows` of the tiled key
-        table (one row per tile of the (a + 1) x (b + 1) key grid)."""
-        t, g, c1 = self.tile, self.halo, self.channels + 1
+        """(K, g * g, C + E + 1) halos of the tiles whose key blocks start at `rows` of the tiled
+        key table (one row per tile of the (a + 1) x (b + 1) key grid)."""
+        t, g = self.tile, self.halo
+        c1 = keys.shape[1] // (t * t)
         quad = [keys.index_select(0, rows + o).reshape(-1, t, t, c1) for o in (0, 1, b + 1, b + 2)]
         block = torch.cat((torch.cat(quad[:2], 2), torch.cat(quad[2:], 2)), 1)  # (K, 2t, 2t, ..)
         if g < 2 * t:  # a no-op slice would export as `alias` (Core ML refuses)

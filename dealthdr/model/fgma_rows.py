@@ -62,7 +62,8 @@ class RowLayout:
         t, per = self.tile, num // current.shape[0]
         a, b = tile_grid(h, w, t)
         grid, dev = (num, a, b), warped.device
-        qk = self._query_side(tile_rows.tiles(current, t), None).view(-1, a * b, t, t, c + 1)
+        qk = self._query_side(tile_rows.tiles(current, t), None, c - self.channels)
+        qk = qk.view(-1, a * b, t, t, c + 1)
         masks = tile_rows.tiles(mask, t).view(num, a, b, t, t, 1)
         r = self.window // 2
         size = ((a + 1) * t, (b + 1) * t)

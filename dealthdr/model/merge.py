@@ -10,6 +10,12 @@ SpyNet flow, and the head predicts a residual plus a per-frame log-weight correc
     w_i = well_exposed(ldr_i) * noise_weight(r_i) * consistency_i * inside_i * exp(delta_i)
     out = relu(sum_i w_i lin_i / sum_i w_i + residual)
 
+With `merge_attention` (a config field), where FGMA's level-1 mask M is executed the merge
+takes each neighbour's pixels through that level's attention weights instead of the flow warp:
+sum_j a_j lin_j over the window around the flow target, the weights of the features' attention.
+Attention then reaches the image itself, not only the decoder features behind the head's
+residual and weights, so a wrong flow can be corrected where M is set.
+
 The fixed weights make the `classical` baseline of `dealthdr evaluate` (which calls this module
 with OpenCV DIS flow), so a zero head starts from a classical merge with learned flow; the head
 learns where to trust which frame (occlusions, blur, flow failures) and what the merge cannot
@@ -78,25 +84,46 @@ class ExposureMerge(nn.Module):
         x = F.conv2d(x, self.blur_x, groups=self.channels)
         return F.conv2d(x, self.blur_y, groups=self.channels)
 
+    def align(self, lin: torch.Tensor, rel: torch.Tensor, flow_t_n: torch.Tensor,
+              centre: int) -> torch.Tensor:
+        """The neighbours' linear and LDR images warped by O_{t->n}, (B*(T-1), 6, H, W): one
+        warp for both (arguments as in `forward`)."""
+        b, t, c, h, w = lin.shape
+        ldr = self._ldr(lin, rel.view(b, t, 1, 1, 1))
+        stacked = torch.cat((neighbours(lin, centre), neighbours(ldr, centre)), dim=2)
+        return flow_warp(stacked.reshape(b * (t - 1), 2 * c, h, w), flow_t_n,
+                         padding_mode="border")
+
+    def _ldr(self, lin: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return (lin * r).clamp(0, 1).clamp_min(1e-8) ** (1.0 / self.gamma)
+
     def forward(self, lin: torch.Tensor, rel: torch.Tensor, flow_t_n: torch.Tensor,
-                centre: int, delta: torch.Tensor | None = None) -> torch.Tensor:
+                centre: int, delta: torch.Tensor | None = None,
+                warped: torch.Tensor | None = None,
+                fetched: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """lin: (B, T, 3, H, W) exposure-normalised linear frames (Eq. 1); rel: (B, T) exposure
         relative to the shortest; flow_t_n: (B*(T-1), 2, H, W) O_{t->n} at full resolution,
-        neighbours in time order; delta: (B, T, H, W) learned log-weight corrections or None.
+        neighbours in time order; delta: (B, T, H, W) learned log-weight corrections or None;
+        warped: `align`'s result when the caller has it; fetched: (pixels, M), the
+        neighbours' linear pixels taken through attention, zero outside M (B*(T-1), 3, H, W),
+        and M (B*(T-1), 1, H, W): they replace the flow-warped pixels where M is set.
         Returns the merged linear image (B, 3, H, W)."""
         b, t, c, h, w = lin.shape
         gamma_inv = 1.0 / self.gamma
         r = rel.view(b, t, 1, 1, 1)
-        ldr = (lin * r).clamp(0, 1).clamp_min(1e-8) ** gamma_inv
+        ldr = self._ldr(lin, r)
         lin_c, ldr_c = lin[:, centre], ldr[:, centre]
         r_c = r[:, centre]
 
-        # One warp for every neighbour's linear and LDR image.
-        stacked = torch.cat((neighbours(lin, centre), neighbours(ldr, centre)), dim=2)
-        stacked = stacked.reshape(b * (t - 1), 2 * c, h, w)
-        warped = flow_warp(stacked, flow_t_n, padding_mode="border")
+        if warped is None:
+            warped = self.align(lin, rel, flow_t_n, centre)
         warped = warped.reshape(b, t - 1, 2 * c, h, w)
         lin_n, ldr_n = warped[:, :, :c], warped[:, :, c:]
+        if fetched is not None:
+            pixels, m = (x.reshape(b, t - 1, -1, h, w) for x in fetched)
+            r_n5 = neighbours(r, centre)
+            lin_n = lin_n * (1.0 - m) + pixels
+            ldr_n = ldr_n + m * (self._ldr(pixels, r_n5) - ldr_n)
         inside = _inside(flow_t_n).reshape(b, t - 1, h, w)
 
         x_c = self.blur(lin_c).amax(dim=1)                    # radiance for the noise model
