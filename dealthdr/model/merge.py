@@ -121,9 +121,8 @@ class ExposureMerge(nn.Module):
         lin_n, ldr_n = warped[:, :, :c], warped[:, :, c:]
         if fetched is not None:
             pixels, m = (x.reshape(b, t - 1, -1, h, w) for x in fetched)
-            r_n5 = neighbours(r, centre)
             lin_n = lin_n * (1.0 - m) + pixels
-            ldr_n = ldr_n + m * (self._ldr(pixels, r_n5) - ldr_n)
+            ldr_n = ldr_n + m * (self._ldr(pixels, neighbours(r, centre)) - ldr_n)
         inside = _inside(flow_t_n).reshape(b, t - 1, h, w)
 
         x_c = self.blur(lin_c).amax(dim=1)                    # radiance for the noise model
