@@ -100,21 +100,32 @@ def test_attention_uses_the_neighbour_and_not_at_s0():
         assert flow_only[:, c + 1:].abs().max() == 0 and flow_only2[:, c + 1:].abs().max() == 0
 
 
-def _naive_window_attention(fgma, cur_rep, warped, mask):
-    """Reference Eq. 7-8: explicit K/V projections of every key, windows via unfold."""
+def _naive_weights(fgma, cur_rep, warped):
+    """Reference Eq. 7: explicit query and key projections of every position, windows via
+    unfold; (N, 1, w*w, H, W) attention weights."""
     num, c, h, w = warped.shape
-    k_ = fgma.window
-    r = k_ // 2
+    k_, r = fgma.window, fgma.window // 2
     keys = F.conv2d(warped, fgma.proj_k.weight.view(c, c, 1, 1), fgma.proj_k.bias)
-    vals = F.conv2d(warped, fgma.proj_v.weight.view(c, c, 1, 1), fgma.proj_v.bias)
-    q = F.conv2d(cur_rep * mask, fgma.proj_q.weight.view(c, c, 1, 1), fgma.proj_q.bias)
+    q = F.conv2d(cur_rep, fgma.proj_q.weight.view(c, c, 1, 1), fgma.proj_q.bias)
     kw = F.unfold(keys, k_, padding=r).view(num, c, k_ * k_, h, w)
-    vw = F.unfold(vals, k_, padding=r).view(num, c, k_ * k_, h, w)
     inside = F.unfold(torch.ones(num, 1, h, w), k_, padding=r).view(num, 1, k_ * k_, h, w) > 0
     scores = (q.unsqueeze(2) * kw).sum(1, keepdim=True) / math.sqrt(c)
-    scores = scores.masked_fill(~inside, float("-inf"))
-    attn = torch.softmax(scores, dim=2)
-    return (attn * vw).sum(2) * mask
+    return torch.softmax(scores.masked_fill(~inside, float("-inf")), dim=2)
+
+
+def _windowed_sum(fgma, weights, values):
+    """sum_j a_j v_j over each position's window: (N, E, H, W)."""
+    num, e, h, w = values.shape
+    k_ = fgma.window
+    vw = F.unfold(values, k_, padding=k_ // 2).view(num, e, k_ * k_, h, w)
+    return (weights * vw).sum(2)
+
+
+def _naive_window_attention(fgma, cur_rep, warped, mask):
+    """Reference Eq. 7-8: explicit K/V projections of every key, windows via unfold."""
+    c = warped.shape[1]
+    vals = F.conv2d(warped, fgma.proj_v.weight.view(c, c, 1, 1), fgma.proj_v.bias)
+    return _windowed_sum(fgma, _naive_weights(fgma, cur_rep, warped), vals) * mask
 
 
 def test_sparse_attention_equals_dense_reference():
@@ -421,17 +432,7 @@ def test_tile_calls_cover_every_tile_once_in_bounded_calls(a, b, chunk):
 def _naive_fetch(fgma, cur_rep, warped, pixels, mask):
     """Reference for `pixels`: the attention weights of `_naive_window_attention` applied to
     the pixels' windows instead of the value projection's."""
-    num, c, h, w = warped.shape
-    k_, r = fgma.window, fgma.window // 2
-    keys = F.conv2d(warped, fgma.proj_k.weight.view(c, c, 1, 1), fgma.proj_k.bias)
-    q = F.conv2d(cur_rep, fgma.proj_q.weight.view(c, c, 1, 1), fgma.proj_q.bias)
-    kw = F.unfold(keys, k_, padding=r).view(num, c, k_ * k_, h, w)
-    inside = F.unfold(torch.ones(num, 1, h, w), k_, padding=r).view(num, 1, k_ * k_, h, w) > 0
-    scores = (q.unsqueeze(2) * kw).sum(1, keepdim=True) / math.sqrt(c)
-    attn = torch.softmax(scores.masked_fill(~inside, float("-inf")), dim=2)
-    e = pixels.shape[1]
-    pw = F.unfold(pixels, k_, padding=r).view(num, e, k_ * k_, h, w)
-    return (attn * pw).sum(2) * mask
+    return _windowed_sum(fgma, _naive_weights(fgma, cur_rep, warped), pixels) * mask
 
 
 @pytest.mark.parametrize("s,budget,size,b", [(2.0, None, (12, 14), 1), (20.0, 2, (16, 13), 1),

@@ -85,11 +85,13 @@ class ExposureMerge(nn.Module):
         return F.conv2d(x, self.blur_y, groups=self.channels)
 
     def align(self, lin: torch.Tensor, rel: torch.Tensor, flow_t_n: torch.Tensor,
-              centre: int) -> torch.Tensor:
+              centre: int, ldr: torch.Tensor | None = None) -> torch.Tensor:
         """The neighbours' linear and LDR images warped by O_{t->n}, (B*(T-1), 6, H, W): one
-        warp for both (arguments as in `forward`)."""
+        warp for both (arguments as in `forward`; `ldr` the frames' LDR where the caller has
+        it)."""
         b, t, c, h, w = lin.shape
-        ldr = self._ldr(lin, rel.view(b, t, 1, 1, 1))
+        if ldr is None:
+            ldr = self._ldr(lin, rel.view(b, t, 1, 1, 1))
         stacked = torch.cat((neighbours(lin, centre), neighbours(ldr, centre)), dim=2)
         return flow_warp(stacked.reshape(b * (t - 1), 2 * c, h, w), flow_t_n,
                          padding_mode="border")
@@ -116,7 +118,7 @@ class ExposureMerge(nn.Module):
         r_c = r[:, centre]
 
         if warped is None:
-            warped = self.align(lin, rel, flow_t_n, centre)
+            warped = self.align(lin, rel, flow_t_n, centre, ldr)
         warped = warped.reshape(b, t - 1, 2 * c, h, w)
         lin_n, ldr_n = warped[:, :, :c], warped[:, :, c:]
         if fetched is not None:

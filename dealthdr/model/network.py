@@ -252,7 +252,7 @@ class DeAltHDR(nn.Module):
         # Inference hands FGMA's output to its projection as parts (`dealthdr.model.align`);
         # exported graphs and training keep one concatenation and one convolution.
         parts = not (is_tracing() or torch.is_grad_enabled())
-        merge_in = None  # (warped neighbour images, what attention fetched) for the merge
+        warped_images = fetched = None  # the merge's inputs where attention fetches pixels
         for i, level in enumerate((3, 2, 1)):
             skip, near = feats[level - 1]  # the centre's encoder features and its neighbours'
             cur = self.skips[i](torch.cat((self.ups[i](cur), skip), 1))
@@ -264,14 +264,14 @@ class DeAltHDR(nn.Module):
             if level == 1 and self.cfg.merge_attention and s != 0 and k != 0:
                 # The merge's warp moves up to this level: its linear images are the values
                 # FGMA fetches the neighbours' pixels with.
-                merge_in = [self.merge.align(x[:, :, :3], rel, resize_flow(flow_t_n, (h, w)),
-                                             centre)]
-                pixels = merge_in[0][:, :3]
-            aligned, executed, *fetched = self.fgma[i](
+                warped_images = self.merge.align(x[:, :, :3], rel,
+                                                  resize_flow(flow_t_n, (h, w)), centre)
+                pixels = warped_images[:, :3]
+            aligned, executed, *taken = self.fgma[i](
                 cur, near, resize_flow(flow_t_n, size), resize_flow(flow_n_t, size), frame_l,
                 s, k, parts=parts, pixels=pixels)
-            if fetched:
-                merge_in.append((fetched[0], executed))
+            if taken:
+                fetched = (taken[0], executed)
             cur = self.routers[i](cur, self.align_proj[i](aligned))
             cur = self.decoder[i](cur)
             if not is_tracing():
@@ -286,7 +286,7 @@ class DeAltHDR(nn.Module):
             return F.relu(x[:, centre, :3] + head), stats
         # The merge's warp reads its corners after the decoder, not beside FGMA's level-1 warp.
         base = self.merge(x[:, :, :3], rel, after(resize_flow(flow_t_n, (h, w)), head), centre,
-                          head[:, 3:], *(merge_in or ()))
+                          head[:, 3:], warped_images, fetched)
         return F.relu(base + head[:, :3]), stats
 
     def _encode(self, x: torch.Tensor, pattern: tuple[bool, ...],
